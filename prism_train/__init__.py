@@ -1,0 +1,1 @@
+"""prism_train: produce checkpoint trajectories to study (tiny models of PRISM's four families)."""
