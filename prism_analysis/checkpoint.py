@@ -143,9 +143,10 @@ class Checkpoint:
 
     @property
     def architecture(self) -> str | None:
+        """``model_type`` from config.json (else ``architectures[0]``), None without a config."""
         cfg = self.config or {}
-        archs = cfg.get("architectures") or []
-        return archs[0] if archs else cfg.get("model_type")
+        archs = cfg.get("architectures") or [None]
+        return cfg.get("model_type") or archs[0]
 
     def info(self, name: str) -> TensorInfo:
         return self.tensors[self.aliases.get(name, name)]
@@ -282,34 +283,34 @@ def _fault_in(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def iter_tensors(ckpts: list[Checkpoint], names: list[str], prefetch: int = 2
+def iter_tensors(ckpts: list[Checkpoint], names: list[str], prefetch: int = 1
                  ) -> Iterator[tuple[str, list[torch.Tensor]]]:
     """Yield ``(name, [tensor of each checkpoint])`` for every name, in order.
 
-    A single background thread reads up to ``prefetch`` names ahead (reading releases the GIL),
-    so I/O overlaps with whatever the caller computes. At most ``prefetch + 1`` tensor groups are
-    alive at once.
+    A background thread reads ``prefetch`` names ahead (reading releases the GIL), so I/O overlaps
+    with whatever the caller computes on the current group. At most ``prefetch + 1`` tensor groups
+    are alive at once: memory is bounded by the largest tensors, not by the checkpoint.
     """
     def load(name):
         return name, [_fault_in(c.get(name)) for c in ckpts]
 
+    it = iter(names)
     with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prism-read") as pool:
         pending: collections.deque = collections.deque()
-        it = iter(names)
-        for name in it:
-            pending.append(pool.submit(load, name))
-            if len(pending) > prefetch:
-                break
+
+        def fill(limit: int) -> None:
+            while len(pending) < limit and (name := next(it, None)) is not None:
+                pending.append(pool.submit(load, name))
+
+        fill(1)
         while pending:
             result = pending.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(load, nxt))
+            fill(max(prefetch, 0))  # reads in flight while the caller works on `result`
             yield result
             del result
 
 
-def iter_pairs(a: Checkpoint, b: Checkpoint, names: list[str], prefetch: int = 2
+def iter_pairs(a: Checkpoint, b: Checkpoint, names: list[str], prefetch: int = 1
                ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
     """Yield ``(name, tensor_a, tensor_b)`` for aligned names; see :func:`iter_tensors`."""
     for name, (ta, tb) in iter_tensors([a, b], names, prefetch=prefetch):

@@ -72,7 +72,24 @@ def _run_audit(args) -> None:
               + ("" if args.no_figure else ", update_by_layer_and_component.png/.pdf"))
 
 
-_ADDERS = [_add_audit]
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the main job: build a tiny base model, train it briefly, audit the pair",
+                       description="Build a tiny LLaMA-family base checkpoint, run a few real AdamW steps of "
+                                   "next-token training on synthetic text to get a 'mid-trained' checkpoint, "
+                                   "and audit base -> mid. Runs on a laptop CPU in well under a minute.")
+    p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    p.add_argument("--steps", type=int, default=30, help="training steps (default 30)")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> None:
+    from pathlib import Path
+
+    from .demo import run_demo
+    print(run_demo(Path(args.out), steps=args.steps))
+
+
+_ADDERS = [_add_audit, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

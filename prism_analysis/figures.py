@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,6 +35,7 @@ def plot_audit(layers: pd.DataFrame, components: pd.DataFrame, stem, tau: float 
     if len(layers):
         top.plot(layers["layer"], layers["normalized_l2"], marker="o", color=PALETTE[0])
     top.set_xlabel("layer")
+    top.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     top.set_ylabel(r"normalized L2  $\|W_B-W_A\|_F/\|W_A\|_F$")
     top.set_title("F11 (top): update size per layer")
     top.grid(alpha=0.3)

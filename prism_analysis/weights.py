@@ -12,10 +12,11 @@ For the earlier checkpoint A and the later checkpoint B, matched tensor by tenso
 - fraction equal: the share of elements bitwise equal in the stored dtype (what the earlier RL
   sparsity literature measures). On bf16 every tau below 2^-8 (0.39 %) is bitwise equality.
 
-All thresholds of a sweep come from one pass per tensor: the relative change ``|d| / |a|`` is
-bucketed against the sorted thresholds (``torch.bucketize``) and the bucket counts give every
-"changed" count at once. Sums are accumulated in float64; element-wise work runs in float32 for
-16-bit inputs (the difference of two bf16/fp16 numbers is exact in float32) and float64 otherwise.
+All thresholds of a sweep come from one pass per tensor. On the CPU a fused numba kernel
+(:mod:`prism_analysis.fused`) reads each element pair once and compares it against every
+threshold in registers. On a GPU (and for other dtypes) the torch path buckets the relative change
+``|d| / |a|`` against the sorted thresholds (``torch.bucketize``), and the bucket counts give
+every "changed" count at once. Sums are accumulated in float64 on both paths.
 
 :class:`UpdateStats` follows the update / compute / merge pattern of torchmetrics: accumulate
 tensor pairs with :meth:`~UpdateStats.update`, combine partial results (other tensors, other
@@ -33,6 +34,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import fused
 from .checkpoint import Checkpoint, align, default_device, iter_pairs, open_checkpoint
 from .components import COMPONENTS, classify
 from .outputs import atomic_output_dir, write_json
@@ -41,6 +43,8 @@ from .outputs import atomic_output_dir, write_json
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1)
 #: The threshold PRISM reports by default.
 DEFAULT_THRESHOLD = 0.01
+#: Use the fused numba kernel for CPU tensors (bf16/fp16/fp32). The torch path gives the same result.
+USE_FUSED = True
 #: Elements per chunk of element-wise work: bounds temporaries to a few x 64 MiB for any tensor.
 CHUNK = 1 << 23
 
@@ -80,31 +84,24 @@ class UpdateStats:
 
     # -- update ----------------------------------------------------------------------------
     def update(self, a: torch.Tensor, b: torch.Tensor) -> "UpdateStats":
-        """Add one tensor pair (same shape and dtype; any device)."""
+        """Add one tensor pair (same shape; any device). B is cast to A's dtype if they differ."""
         if a.shape != b.shape:
             raise ValueError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
         if a.dtype != b.dtype:
             b = b.to(a.dtype)
-        a, b = a.reshape(-1), b.reshape(-1)
-        work = torch.float32 if a.dtype in (torch.bfloat16, torch.float16) else torch.float64
-        bounds = torch.tensor(self.thresholds, dtype=work, device=a.device)
-        acc = torch.zeros(5, dtype=torch.float64, device=a.device)  # a2, b2, ab, d2, max|d|
-        counts = torch.zeros(len(self.thresholds) + 3, dtype=torch.int64, device=a.device)
-        for start in range(0, a.numel(), CHUNK):
-            _update_chunk(a[start:start + CHUNK], b[start:start + CHUNK], work, bounds, acc, counts)
-        acc, counts = acc.tolist(), counts.tolist()  # one device sync per tensor
+        if USE_FUSED and fused.supports(a):
+            sums, counts = fused.pair_stats(a, b, self.thresholds)
+        else:
+            sums, counts = _torch_pair_stats(a, b, self.thresholds)
         self.numel += a.numel()
-        self.sum_sq_a += acc[0]
-        self.sum_sq_b += acc[1]
-        self.sum_ab += acc[2]
-        self.sum_sq_diff += acc[3]
-        self.max_abs_diff = max(self.max_abs_diff, acc[4])
+        self.sum_sq_a += sums[0]
+        self.sum_sq_b += sums[1]
+        self.sum_ab += sums[2]
+        self.sum_sq_diff += sums[3]
+        self.max_abs_diff = max(self.max_abs_diff, sums[4])
         self.n_equal += counts[0]
         self.n_nonfinite += counts[1]
-        # counts[2:] is the histogram over buckets (<= t0], (t0, t1], ..., (t_last, inf).
-        hist = counts[2:]
-        for k in range(len(self.thresholds)):
-            self.n_changed[k] += sum(hist[k + 1:])
+        self.n_changed = [x + y for x, y in zip(self.n_changed, counts[2:])]
         return self
 
     # -- merge / compute ---------------------------------------------------------------------
@@ -159,6 +156,20 @@ def normalized_l2(sum_sq_diff: float, sum_sq_a: float) -> float:
     if sum_sq_a > 0:
         return math.sqrt(sum_sq_diff) / math.sqrt(sum_sq_a)
     return 0.0 if sum_sq_diff == 0 else math.inf
+
+
+def _torch_pair_stats(a: torch.Tensor, b: torch.Tensor, thresholds) -> tuple[list[float], list[int]]:
+    """Torch path (GPU, or dtypes the fused CPU kernel lacks): same result as ``fused.pair_stats``."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    work = torch.float32 if a.dtype in (torch.bfloat16, torch.float16) else torch.float64
+    bounds = torch.tensor(thresholds, dtype=work, device=a.device)
+    acc = torch.zeros(5, dtype=torch.float64, device=a.device)  # a2, b2, ab, d2, max|d|
+    counts = torch.zeros(len(thresholds) + 3, dtype=torch.int64, device=a.device)
+    for start in range(0, a.numel(), CHUNK):
+        _update_chunk(a[start:start + CHUNK], b[start:start + CHUNK], work, bounds, acc, counts)
+    acc, counts = acc.tolist(), counts.tolist()  # one device sync per tensor
+    hist = counts[2:]  # buckets (<= t0], (t0, t1], ..., (t_last, inf)
+    return acc, counts[:2] + [sum(hist[k + 1:]) for k in range(len(thresholds))]
 
 
 def _update_chunk(a, b, work, bounds, acc, counts):
@@ -296,12 +307,13 @@ def group_stats(per_tensor: dict[str, UpdateStats], thresholds) -> dict:
 
 
 def audit(a, b, thresholds=DEFAULT_THRESHOLDS, device: str | torch.device | None = None,
-          progress: bool = True, allow_pickle: bool = False, prefetch: int = 2) -> Audit:
+          progress: bool = True, allow_pickle: bool = False, prefetch: int = 1) -> Audit:
     """Update statistics of checkpoint ``b`` relative to ``a``, streamed one tensor pair at a time.
 
     ``a``/``b``: paths (model directory, ``.safetensors`` file, shard index) or :class:`Checkpoint`.
     ``device``: where the statistics run (default: cuda when available, else cpu).
-    Peak memory is a few tensors (current pair, ``prefetch`` pairs ahead, chunked temporaries).
+    Peak memory is ``prefetch + 1`` tensor pairs (the current one and those read ahead), whatever
+    the checkpoint size.
     """
     ca, cb = open_checkpoint(a, allow_pickle), open_checkpoint(b, allow_pickle)
     al = align(ca, cb)

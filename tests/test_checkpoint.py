@@ -1,0 +1,167 @@
+"""Reading, aligning and streaming checkpoints; every bad input is a PrismError naming the file."""
+import json
+import threading
+import time
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from prism_analysis.checkpoint import Checkpoint, align, iter_pairs
+from prism_analysis.errors import PrismError
+from prism_analysis.weights import audit
+
+from helpers import model_state, save_state
+
+
+@pytest.fixture
+def pair(tmp):
+    state, config = model_state("llama")
+    save_state(state, tmp / "a", config)
+    save_state({k: v * 1.5 for k, v in state.items()}, tmp / "b", config, shards=3)
+    return tmp / "a", tmp / "b", state
+
+
+def test_single_sharded_and_file_give_the_same_tensors(pair, tmp):
+    a, b, state = pair
+    ca, cb, cf = Checkpoint(a), Checkpoint(b), Checkpoint(a / "model.safetensors")
+    assert set(ca.names) == set(cb.names) == set(cf.names) == set(state)
+    assert ca.architecture == "llama"
+    for name in ["model.embed_tokens.weight", "model.layers.3.mlp.down_proj.weight"]:
+        assert torch.equal(ca.get(name), state[name])
+        assert torch.equal(cb.get(name), state[name] * 1.5)
+    assert ca.nbytes == sum(v.nbytes for v in state.values())
+
+
+def test_iter_pairs_streams_in_order(pair):
+    a, b, state = pair
+    ca, cb = Checkpoint(a), Checkpoint(b)
+    names = list(state)
+    seen = [(n, torch.equal(x * 1.5, y)) for n, x, y in iter_pairs(ca, cb, names, prefetch=2)]
+    assert [n for n, _ in seen] == names and all(ok for _, ok in seen)
+
+
+def test_one_sided_tensors_are_reported_not_fatal(tmp):
+    state, config = model_state("llama")
+    extra = dict(state, **{"model.extra.weight": torch.ones(3)})
+    less = {k: v for k, v in state.items() if k != "model.layers.0.mlp.up_proj.weight"}
+    save_state(extra, tmp / "a", config)
+    save_state(less, tmp / "b", config)
+    res = audit(tmp / "a", tmp / "b", progress=False)
+    assert res.only_in_a == ["model.extra.weight", "model.layers.0.mlp.up_proj.weight"]
+    assert res.only_in_b == []
+    assert len(res.tensors) == len(less)
+
+
+def test_tied_head_is_matched_to_the_stored_embedding(tmp):
+    state, config = model_state("llama")
+    tied = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    save_state(tied, tmp / "tied", dict(config, tie_word_embeddings=True))
+    untied = dict(state, **{"lm_head.weight": state["model.embed_tokens.weight"] * 1.02})
+    save_state(untied, tmp / "untied", dict(config, tie_word_embeddings=False))
+    al = align(Checkpoint(tmp / "tied"), Checkpoint(tmp / "untied"))
+    assert al.tied == ["lm_head.weight"] and "lm_head.weight" in al.common
+    assert al.only_in_a == al.only_in_b == []
+    res = audit(tmp / "tied", tmp / "untied", progress=False)
+    head = res.tensors.set_index("name").loc["lm_head.weight"]
+    assert head["normalized_l2"] == pytest.approx(0.02, rel=1e-6)
+    # both tied: the embedding is compared once, no phantom head
+    al2 = align(Checkpoint(tmp / "tied"), Checkpoint(tmp / "tied"))
+    assert "lm_head.weight" not in al2.common and al2.tied == []
+
+
+def expect_error(fn, path_part, problem_part):
+    with pytest.raises(PrismError) as e:
+        fn()
+    msg = str(e.value)
+    assert path_part in msg and problem_part in msg and "\n" not in msg, msg
+    return msg
+
+
+def test_bad_inputs(tmp, pair):
+    a, b, state = pair
+    expect_error(lambda: Checkpoint(tmp / "nope"), "nope", "no such file")
+    (tmp / "empty_dir").mkdir()
+    expect_error(lambda: Checkpoint(tmp / "empty_dir"), "empty_dir", "no model.safetensors")
+    # truncated
+    data = (a / "model.safetensors").read_bytes()
+    (tmp / "trunc").mkdir()
+    (tmp / "trunc" / "model.safetensors").write_bytes(data[: len(data) // 2])
+    expect_error(lambda: Checkpoint(tmp / "trunc"), "trunc/model.safetensors", "truncated")
+    # garbage
+    (tmp / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    expect_error(lambda: Checkpoint(tmp / "garbage.safetensors"), "garbage.safetensors", "corrupt")
+    # index naming a missing shard
+    (b / "model-00002-of-00003.safetensors").rename(tmp / "moved.safetensors")
+    expect_error(lambda: Checkpoint(b), "model.safetensors.index.json", "model-00002-of-00003.safetensors")
+    # empty checkpoint
+    (tmp / "zero").mkdir()
+    save_file({}, tmp / "zero" / "model.safetensors")
+    expect_error(lambda: Checkpoint(tmp / "zero"), "zero", "no tensors")
+    # not a checkpoint file
+    (tmp / "notes.txt").write_text("hi")
+    expect_error(lambda: Checkpoint(tmp / "notes.txt"), "notes.txt", "not a checkpoint")
+
+
+def test_shape_mismatch_and_architecture_mismatch(tmp):
+    state, config = model_state("llama")
+    save_state(state, tmp / "a", config)
+    bad = dict(state, **{"model.layers.0.mlp.up_proj.weight": torch.zeros(3, 3)})
+    save_state(bad, tmp / "b", config)
+    expect_error(lambda: audit(tmp / "a", tmp / "b", progress=False), "model.layers.0.mlp.up_proj.weight", "shape")
+    other_state, other_cfg = model_state("nemotron_h")
+    save_state(other_state, tmp / "c", other_cfg)
+    expect_error(lambda: audit(tmp / "a", tmp / "c", progress=False), "c", "different architectures")
+    save_state({"x": torch.ones(2)}, tmp / "d")
+    expect_error(lambda: audit(tmp / "a", tmp / "d", progress=False), "a", "no tensor names in common")
+
+
+def test_pickle_refused_by_default_and_weights_only_when_allowed(tmp):
+    state, config = model_state("llama")
+    (tmp / "p").mkdir()
+    torch.save(state, tmp / "p" / "pytorch_model.bin")
+    (tmp / "p" / "config.json").write_text(json.dumps(config))
+    msg = expect_error(lambda: Checkpoint(tmp / "p"), "pytorch_model.bin", "refusing to unpickle")
+    assert "--allow-pickle" in msg and "safetensors" in msg
+    save_state(state, tmp / "s", config)
+    res = audit(tmp / "p", tmp / "s", progress=False, allow_pickle=True)
+    assert res.stats["total"].compute()["normalized_l2"] == 0.0
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    torch.save({"w": torch.ones(2), "evil": Evil()}, tmp / "evil.bin")
+    expect_error(lambda: Checkpoint(tmp / "evil.bin", allow_pickle=True), "evil.bin", "cannot load pickle")
+
+
+def test_peak_memory_is_bounded_by_a_few_tensors_not_the_checkpoint(tmp):
+    """Audit a 2 x 256 MiB pair made of 4 MiB tensors: extra resident memory stays far below it."""
+    g = torch.Generator().manual_seed(0)
+    n_tensors, numel = 64, 1 << 20
+    state = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(numel, generator=g) for i in range(n_tensors)}
+    save_state(state, tmp / "a")
+    save_state({k: v * 1.001 for k, v in state.items()}, tmp / "b")
+    del state
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.002)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        res = audit(tmp / "a", tmp / "b", progress=False, device="cpu")
+    finally:
+        done.set()
+        t.join()
+    pair_bytes = 2 * n_tensors * numel * 4
+    extra = peak[0] - base
+    assert res.stats["total"].numel == n_tensors * numel
+    # one pair in float64 work buffers (~10 x 4 MiB) + prefetch: far below the 512 MiB pair
+    assert extra < pair_bytes / 4, f"extra RSS {extra / 2**20:.0f} MiB for a {pair_bytes / 2**20:.0f} MiB pair"
