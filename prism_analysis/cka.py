@@ -1,0 +1,441 @@
+"""Centered kernel alignment (CKA), exact and fast: PRISM metric 7, paper Eq. 4.
+
+For representations X (n x d1) and Y (n x d2) of the same n inputs, with columns centred,
+
+    linear CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)                      (Eq. 4; Kornblith 2019)
+
+equivalently HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with Gram matrices K = X X^T, L = Y Y^T.
+The paper leaves the centring out of Eq. 4; it is always applied here.
+
+Debiased CKA replaces HSIC by its unbiased estimator (Song et al. 2012; Nguyen, Raghu, Kornblith
+2021). With K~, L~ the Gram matrices with zeroed diagonals,
+
+    HSIC_1(K, L) = [tr(K~ L~) + (1'K~1)(1'L~1) / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n (n-3)),
+
+which needs n >= 4 and may be negative (a negative cross term is kept; a non-positive self term
+makes CKA undefined and raises).
+
+Everything accumulates in float64. Inputs may be torch tensors (any device, bf16/fp16/fp32/fp64)
+or numpy arrays; scalars come back as Python floats, matrices as tensors (numpy in -> numpy out).
+
+- :func:`linear_cka`, :func:`rbf_cka`  one pair, float64 throughout.
+- :func:`layerwise_cka`                matched layers (layer i of X vs layer i of Y), batched.
+- :func:`cka_matrix`                   all L1 x L2 layer pairs from one product of stacked Gram
+  matrices (fp32 Gram products of float64-centred inputs, float64 HSIC), no Python double loop.
+- :class:`StreamingCKA`                exact linear CKA over unlimited rows fed in chunks, many
+  layers at once, O(d^2) memory per layer, update / compute / merge.
+- :class:`MinibatchCKA`                Nguyen et al.'s minibatch CKA: sums of unbiased HSICs.
+- :func:`bootstrap_cka`                PRISM's protocol: resample 100 of 200, 20 times.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+F64 = torch.float64
+
+
+# -- input handling ---------------------------------------------------------------------------
+def _to_tensor(x, device=None) -> torch.Tensor:
+    t = torch.from_numpy(np.asarray(x)) if not torch.is_tensor(x) else x
+    if device is not None:
+        t = t.to(device)
+    if not (t.is_floating_point()):
+        t = t.to(F64)
+    return t
+
+
+def _check_pair(X: torch.Tensor, Y: torch.Tensor, debiased: bool) -> None:
+    if X.dim() != 2 or Y.dim() != 2:
+        raise ValueError(f"expected 2-D (n x d) inputs, got shapes {tuple(X.shape)} and {tuple(Y.shape)}")
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X and Y need the same number of rows (inputs): {X.shape[0]} vs {Y.shape[0]}")
+    _check_rows(X.shape[0], debiased)
+
+
+def _check_rows(n: int, debiased: bool) -> None:
+    if debiased and n < 4:
+        raise ValueError(f"debiased CKA needs at least 4 rows (the unbiased HSIC divides by n-3); got {n}")
+    if n < 2:
+        raise ValueError(f"CKA needs at least 2 rows; got {n}")
+
+
+def _ratio(hxy: torch.Tensor, hxx: torch.Tensor, hyy: torch.Tensor) -> torch.Tensor:
+    """hxy / sqrt(hxx * hyy) in float64, computed as hxy / sqrt(hxx) / sqrt(hyy) (no overflow)."""
+    if bool((hxx <= 0).any()) or bool((hyy <= 0).any()):
+        raise ValueError("CKA is undefined: a representation has no variance across rows "
+                         "(or, debiased, its unbiased self-HSIC is not positive; use more rows)")
+    return hxy / hxx.sqrt() / hyy.sqrt()
+
+
+def _center(X: torch.Tensor) -> torch.Tensor:
+    X = X.to(F64)
+    return X - X.mean(dim=-2, keepdim=True)
+
+
+# -- one pair, float64 ------------------------------------------------------------------------
+def _debiased_from_centered(xty_sq, rows_x, rows_y, n):
+    """n(n-3) HSIC_1 for centred features, from ||X^T Y||^2 and the squared row norms (K_ii, L_ii)."""
+    return (xty_sq - n / (n - 2.0) * (rows_x * rows_y).sum(-1)
+            + rows_x.sum(-1) * rows_y.sum(-1) / ((n - 1.0) * (n - 2.0)))
+
+
+def linear_cka(X, Y, debiased: bool = False) -> float:
+    """Linear CKA of X (n x d1) and Y (n x d2), columns centred, float64 (Eq. 4).
+
+    Uses the feature-space form (d x d products) when n > d1 + d2, the Gram form otherwise.
+    """
+    X = _to_tensor(X)
+    Y = _to_tensor(Y, device=X.device)
+    _check_pair(X, Y, debiased)
+    return float(layerwise_cka(X[None], Y[None], debiased=debiased)[0])
+
+
+def layerwise_cka(Xs, Ys, debiased: bool = False) -> torch.Tensor:
+    """Linear CKA of matched layers: ``Xs`` (L x n x d1) vs ``Ys`` (L x n x d2) -> (L,) float64.
+
+    Accepts stacked tensors/arrays or sequences of (n x d) arrays. Batched over layers.
+    """
+    X, Y = _stack(Xs), _stack(Ys)
+    Y = Y.to(X.device)
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"layerwise CKA needs as many X layers as Y layers: {X.shape[0]} vs {Y.shape[0]}")
+    _check_pair(X[0], Y[0], debiased)
+    n = X.shape[1]
+    Xc, Yc = _center(X), _center(Y)
+    if n > X.shape[2] + Y.shape[2]:  # feature space: d x d products
+        hxy = torch.linalg.matrix_norm(Xc.mT @ Yc) ** 2
+        hxx = torch.linalg.matrix_norm(Xc.mT @ Xc) ** 2
+        hyy = torch.linalg.matrix_norm(Yc.mT @ Yc) ** 2
+    else:  # Gram form: n x n products
+        K, L = Xc @ Xc.mT, Yc @ Yc.mT
+        hxy, hxx, hyy = (K * L).sum((-2, -1)), (K * K).sum((-2, -1)), (L * L).sum((-2, -1))
+    if debiased:
+        rx, ry = (Xc * Xc).sum(-1), (Yc * Yc).sum(-1)
+        hxy = _debiased_from_centered(hxy, rx, ry, n)
+        hxx = _debiased_from_centered(hxx, rx, rx, n)
+        hyy = _debiased_from_centered(hyy, ry, ry, n)
+    return _ratio(hxy, hxx, hyy)
+
+
+def _stack(Xs) -> torch.Tensor:
+    if torch.is_tensor(Xs) or isinstance(Xs, np.ndarray):
+        t = _to_tensor(Xs)
+        return t if t.dim() == 3 else t[None]
+    ts = [_to_tensor(x) for x in Xs]
+    if not ts:
+        raise ValueError("no layers given")
+    return torch.stack([t.to(ts[0].device) for t in ts])
+
+
+def center_gram(K: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """Centre Gram matrices (last two dims) in float64: H K H, or the unbiased variant whose inner
+    products give n(n-3) HSIC_1 (Kornblith et al. 2019, Song et al. 2012)."""
+    K = K.to(F64).clone()
+    n = K.shape[-1]
+    if unbiased:
+        K.diagonal(dim1=-2, dim2=-1).zero_()
+        means = K.sum(-2) / (n - 2)
+        means = means - means.sum(-1, keepdim=True) / (2 * (n - 1))
+    else:
+        means = K.mean(-2)
+        means = means - means.mean(-1, keepdim=True) / 2
+    K -= means[..., :, None]
+    K -= means[..., None, :]
+    if unbiased:
+        K.diagonal(dim1=-2, dim2=-1).zero_()
+    return K
+
+
+def rbf_cka(X, Y, sigma: float = 0.5, debiased: bool = False) -> float:
+    """CKA with RBF kernels exp(-||x_i - x_j||^2 / (2 (sigma^2) m)), m the median squared distance
+    (Kornblith et al. 2019's bandwidth: sigma = 0.5 means half the median distance)."""
+    X = _to_tensor(X)
+    Y = _to_tensor(Y, device=X.device)
+    _check_pair(X, Y, debiased)
+
+    def gram(Z):
+        Z = _center(Z)
+        dots = Z @ Z.T
+        sq = dots.diagonal()
+        d2 = (sq[:, None] + sq[None, :] - 2 * dots).clamp_min_(0)
+        v = d2.flatten().sort().values  # the median as numpy takes it: mean of the middle two
+        med = (v[(v.numel() - 1) // 2] + v[v.numel() // 2]) / 2
+        if med <= 0:
+            raise ValueError("RBF CKA is undefined: the median distance between rows is zero")
+        return torch.exp(-d2 / (2 * sigma ** 2 * med))
+
+    K, L = center_gram(gram(X), debiased), center_gram(gram(Y), debiased)
+    return float(_ratio((K * L).sum(), (K * K).sum(), (L * L).sum()))
+
+
+# -- all layer pairs ----------------------------------------------------------------------------
+def cka_matrix(Xs, Ys, debiased: bool = False, gram_dtype: torch.dtype = torch.float32,
+               block: int = 8, as_frame: bool = False):
+    """Linear CKA of every layer of X against every layer of Y: an (L1 x L2) float64 matrix.
+
+    Each layer's input is centred in float64, its Gram matrix taken in ``gram_dtype`` (a batched
+    product), centred (unbiased when ``debiased``), and every HSIC comes from one float64 product
+    of the flattened Gram stacks: HSIC = G_X G_Y^T. Memory: L1 x n^2 float64 plus ``block`` Y layers.
+    ``as_frame=True`` returns a DataFrame (rows: X layers, columns: Y layers) for heatmaps.
+    """
+    X = _stack(Xs)
+    Y = _stack(Ys).to(X.device)
+    if X.shape[1] != Y.shape[1]:
+        raise ValueError(f"X and Y need the same number of rows: {X.shape[1]} vs {Y.shape[1]}")
+    _check_rows(X.shape[1], debiased)
+    numpy_in = isinstance(Xs, np.ndarray) or (isinstance(Xs, (list, tuple)) and isinstance(Xs[0], np.ndarray))
+
+    def grams(Z):
+        Zc = _center(Z).to(gram_dtype)
+        G = center_gram(Zc @ Zc.mT, unbiased=True) if debiased else (Zc @ Zc.mT).to(F64)
+        return G.reshape(G.shape[0], -1)
+
+    GX = grams(X)
+    hxx = (GX * GX).sum(-1)
+    hxy_blocks, hyy_blocks = [], []
+    for start in range(0, Y.shape[0], block):
+        GY = grams(Y[start:start + block])
+        hxy_blocks.append(GX @ GY.T)
+        hyy_blocks.append((GY * GY).sum(-1))
+        del GY
+    hxy, hyy = torch.cat(hxy_blocks, dim=1), torch.cat(hyy_blocks)
+    M = _ratio(hxy, hxx[:, None], hyy[None, :])
+    if as_frame:
+        df = pd.DataFrame(M.cpu().numpy(), index=pd.RangeIndex(M.shape[0], name="layer_x"),
+                          columns=pd.RangeIndex(M.shape[1], name="layer_y"))
+        return df
+    return M.cpu().numpy() if numpy_in else M
+
+
+# -- streaming over rows ----------------------------------------------------------------------
+class StreamingCKA:
+    """Exact linear CKA over unlimited rows fed in chunks, for L matched layer pairs at once.
+
+    ``update(xs, ys)`` takes a chunk: ``xs`` (L x m x d1) and ``ys`` (L x m x d2) (or sequences of
+    (m x d) arrays); ``compute()`` returns the (L,) float64 CKA of all rows seen; ``merge(other)``
+    folds in a StreamingCKA fed other rows (another shard, another process), exactly.
+
+    Precision: rows are shifted by a reference point (the first chunk's column means) before the
+    chunk products, so large means and outlier channels do not cancel catastrophically; products
+    run in ``dtype`` (fp32 by default: the speed of three GEMMs) and accumulate in float64.
+    Memory: O(d1^2 + d2^2 + d1 d2) per layer, whatever the number of rows.
+
+    State per layer, for shifted rows x~ = x - s_x, y~ = y - s_y: n, sums Sx, Sy, products Cxx,
+    Cyy, Cxy; and with ``debiased`` the row norms a = |x~|^2, b = |y~|^2 through sum a, sum b,
+    sum ab, sum a^2, sum b^2, sum a x~, sum b x~, sum a y~, sum b y~ (the unbiased HSIC needs them).
+    """
+
+    def __init__(self, debiased: bool = False, dtype: torch.dtype = torch.float32, device=None):
+        self.debiased = debiased
+        self.dtype = dtype
+        self.device = device
+        self.n = 0
+        self.state: dict[str, torch.Tensor] = {}
+
+    def _init(self, X: torch.Tensor, Y: torch.Tensor) -> None:
+        L, _, d1 = X.shape
+        d2 = Y.shape[2]
+        dev = X.device
+        z = lambda *s: torch.zeros(*s, dtype=F64, device=dev)  # noqa: E731
+        self.state = {"sx": X.to(F64).mean(1), "sy": Y.to(F64).mean(1),
+                      "Sx": z(L, d1), "Sy": z(L, d2), "Cxx": z(L, d1, d1), "Cyy": z(L, d2, d2), "Cxy": z(L, d1, d2)}
+        if self.debiased:
+            self.state.update(A1=z(L), B1=z(L), Sab=z(L), Saa=z(L), Sbb=z(L),
+                              Vax=z(L, d1), Vbx=z(L, d1), Vay=z(L, d2), Vby=z(L, d2))
+
+    def update(self, xs, ys) -> "StreamingCKA":
+        X, Y = _stack(xs), _stack(ys)
+        if self.device is not None:
+            X, Y = X.to(self.device), Y.to(self.device)
+        Y = Y.to(X.device)
+        if X.shape[:2] != Y.shape[:2]:
+            raise ValueError(f"chunks must have the same layers and rows: {tuple(X.shape[:2])} vs {tuple(Y.shape[:2])}")
+        if not self.state:
+            self._init(X, Y)
+        elif X.shape[0] != self.state["Sx"].shape[0]:
+            raise ValueError("every chunk must have the same number of layers")
+        s = self.state
+        x = X.to(self.dtype) - s["sx"][:, None, :].to(self.dtype)
+        y = Y.to(self.dtype) - s["sy"][:, None, :].to(self.dtype)
+        s["Cxx"] += (x.mT @ x).to(F64)
+        s["Cyy"] += (y.mT @ y).to(F64)
+        s["Cxy"] += (x.mT @ y).to(F64)
+        x64, y64 = x.to(F64), y.to(F64)
+        s["Sx"] += x64.sum(1)
+        s["Sy"] += y64.sum(1)
+        if self.debiased:
+            a, b = (x64 * x64).sum(-1), (y64 * y64).sum(-1)
+            s["A1"] += a.sum(1)
+            s["B1"] += b.sum(1)
+            s["Sab"] += (a * b).sum(1)
+            s["Saa"] += (a * a).sum(1)
+            s["Sbb"] += (b * b).sum(1)
+            s["Vax"] += (a[:, None, :] @ x64)[:, 0]
+            s["Vbx"] += (b[:, None, :] @ x64)[:, 0]
+            s["Vay"] += (a[:, None, :] @ y64)[:, 0]
+            s["Vby"] += (b[:, None, :] @ y64)[:, 0]
+        self.n += X.shape[1]
+        return self
+
+    def _shifted(self, sx: torch.Tensor, sy: torch.Tensor) -> dict[str, torch.Tensor]:
+        """This state re-expressed for shifts (sx, sy): x~' = x~ + dx with dx = s_old - s_new."""
+        s, n = self.state, self.n
+        dx, dy = s["sx"] - sx, s["sy"] - sy
+        Sx, Sy, Cxx, Cyy, Cxy = s["Sx"], s["Sy"], s["Cxx"], s["Cyy"], s["Cxy"]
+        outer = lambda u, v: u[:, :, None] * v[:, None, :]  # noqa: E731
+        dot = lambda u, v: (u * v).sum(-1)  # noqa: E731
+        mv = lambda M, v: (M @ v[:, :, None])[:, :, 0]  # noqa: E731
+        new = {"sx": sx, "sy": sy, "Sx": Sx + n * dx, "Sy": Sy + n * dy,
+               "Cxx": Cxx + outer(Sx, dx) + outer(dx, Sx) + n * outer(dx, dx),
+               "Cyy": Cyy + outer(Sy, dy) + outer(dy, Sy) + n * outer(dy, dy),
+               "Cxy": Cxy + outer(Sx, dy) + outer(dx, Sy) + n * outer(dx, dy)}
+        if self.debiased:
+            cx, cy = dot(dx, dx), dot(dy, dy)
+            A1, B1 = s["A1"], s["B1"]
+            dxSx, dySy = dot(dx, Sx), dot(dy, Sy)
+            new["A1"] = A1 + 2 * dxSx + n * cx
+            new["B1"] = B1 + 2 * dySy + n * cy
+            new["Vax"] = (s["Vax"] + A1[:, None] * dx + 2 * mv(Cxx, dx) + 2 * dxSx[:, None] * dx
+                          + cx[:, None] * Sx + n * cx[:, None] * dx)
+            new["Vbx"] = (s["Vbx"] + B1[:, None] * dx + 2 * mv(Cxy, dy) + 2 * dySy[:, None] * dx
+                          + cy[:, None] * Sx + n * cy[:, None] * dx)
+            new["Vay"] = (s["Vay"] + A1[:, None] * dy + 2 * mv(Cxy.mT, dx) + 2 * dxSx[:, None] * dy
+                          + cx[:, None] * Sy + n * cx[:, None] * dy)
+            new["Vby"] = (s["Vby"] + B1[:, None] * dy + 2 * mv(Cyy, dy) + 2 * dySy[:, None] * dy
+                          + cy[:, None] * Sy + n * cy[:, None] * dy)
+            new["Sab"] = (s["Sab"] + 2 * dot(dy, s["Vay"]) + cy * A1 + 2 * dot(dx, s["Vbx"])
+                          + 4 * dot(dx, mv(Cxy, dy)) + 2 * cy * dxSx + cx * B1 + 2 * cx * dySy + n * cx * cy)
+            new["Saa"] = (s["Saa"] + 4 * dot(dx, s["Vax"]) + 2 * cx * A1 + 4 * dot(dx, mv(Cxx, dx))
+                          + 4 * cx * dxSx + n * cx * cx)
+            new["Sbb"] = (s["Sbb"] + 4 * dot(dy, s["Vby"]) + 2 * cy * B1 + 4 * dot(dy, mv(Cyy, dy))
+                          + 4 * cy * dySy + n * cy * cy)
+        return new
+
+    def merge(self, other: "StreamingCKA") -> "StreamingCKA":
+        """Fold in ``other`` (rows from elsewhere); the result equals feeding both row sets here."""
+        if other.debiased != self.debiased:
+            raise ValueError("cannot merge debiased with biased StreamingCKA")
+        if not other.state:
+            return self
+        if not self.state:
+            self.state = {k: v.clone() for k, v in other.state.items()}
+            self.n = other.n
+            return self
+        theirs = other._shifted(self.state["sx"].to(other.state["sx"].device),
+                                self.state["sy"].to(other.state["sy"].device))
+        for k, v in theirs.items():
+            if k not in ("sx", "sy"):
+                self.state[k] += v.to(self.state[k].device)
+        self.n += other.n
+        return self
+
+    def compute(self) -> torch.Tensor:
+        """(L,) float64 linear CKA (debiased if constructed so) of all rows seen."""
+        if not self.state:
+            raise ValueError("StreamingCKA.compute() called before any update()")
+        _check_rows(self.n, self.debiased)
+        s, n = self.state, self.n
+        if not self.debiased:
+            outer = lambda u, v: u[:, :, None] * v[:, None, :] / n  # noqa: E731
+            hxy = torch.linalg.matrix_norm(s["Cxy"] - outer(s["Sx"], s["Sy"])) ** 2
+            hxx = torch.linalg.matrix_norm(s["Cxx"] - outer(s["Sx"], s["Sx"])) ** 2
+            hyy = torch.linalg.matrix_norm(s["Cyy"] - outer(s["Sy"], s["Sy"])) ** 2
+            return _ratio(hxy, hxx, hyy)
+
+        def hsic(C, Su, Sv, Vuv_a, Vvu_b, Sab, A1, B1):
+            # tr(K~L~) + (1'K~1)(1'L~1)/((n-1)(n-2)) - 2/(n-2) 1'K~L~1, with uncentred shifted rows
+            tr = torch.linalg.matrix_norm(C) ** 2 - Sab
+            kk = (Su * Su).sum(-1) - A1
+            ll = (Sv * Sv).sum(-1) - B1
+            kl = (Su[:, None, :] @ C @ Sv[:, :, None])[:, 0, 0] - (Vuv_a * Sv).sum(-1) - (Vvu_b * Su).sum(-1) + Sab
+            return tr + kk * ll / ((n - 1.0) * (n - 2.0)) - 2.0 / (n - 2.0) * kl
+
+        hxy = hsic(s["Cxy"], s["Sx"], s["Sy"], s["Vay"], s["Vbx"], s["Sab"], s["A1"], s["B1"])
+        hxx = hsic(s["Cxx"], s["Sx"], s["Sx"], s["Vax"], s["Vax"], s["Saa"], s["A1"], s["A1"])
+        hyy = hsic(s["Cyy"], s["Sy"], s["Sy"], s["Vby"], s["Vby"], s["Sbb"], s["B1"], s["B1"])
+        return _ratio(hxy, hxx, hyy)
+
+
+class MinibatchCKA:
+    """Minibatch CKA (Nguyen, Raghu, Kornblith 2021) for all L1 x L2 layer pairs.
+
+    Each ``update(xs, ys)`` adds one minibatch (>= 4 rows): the unbiased HSIC_1 of every layer pair
+    and of every layer with itself. ``compute()`` is the ratio of sums,
+    sum_b HSIC_1(K_i, L_j) / sqrt(sum_b HSIC_1(K_i, K_i) * sum_b HSIC_1(L_j, L_j)).
+    Unlike full-data CKA this depends on the batch size; it is the estimator of that paper.
+    """
+
+    def __init__(self):
+        self.hxy = self.hxx = self.hyy = None
+        self.batches = 0
+
+    def update(self, xs, ys) -> "MinibatchCKA":
+        X = _stack(xs)
+        Y = _stack(ys).to(X.device)
+        m = X.shape[1]
+        if Y.shape[1] != m:
+            raise ValueError(f"minibatch rows differ: {m} vs {Y.shape[1]}")
+        _check_rows(m, debiased=True)
+        GX = center_gram(_center(X) @ _center(X).mT, unbiased=True).reshape(X.shape[0], -1)
+        GY = center_gram(_center(Y) @ _center(Y).mT, unbiased=True).reshape(Y.shape[0], -1)
+        scale = 1.0 / (m * (m - 3))
+        hxy, hxx, hyy = (GX @ GY.T) * scale, (GX * GX).sum(-1) * scale, (GY * GY).sum(-1) * scale
+        if self.hxy is None:
+            self.hxy, self.hxx, self.hyy = hxy, hxx, hyy
+        else:
+            self.hxy, self.hxx, self.hyy = self.hxy + hxy, self.hxx + hxx, self.hyy + hyy
+        self.batches += 1
+        return self
+
+    def merge(self, other: "MinibatchCKA") -> "MinibatchCKA":
+        if other.hxy is None:
+            return self
+        if self.hxy is None:
+            self.hxy, self.hxx, self.hyy = other.hxy.clone(), other.hxx.clone(), other.hyy.clone()
+        else:
+            self.hxy, self.hxx, self.hyy = self.hxy + other.hxy, self.hxx + other.hxx, self.hyy + other.hyy
+        self.batches += other.batches
+        return self
+
+    def compute(self) -> torch.Tensor:
+        if self.hxy is None:
+            raise ValueError("MinibatchCKA.compute() called before any update()")
+        return _ratio(self.hxy, self.hxx[:, None], self.hyy[None, :])
+
+
+# -- uncertainty ------------------------------------------------------------------------------
+def bootstrap_cka(Xs, Ys, n_resamples: int = 20, sample_size: int | None = 100, seed: int = 0,
+                  debiased: bool = False, replace: bool = False, ci: float = 0.95) -> pd.DataFrame:
+    """PRISM's uncertainty protocol: CKA of matched layers on ``n_resamples`` random subsets of
+    ``sample_size`` rows (default: 100 of the rows, drawn without replacement, 20 times; pass
+    ``replace=True`` for a classic bootstrap with replacement: duplicated rows inflate linear CKA).
+
+    Returns one row per layer: ``layer``, ``cka`` (all rows), ``mean``, ``std`` (ddof=1) and the
+    percentile interval ``ci_low``, ``ci_high`` of the resampled values. Seeded: same seed, same result.
+    """
+    X, Y = _stack(Xs), _stack(Ys)
+    Y = Y.to(X.device)
+    n = X.shape[1]
+    k = n if sample_size is None else int(sample_size)
+    if not replace and k > n:
+        raise ValueError(f"cannot draw {k} of {n} rows without replacement")
+    gen = np.random.default_rng(seed)
+    full = layerwise_cka(X, Y, debiased=debiased).cpu().numpy()
+    draws = []
+    for _ in range(n_resamples):
+        idx = torch.from_numpy(gen.choice(n, size=k, replace=replace)).to(X.device)
+        draws.append(layerwise_cka(X[:, idx], Y[:, idx], debiased=debiased).cpu().numpy())
+    draws = np.stack(draws)  # (resamples, L)
+    alpha = (1 - ci) / 2
+    return pd.DataFrame({
+        "layer": np.arange(X.shape[0]), "cka": full, "mean": draws.mean(0),
+        "std": draws.std(0, ddof=1) if n_resamples > 1 else np.zeros(X.shape[0]),
+        "ci_low": np.quantile(draws, alpha, axis=0), "ci_high": np.quantile(draws, 1 - alpha, axis=0),
+    })
+
+
+__all__ = ["linear_cka", "rbf_cka", "layerwise_cka", "cka_matrix", "center_gram", "StreamingCKA",
+           "MinibatchCKA", "bootstrap_cka"]
+

@@ -1,0 +1,249 @@
+"""CKA kernels against published values, independent formulas and properties."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from prism_analysis import cka
+
+
+@pytest.fixture(scope="module")
+def ref_xy():
+    np.random.seed(1337)
+    X = np.random.randn(100, 10)
+    Y = np.random.randn(100, 10) + X
+    return X, Y
+
+
+def test_reference_values_from_prism(ref_xy):
+    X, Y = ref_xy
+    assert cka.linear_cka(X, Y) == pytest.approx(0.55761, abs=5e-6)
+    assert cka.linear_cka(X, Y, debiased=True) == pytest.approx(0.51346, abs=5e-6)
+    assert cka.rbf_cka(X, Y, sigma=0.5) == pytest.approx(0.65483, abs=5e-6)
+
+
+def hsic1_song(K, L):
+    """Unbiased HSIC (Song et al. 2012), written out directly from the paper's formula."""
+    n = K.shape[0]
+    Kt, Lt = K.copy(), L.copy()
+    np.fill_diagonal(Kt, 0)
+    np.fill_diagonal(Lt, 0)
+    one = np.ones(n)
+    return (np.trace(Kt @ Lt) + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * one @ Kt @ Lt @ one) / (n * (n - 3))
+
+
+def cka_reference(X, Y, debiased):
+    """Gram-form CKA in float64 numpy: biased via HKH, debiased via hsic1_song on raw Grams."""
+    if debiased:
+        K, L = X @ X.T, Y @ Y.T
+        return hsic1_song(K, L) / np.sqrt(hsic1_song(K, K) * hsic1_song(L, L))
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    return np.linalg.norm(Yc.T @ Xc) ** 2 / (np.linalg.norm(Xc.T @ Xc) * np.linalg.norm(Yc.T @ Yc))
+
+
+@pytest.mark.parametrize("n,d", [(12, 20), (60, 5), (7, 3)])
+@pytest.mark.parametrize("debiased", [False, True])
+def test_feature_and_gram_forms_match_the_textbook_formula(n, d, debiased):
+    rng = np.random.default_rng(n * d)
+    X = rng.standard_normal((n, d)) + 2.0
+    Y = X @ rng.standard_normal((d, d + 1)) + rng.standard_normal((n, d + 1))
+    assert cka.linear_cka(X, Y, debiased=debiased) == pytest.approx(cka_reference(X, Y, debiased), abs=1e-12)
+
+
+@st.composite
+def matrices(draw):
+    """Gaussian rows with hypothesis-chosen shape, per-column scales (1e-2..1e2) and offsets."""
+    n, d = draw(st.integers(6, 40)), draw(st.integers(2, 6))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 31 - 1)))
+    scales = np.array(draw(st.lists(st.floats(1e-2, 1e2), min_size=d, max_size=d)))
+    offsets = np.array(draw(st.lists(st.floats(-1e3, 1e3), min_size=d, max_size=d)))
+    return rng.standard_normal((n, d)) * scales + offsets
+
+
+def _well_conditioned(X):
+    """Centred X of full column rank with singular values within 1e3 of each other: the properties
+    are exact in arithmetic, and these inputs keep rounding out of the way."""
+    Xc = X - X.mean(0)
+    if X.shape[0] <= X.shape[1] + 2:
+        return False
+    sv = np.linalg.svd(Xc, compute_uv=False)
+    return sv[-1] > 1e-3 * sv[0] and sv[0] > 1e-6
+
+
+@settings(max_examples=60, deadline=None)
+@given(matrices(), st.integers(0, 2 ** 31 - 1), st.floats(1e-3, 1e3), st.booleans())
+def test_properties(X, seed, scale, debiased):
+    assume(_well_conditioned(X))
+    # the unbiased HSIC at tiny n is a difference of terms ~1e8 larger than itself: keep n >= 12
+    assume(not debiased or X.shape[0] >= 12)
+    tol = 1e-7 if debiased else 1e-9
+    rng = np.random.default_rng(seed)
+    Y = X @ rng.standard_normal((X.shape[1], 3)) + rng.standard_normal((X.shape[0], 3))
+    try:
+        v = cka.linear_cka(X, Y, debiased=debiased)
+    except ValueError:  # debiased self-HSIC not positive on tiny degenerate samples: a clear error
+        assert debiased
+        return
+    assert cka.linear_cka(Y, X, debiased=debiased) == pytest.approx(v, abs=tol)                # symmetry
+    assert cka.linear_cka(X, X, debiased=debiased) == pytest.approx(1.0, abs=tol)              # self = 1
+    Q, _ = np.linalg.qr(rng.standard_normal((X.shape[1], X.shape[1])))
+    assert cka.linear_cka(X @ Q, Y, debiased=debiased) == pytest.approx(v, abs=tol)            # orthogonal
+    assert cka.linear_cka(scale * X, Y, debiased=debiased) == pytest.approx(v, abs=tol)        # isotropic scale
+    assert cka.linear_cka(X + 7.0, Y - 3.0, debiased=debiased) == pytest.approx(v, abs=tol)    # translation
+    if not debiased:
+        assert -1e-12 <= v <= 1 + 1e-12
+
+
+def test_not_invariant_to_general_linear_maps():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 6))
+    Y = X + 0.5 * rng.standard_normal((200, 6))
+    A = np.diag([10.0, 1, 1, 1, 1, 0.1])  # invertible, not orthogonal
+    assert abs(cka.linear_cka(X @ A, Y) - cka.linear_cka(X, Y)) > 0.05
+
+
+def test_edge_cases_raise_clear_errors_never_nan():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((3, 4))
+    with pytest.raises(ValueError, match="at least 4 rows"):
+        cka.linear_cka(X, X, debiased=True)
+    with pytest.raises(ValueError, match="no variance"):
+        cka.linear_cka(np.ones((10, 3)), rng.standard_normal((10, 3)))
+    with pytest.raises(ValueError, match="same number of rows"):
+        cka.linear_cka(rng.standard_normal((10, 3)), rng.standard_normal((11, 3)))
+    # constant columns are fine
+    Z = rng.standard_normal((50, 4))
+    Z[:, 2] = 5.0
+    v = cka.linear_cka(Z, Z + 0.1 * rng.standard_normal((50, 4)), debiased=True)
+    assert np.isfinite(v)
+    # n <= 3 biased works
+    assert np.isfinite(cka.linear_cka(X, X + 1e-3 * rng.standard_normal((3, 4))))
+
+
+def test_huge_and_low_precision_inputs_do_not_overflow():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((64, 8))
+    Y = X + 0.3 * rng.standard_normal((64, 8))
+    v = cka.linear_cka(X, Y)
+    assert cka.linear_cka(X * 1e30, Y * 1e-30) == pytest.approx(v, rel=1e-10)
+    xb, yb = torch.tensor(X).bfloat16(), torch.tensor(Y).bfloat16()
+    assert cka.linear_cka(xb, yb) == pytest.approx(cka.linear_cka(xb.double(), yb.double()), abs=1e-12)
+    M = cka.cka_matrix([X * 1e15], [Y * 1e15])  # fp32 Gram of centred 1e15-scale rows: still finite
+    assert np.isfinite(M).all() and M[0, 0] == pytest.approx(v, abs=1e-6)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_matrix_equals_pairwise(debiased):
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((40, 16))
+    Xs = [base @ rng.standard_normal((16, 16)) + rng.standard_normal((40, 16)) for _ in range(3)]
+    Ys = [base @ rng.standard_normal((16, 12)) for _ in range(4)] + [Xs[0][:, :12] + 5.0]
+    M = cka.cka_matrix(Xs, Ys, debiased=debiased, block=2)
+    assert isinstance(M, np.ndarray) and M.shape == (3, 5)
+    for i, X in enumerate(Xs):
+        for j, Y in enumerate(Ys):
+            assert M[i, j] == pytest.approx(cka.linear_cka(X, Y, debiased=debiased), abs=1e-6)
+    exact = cka.cka_matrix(torch.tensor(np.stack(Xs)), torch.tensor(np.stack(Ys)), debiased=debiased,
+                           gram_dtype=torch.float64)
+    assert torch.is_tensor(exact)
+    np.testing.assert_allclose(exact.numpy(), M, atol=1e-6)
+    df = cka.cka_matrix(Xs, Ys, as_frame=True)
+    assert df.shape == (3, 5) and df.index.name == "layer_x"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(8, 60), st.lists(st.integers(1, 15), min_size=1, max_size=6), st.booleans(), st.integers(0, 999))
+def test_streaming_equals_full_data_and_merge_is_exact(n, cuts, debiased, seed):
+    rng = np.random.default_rng(seed)
+    L, d1, d2 = 2, 5, 4
+    X = rng.standard_normal((L, n, d1)) * rng.uniform(0.1, 50, d1) + rng.uniform(-20, 20, d1)
+    Y = X[..., :d2] * 0.7 + rng.standard_normal((L, n, d2))
+    expected = np.array([cka.linear_cka(X[l], Y[l], debiased=debiased) for l in range(L)])
+    bounds = sorted({min(c, n - 1) for c in np.cumsum(cuts)} | {0, n})
+    parts = [cka.StreamingCKA(debiased=debiased, dtype=torch.float64).update(X[:, a:b], Y[:, a:b])
+             for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    one = cka.StreamingCKA(debiased=debiased, dtype=torch.float64)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        one.update(X[:, a:b], Y[:, a:b])
+    np.testing.assert_allclose(one.compute().numpy(), expected, atol=1e-9)
+    merged = parts[0]
+    for p in parts[1:]:
+        merged.merge(p)  # every part has its own shift: merge re-expresses it exactly
+    assert merged.n == n
+    np.testing.assert_allclose(merged.compute().numpy(), expected, atol=1e-9)
+
+
+def test_streaming_errors():
+    s = cka.StreamingCKA(debiased=True)
+    with pytest.raises(ValueError, match="before any update"):
+        s.compute()
+    s.update(np.ones((1, 3, 2)), np.ones((1, 3, 2)))
+    with pytest.raises(ValueError, match="at least 4 rows"):
+        s.compute()
+    with pytest.raises(ValueError, match="same layers and rows"):
+        s.update(np.ones((1, 3, 2)), np.ones((1, 4, 2)))
+
+
+def test_minibatch_cka():
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((2, 64, 8))
+    Y = X[:, :, :6] + 0.5 * rng.standard_normal((2, 64, 6))
+    # one batch: minibatch CKA is the debiased CKA of that batch
+    one = cka.MinibatchCKA().update(X, Y).compute().numpy()
+    for i in range(2):
+        for j in range(2):
+            assert one[i, j] == pytest.approx(cka.linear_cka(X[i], Y[j], debiased=True), abs=1e-12)
+    # several batches: ratio of summed unbiased HSICs (checked with the textbook formula)
+    mb, other = cka.MinibatchCKA(), cka.MinibatchCKA()
+    for k, b in enumerate(range(0, 64, 16)):
+        (mb if k < 2 else other).update(X[:, b:b + 16], Y[:, b:b + 16])
+    mb.merge(other)
+    assert mb.batches == 4
+    hxy = sum(hsic1_song(X[0, b:b + 16] @ X[0, b:b + 16].T, Y[1, b:b + 16] @ Y[1, b:b + 16].T) for b in range(0, 64, 16))
+    hxx = sum(hsic1_song(X[0, b:b + 16] @ X[0, b:b + 16].T, X[0, b:b + 16] @ X[0, b:b + 16].T) for b in range(0, 64, 16))
+    hyy = sum(hsic1_song(Y[1, b:b + 16] @ Y[1, b:b + 16].T, Y[1, b:b + 16] @ Y[1, b:b + 16].T) for b in range(0, 64, 16))
+    assert mb.compute()[0, 1].item() == pytest.approx(hxy / np.sqrt(hxx * hyy), abs=1e-12)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((3, 200, 10))
+    Y = X + rng.standard_normal((3, 200, 10)) * np.array([0.1, 1.0, 3.0])[:, None, None]
+    a = cka.bootstrap_cka(X, Y, n_resamples=20, sample_size=100, seed=7)
+    b = cka.bootstrap_cka(X, Y, n_resamples=20, sample_size=100, seed=7)
+    assert a.equals(b)
+    assert list(a.columns) == ["layer", "cka", "mean", "std", "ci_low", "ci_high"]
+    assert (a["ci_low"] <= a["mean"]).all() and (a["mean"] <= a["ci_high"]).all()
+    assert (a["std"] > 0).all()
+    assert a["cka"].is_monotonic_decreasing  # more noise, lower CKA
+    with pytest.raises(ValueError, match="without replacement"):
+        cka.bootstrap_cka(X, Y, sample_size=300)
+
+
+def llm_like(n, d, seed):
+    """Activations like an LLM's: nonzero mean, a few outlier channels of 1e3-1e4, CKA close to 1."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d), dtype=np.float32) + 3.0
+    X[:, :4] *= np.array([1e3, 3e3, 1e4, 5e3], dtype=np.float32)
+    Y = X + (0.01 * rng.standard_normal((n, d), dtype=np.float32)) * np.abs(X).mean(0)
+    return X, Y
+
+
+def test_precision_on_llm_like_activations():
+    """100k rows x 1024 dims with outlier channels: within 1e-7 of a float64 numpy reference."""
+    X, Y = llm_like(100_000, 1024, seed=0)
+    X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
+    X64 -= X64.mean(0)
+    Y64 -= Y64.mean(0)
+    ref = np.linalg.norm(X64.T @ Y64) ** 2 / (np.linalg.norm(X64.T @ X64) * np.linalg.norm(Y64.T @ Y64))
+    del X64, Y64
+    assert 0.99 < ref < 1.0
+    s = cka.StreamingCKA()  # fp32 products, float64 accumulation
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    for i in range(0, len(X), 8192):
+        s.update(Xt[None, i:i + 8192], Yt[None, i:i + 8192])
+    assert abs(s.compute().item() - ref) < 1e-7
+    assert abs(cka.linear_cka(X[:20_000], Y[:20_000]) - cka_reference(X[:20_000].astype(np.float64),
+                                                                     Y[:20_000].astype(np.float64), False)) < 1e-10
