@@ -89,7 +89,75 @@ def _run_demo(args) -> None:
     print(run_demo(Path(args.out), steps=args.steps))
 
 
-_ADDERS = [_add_audit, _add_demo]
+def _add_cka(sub) -> None:
+    p = sub.add_parser(
+        "cka", help="layer-by-layer CKA between two checkpoints on probe prompts (PRISM F14/T14)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Run both checkpoints on the prompts of each probe file (one prompt per forward pass),
+            pool every layer's hidden states (embedding output and every block), and compute the
+            linear CKA of layer l of A with layer l of B over the prompts:
+
+              CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F),  X, Y column-centred   (Eq. 4)
+
+            with PRISM's bootstrap interval (random subsets of half the prompts, 20 times).
+            The number PRISM reports (T14) is the minimum over layers."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              prism cka runs/mid runs/rl --probe wiki.txt --probe gsm8k.jsonl --out cka/mid_vs_rl
+              prism cka base/ mid/ --probe c4.txt --pool tokens          # every token a row, streamed
+              prism cka base/ other/ --probe p.txt --all-pairs           # + L x L heatmap
+
+            probe files: .txt (one prompt per line) or .jsonl (field "text").
+            writes OUT/cka.csv (probe, layer, cka, ci_low, ci_high, ...), OUT/summary.json
+            ({probe: {min_cka, argmin_layer, layers}}) and OUT/cka_by_layer.{png,pdf} (F14)."""))
+    p.add_argument("a", help="first checkpoint (e.g. mid-trained)")
+    p.add_argument("b", help="second checkpoint (e.g. after RL)")
+    p.add_argument("--probe", action="append", required=True, metavar="FILE",
+                   help="probe prompts (.txt or .jsonl); repeat for several probe sets")
+    p.add_argument("--out", help="output directory (written atomically); omit to only print")
+    p.add_argument("--pool", choices=["mean", "last", "tokens"], default="mean",
+                   help="pooling over a prompt's tokens (default: mean, as PRISM)")
+    p.add_argument("--n", type=int, default=200, help="prompts per probe set (default 200, as PRISM)")
+    p.add_argument("--bootstrap", type=int, default=20, help="resamples for the interval (default 20; 0: none)")
+    p.add_argument("--sample", type=int, default=None, help="prompts per resample (default: half of n)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debiased", action="store_true", help="debiased CKA (unbiased HSIC)")
+    p.add_argument("--all-pairs", action="store_true", help="also every layer of A vs every layer of B (heatmap)")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="model dtype (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=1, help="prompts per forward pass (pads are masked)")
+    p.add_argument("--max-length", type=int, default=512, help="truncate prompts to this many tokens")
+    p.add_argument("--tokenizer", default=None, help="tokenizer path when the checkpoints have none")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_cka)
+
+
+def _run_cka(args) -> None:
+    from pathlib import Path
+
+    from .model_cka import model_cka, read_probe
+    probes = {}
+    for f in args.probe:
+        name = Path(f).stem
+        if name in probes:
+            raise PrismError("two probe files share this name; rename one", f)
+        probes[name] = read_probe(f)
+    result = model_cka(args.a, args.b, probes, pool=args.pool, n=args.n, bootstrap=args.bootstrap,
+                       sample_size=args.sample, seed=args.seed, all_pairs=args.all_pairs, debiased=args.debiased,
+                       device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                       max_length=args.max_length, tokenizer=args.tokenizer,
+                       trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+    if args.out:
+        result.save(args.out)
+    print(result.format())
+    if args.out:
+        print(f"\nwrote {args.out}/cka.csv, summary.json, cka_by_layer.png/.pdf")
+
+
+_ADDERS = [_add_audit, _add_cka, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

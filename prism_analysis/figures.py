@@ -50,3 +50,34 @@ def plot_audit(layers: pd.DataFrame, components: pd.DataFrame, stem, tau: float 
         fig.suptitle(title)
     _save(fig, stem)
     return fig
+
+
+def plot_cka_layers(layers: pd.DataFrame, stem, title: str = "") -> plt.Figure:
+    """F14: linear CKA per layer, one line per probe set, bootstrap interval shaded."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
+    for i, (probe, df) in enumerate(layers.groupby("probe", sort=False)):
+        color = PALETTE[i % len(PALETTE)]
+        ax.plot(df["layer"], df["cka"], marker="o", ms=3.5, color=color, label=probe)
+        if df["ci_low"].notna().any():
+            ax.fill_between(df["layer"], df["ci_low"], df["ci_high"], color=color, alpha=0.2, linewidth=0)
+    ax.set_xlabel("layer (0 = embedding output)")
+    ax.set_ylabel("linear CKA")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_title("F14: representation similarity per layer" + (f"\n{title}" if title else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(title="probe set", fontsize=8)
+    _save(fig, stem)
+    return fig
+
+
+def plot_cka_matrix(matrix: pd.DataFrame, stem, title: str = "") -> plt.Figure:
+    """Heatmap of CKA between every layer of A (rows) and every layer of B (columns)."""
+    fig, ax = plt.subplots(figsize=(6, 5), constrained_layout=True)
+    sns.heatmap(matrix, ax=ax, cmap="viridis", vmin=0, vmax=1, square=True, cbar_kws={"label": "linear CKA"})
+    ax.invert_yaxis()
+    ax.set_xlabel("layer of B")
+    ax.set_ylabel("layer of A")
+    if title:
+        ax.set_title(title)
+    _save(fig, stem)
+    return fig

@@ -34,3 +34,41 @@ def model_state(family: str = "llama", seed: int = 0, dtype=torch.float32, **ove
     model = build_model(family, seed=seed, dtype=dtype, **overrides)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return state, model.config.to_dict()
+
+
+PROSE = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "A journey of a thousand miles begins with a single step, they say.",
+    "Numbers like 12, 345 and 6789 appear in many sentences about counting.",
+    "Python functions return values; a def statement binds a name to code.",
+    "Energy equals mass times the speed of light squared, wrote the physicist.",
+    "Tom has 3 apples and buys 5 more, so now he has 8 apples in total.",
+] * 4
+
+
+_TOKENIZER = None
+
+
+def tiny_tokenizer():
+    """One small BPE tokenizer for all tests (trained once, in ~0.1 s)."""
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        import pydoc_data.topics as topics
+        from prism_train.tokenizer import train_tokenizer
+        _TOKENIZER = train_tokenizer(list(topics.topics.values()) + PROSE, vocab_size=512)
+    return _TOKENIZER
+
+
+def save_model(path: Path, family: str = "llama", seed: int = 0, perturb: float = 0.0, **overrides) -> Path:
+    """A complete HF checkpoint (config, safetensors, tokenizer) of a tiny random model of ``family``;
+    ``perturb`` > 0 adds seeded relative noise of that size to every weight."""
+    from prism_train.models import build_model
+    model = build_model(family, seed=seed, **overrides)
+    if perturb:
+        g = torch.Generator().manual_seed(seed + 1000)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(perturb * torch.randn(p.shape, generator=g) * p)
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path

@@ -1,0 +1,230 @@
+"""Benchmark prism_analysis.cka against a float64 reference, a per-pair loop and peer packages.
+
+Side by side, same inputs, one run:
+  (1) agreement: every entry of a 24 x 24 layer heatmap vs a float64 numpy reference
+      (Kornblith's feature-space formula), biased and debiased;
+  (2) time for that heatmap (n = 2048 rows, d = 512): prism cka_matrix vs a per-pair loop of
+      prism's own linear_cka, a plain numpy float64 loop, and the peers that are installed
+      (ckatorch's cka_base per pair; cka-pytorch's batched hsic1 on stacked Gram pairs;
+      torch-cka's per-pair _HSIC). Peers that cost O(n^3) per pair are timed on a few pairs and
+      extrapolated to all 576 (marked "~");
+  (3) StreamingCKA throughput on many tokens x 1024 dims vs the floor: the time of just the three
+      fp32 products X^T X, Y^T Y, X^T Y on the same chunks, with its error vs float64.
+
+Peers come from the `bench` extra (never installed by `make test`); install them without their
+dependencies so they keep this torch:  pip install --no-deps ckatorch cka-pytorch torch-cka
+
+  python benchmarks/cka.py            # full sizes (~4 min on 2 cores)
+  python benchmarks/cka.py --quick    # small sizes (~30 s)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+
+import numpy as np
+import torch
+
+from prism_analysis import cka
+
+
+def layers(L, n, d, seed=0, noise=0.05):
+    """LLM-like layer activations: shared structure, nonzero means, a few outlier channels; Y near X."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n, d)).astype(np.float32)
+    X, Y = [], []
+    for l in range(L):
+        x = base @ (np.eye(d, dtype=np.float32) + 0.3 * rng.standard_normal((d, d)).astype(np.float32) / d ** 0.5)
+        x += 2.0 + rng.standard_normal((n, d)).astype(np.float32) * 0.5
+        x[:, :3] *= np.float32(500.0 * (1 + l % 3))
+        X.append(x)
+        Y.append(x + noise * rng.standard_normal((n, d)).astype(np.float32) * np.abs(x).mean(0))
+        base = x / np.abs(x).mean()
+    return np.stack(X).astype(np.float32), np.stack(Y).astype(np.float32)
+
+
+def numpy_cka(x, y, debiased):
+    """Kornblith et al.'s feature_space_linear_cka in float64 (the reference and the numpy baseline)."""
+    x = x.astype(np.float64) - x.mean(0)
+    y = y.astype(np.float64) - y.mean(0)
+    xty = np.linalg.norm(x.T @ y) ** 2
+    nx, ny = np.linalg.norm(x.T @ x), np.linalg.norm(y.T @ y)
+    if debiased:
+        n = x.shape[0]
+        rx, ry = (x * x).sum(1), (y * y).sum(1)
+
+        def h(v, a, b):
+            return v - n / (n - 2.0) * a.dot(b) + a.sum() * b.sum() / ((n - 1) * (n - 2))
+        return h(xty, rx, ry) / np.sqrt(h(nx ** 2, rx, rx) * h(ny ** 2, ry, ry))
+    return xty / (nx * ny)
+
+
+def numpy_gram_cka(x, y, debiased):
+    """The classic per-pair code (Kornblith et al.'s cka(gram_linear(x), gram_linear(y))), float64."""
+    def center(g):
+        g = g.copy()
+        n = g.shape[0]
+        if debiased:
+            np.fill_diagonal(g, 0)
+            means = g.sum(0) / (n - 2)
+            means -= means.sum() / (2 * (n - 1))
+        else:
+            means = g.mean(0)
+            means -= means.mean() / 2
+        g -= means[:, None]
+        g -= means[None, :]
+        if debiased:
+            np.fill_diagonal(g, 0)
+        return g
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    gx, gy = center(x @ x.T), center(y @ y.T)
+    return gx.ravel().dot(gy.ravel()) / (np.linalg.norm(gx) * np.linalg.norm(gy))
+
+
+def timed(fn, *a, **k):
+    t = time.perf_counter()
+    out = fn(*a, **k)
+    return out, time.perf_counter() - t
+
+
+def load_peer_hsic1():
+    """cka-pytorch's hsic1, loaded from its file (its package __init__ needs lightning)."""
+    spec = importlib.util.find_spec("cka_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = spec.submodule_search_locations[0] + "/hsic.py"
+    s = importlib.util.spec_from_file_location("cka_pytorch_hsic", path)
+    mod = importlib.util.module_from_spec(s)
+    s.loader.exec_module(mod)
+    return mod.hsic1
+
+
+def heatmap(args):
+    L, n, d = args.layers, args.n, args.d
+    X, Y = layers(L, n, d)
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    pairs = [(i, j) for i in range(L) for j in range(L)]
+    print(f"\n(1)+(2) {L} x {L} heatmap, n = {n}, d = {d}, float32 inputs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    rows = []
+    for debiased in (False, True):
+        tag = "debiased" if debiased else "biased"
+        ref, t_np = timed(lambda: np.array([[numpy_cka(X[i], Y[j], debiased) for j in range(L)] for i in range(L)]))
+        ours, t_ours = timed(cka.cka_matrix, Xt, Yt, debiased=debiased)
+        ours = ours.numpy()
+        rows.append((tag, "prism cka_matrix", t_ours, np.abs(ours - ref).max(), False))
+        k = min(args.peer_pairs, len(pairs))
+        vals, t_loop = timed(lambda: [numpy_gram_cka(X[i], Y[j], debiased) for i, j in pairs[:k]])
+        err = max(abs(v - ref[i, j]) for v, (i, j) in zip(vals, pairs[:k]))
+        rows.append((tag, "per-pair loop, Gram form (classic code)", t_loop * len(pairs) / k, err, k < len(pairs)))
+        k = min(args.peer_pairs * 4, len(pairs))
+        _, t_loop = timed(lambda: [cka.linear_cka(Xt[i], Yt[j], debiased=debiased) for i, j in pairs[:k]])
+        rows.append((tag, "prism linear_cka, per-pair loop", t_loop * len(pairs) / k, None, k < len(pairs)))
+        rows.append((tag, "numpy float64 feature space, per pair", t_np, 0.0, False))
+        try:
+            from ckatorch.core import cka_base
+            k = min(args.peer_pairs, len(pairs))
+            vals, t = timed(lambda: [float(cka_base(Xt[i], Yt[j], unbiased=debiased)) for i, j in pairs[:k]])
+            err = max(abs(v - ref[i, j]) for v, (i, j) in zip(vals, pairs[:k]))
+            rows.append((tag, "ckatorch 1.0.3 cka_base, per pair", t * len(pairs) / k, err, k < len(pairs)))
+        except ImportError:
+            rows.append((tag, "ckatorch (not installed)", None, None, False))
+        hsic1 = load_peer_hsic1()
+        if hsic1 is not None and debiased:  # cka-pytorch computes unbiased HSIC only
+            k = min(args.peer_pairs, len(pairs))
+
+            def peer():
+                gx = torch.stack([Xt[i] @ Xt[i].T for i, _ in pairs[:k]])
+                gy = torch.stack([Yt[j] @ Yt[j].T for _, j in pairs[:k]])
+                sx = torch.stack([Xt[i] @ Xt[i].T for i, _ in pairs[:k]])
+                sy = torch.stack([Yt[j] @ Yt[j].T for _, j in pairs[:k]])
+                return hsic1(gx, gy) / torch.sqrt(hsic1(sx, sx) * hsic1(sy, sy))
+            vals, t = timed(peer)
+            err = max(abs(float(v) - ref[i, j]) for v, (i, j) in zip(vals, pairs[:k]))
+            rows.append((tag, "cka-pytorch 1.1.3 hsic1 (fp32 Grams)", t * len(pairs) / k, err, k < len(pairs)))
+        try:
+            from torch_cka.cka import CKA as TorchCKA
+            if debiased:
+                k = min(args.peer_pairs, len(pairs))
+                dummy = type("D", (), {"device": "cpu"})()
+
+                def tc():
+                    out = []
+                    for i, j in pairs[:k]:
+                        K, Lg = Xt[i] @ Xt[i].T, Yt[j] @ Yt[j].T
+                        out.append(TorchCKA._HSIC(dummy, K, Lg) / np.sqrt(TorchCKA._HSIC(dummy, K, K) * TorchCKA._HSIC(dummy, Lg, Lg)))
+                    return out
+                vals, t = timed(tc)
+                err = max(abs(v - ref[i, j]) for v, (i, j) in zip(vals, pairs[:k]))
+                rows.append((tag, "torch-cka 0.21 _HSIC, per pair", t * len(pairs) / k, err, k < len(pairs)))
+        except ImportError:
+            pass
+    print(f"{'variant':<10}{'method':<40}{'time s':>10}{'vs prism':>11}{'max |err| vs float64':>24}")
+    best = {}
+    for tag, name, t, err, extrap in rows:
+        if name.startswith("prism cka_matrix"):
+            best[tag] = t
+    for tag, name, t, err, extrap in rows:
+        ts = "-" if t is None else (("~" if extrap else "") + f"{t:.2f}")
+        ratio = "-" if t is None else f"{t / best[tag]:.1f}x"
+        es = "-" if err is None else (f"{err:.1e}" if np.isfinite(err) else str(err))
+        print(f"{tag:<10}{name:<40}{ts:>10}{ratio:>11}{es:>24}")
+
+
+def streaming(args):
+    d, total, chunk = 1024, args.tokens, 8192
+    rng = np.random.default_rng(1)
+    pool = []
+    for _ in range(4):  # a few distinct chunks, cycled, so generation is not timed
+        x = rng.standard_normal((chunk, d), dtype=np.float32) + 3.0
+        x[:, :4] *= np.array([1e3, 3e3, 1e4, 5e3], dtype=np.float32)
+        y = x + 0.01 * rng.standard_normal((chunk, d), dtype=np.float32) * np.abs(x).mean(0)
+        pool.append((torch.from_numpy(x), torch.from_numpy(y)))
+    steps = total // chunk
+    t = time.perf_counter()
+    for s in range(steps):
+        x, y = pool[s % 4]
+        x.T @ x
+        y.T @ y
+        x.T @ y
+    floor = time.perf_counter() - t
+    sc = cka.StreamingCKA()
+    t = time.perf_counter()
+    for s in range(steps):
+        x, y = pool[s % 4]
+        sc.update(x[None], y[None])
+    val = sc.compute().item()
+    ours = time.perf_counter() - t
+    # float64 reference on the same rows: the 4 distinct chunks, each repeated steps/4 times
+    X = np.concatenate([p[0].numpy() for p in pool]).astype(np.float64)
+    Y = np.concatenate([p[1].numpy() for p in pool]).astype(np.float64)
+    reps = np.bincount([s % 4 for s in range(steps)], minlength=4)
+    w = np.repeat(reps, chunk).astype(np.float64)
+    mx, my = (w[:, None] * X).sum(0) / w.sum(), (w[:, None] * Y).sum(0) / w.sum()
+    Xc, Yc = X - mx, Y - my
+    cxy = Xc.T @ (w[:, None] * Yc)
+    cxx = Xc.T @ (w[:, None] * Xc)
+    cyy = Yc.T @ (w[:, None] * Yc)
+    ref = np.linalg.norm(cxy) ** 2 / (np.linalg.norm(cxx) * np.linalg.norm(cyy))
+    print(f"\n(3) StreamingCKA, {steps * chunk:,} tokens x {d} dims (chunks of {chunk}), outlier channels, CKA ~ {ref:.6f}")
+    print(f"{'method':<44}{'time s':>9}{'tokens/s':>12}{'vs floor':>10}{'|err| vs float64':>18}")
+    print(f"{'floor: 3 fp32 products per chunk':<44}{floor:>9.2f}{steps * chunk / floor:>12,.0f}{1:>9.2f}x{'-':>18}")
+    print(f"{'prism StreamingCKA (fp32 products, f64 acc)':<44}{ours:>9.2f}{steps * chunk / ours:>12,.0f}"
+          f"{ours / floor:>9.2f}x{abs(val - ref):>18.1e}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--peer-pairs", type=int, default=6, help="pairs timed for O(n^3)-per-pair peers")
+    args = ap.parse_args()
+    args.layers, args.n, args.d, args.tokens = (8, 1024, 256, 200_000) if args.quick else (24, 2048, 512, 1_000_000)
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}")
+    heatmap(args)
+    streaming(args)
+
+
+if __name__ == "__main__":
+    main()

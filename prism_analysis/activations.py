@@ -1,0 +1,143 @@
+"""Every layer's hidden states of a Hugging Face causal LM, captured with nnsight.
+
+For each prompt we capture, in one forward pass, the embedding output and the output of every
+decoder block (PRISM: "embedding output and every block", so L + 1 representations for L blocks).
+The block outputs are read from the blocks themselves, not from ``output_hidden_states``, whose
+last entry has the final norm applied. In transformers >= 5 a decoder block returns a tensor, not
+a tuple; taking ``.output[0]`` there would silently keep batch element 0 -- we unwrap a tuple only
+when it is one. Granite multiplies the embedding output by a scalar ``embedding_multiplier`` before
+the first block; the captured embedding output is unscaled, which CKA (scale-invariant) ignores.
+
+Pooling over the tokens of a prompt:
+
+- ``mean``   mean over real tokens (PRISM's choice; one prompt per forward pass, so no padding)
+- ``last``   the last real token
+- ``tokens`` every real token (feed these to :class:`prism_analysis.cka.StreamingCKA`)
+
+Prompts may be batched: sequences are right-padded and pads are masked out of every pooling, so a
+batch gives the same result as one prompt at a time (causal models: real tokens never see pads).
+:func:`iter_activations` yields one batch at a time; :func:`collect_activations` stacks them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .errors import PrismError
+
+POOLS = ("mean", "last", "tokens")
+
+
+def find_modules(model: nn.Module) -> tuple[str, str, int]:
+    """``(embedding module path, decoder block list path, number of blocks)`` of a causal LM."""
+    names = {id(m): n for n, m in model.named_modules()}
+    embed = names.get(id(model.get_input_embeddings()))
+    best = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "blocks", "block"):
+            if best is None or len(mod) > len(best[1]):
+                best = (name, mod)
+    if embed is None or best is None:
+        raise PrismError(f"cannot find the embedding and decoder blocks of {type(model).__name__}")
+    return embed, best[0], len(best[1])
+
+
+def _envoy(root, path: str):
+    for part in path.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+def _unwrap(out) -> torch.Tensor:
+    """A block's hidden states: the tensor itself (transformers >= 5) or element 0 of a tuple (< 5)."""
+    return out if torch.is_tensor(out) else out[0]
+
+
+def _capture(nn_model, embed_path: str, layers_path: str, n_layers: int, input_ids, attention_mask):
+    """Hidden states (L + 1, batch, seq, d) of one forward pass, traced with nnsight."""
+    saved = []
+    with torch.no_grad(), nn_model.trace(input_ids=input_ids, attention_mask=attention_mask):
+        saved.append(_envoy(nn_model, embed_path).output.save())
+        blocks = _envoy(nn_model, layers_path)
+        for i in range(n_layers):
+            saved.append(blocks[i].output.save())
+    return torch.stack([_unwrap(s) for s in saved])
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, pool: str) -> torch.Tensor:
+    """hidden (L+1, b, s, d), mask (b, s) -> (L+1, rows, d) float32; rows = b, or real tokens."""
+    h = hidden.float()
+    if pool == "mean":
+        m = mask.to(h.dtype)[None, :, :, None]
+        return (h * m).sum(2) / m.sum(2)
+    if pool == "last":
+        last = mask.sum(1) - 1
+        return h[:, torch.arange(h.shape[1], device=h.device), last]
+    if pool == "tokens":
+        return h[:, mask.bool()]
+    raise ValueError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLS)}")
+
+
+def iter_activations(model, tokenizer, texts: Sequence[str], pool: str = "mean", batch_size: int = 1,
+                     max_length: int | None = 512, progress: bool = False) -> Iterator[torch.Tensor]:
+    """Yield, per batch of prompts, a (L + 1, rows, d) float32 tensor of pooled hidden states.
+
+    ``rows`` is the number of prompts in the batch (``mean``, ``last``) or of their real tokens
+    (``tokens``). Tensors stay on the model's device.
+    """
+    if pool not in POOLS:
+        raise ValueError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLS)}")
+    from nnsight import NNsight
+    from tqdm.auto import tqdm
+    embed_path, layers_path, n_layers = find_modules(model)
+    nn_model = NNsight(model)
+    device = next(model.parameters()).device
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    for start in tqdm(range(0, len(texts), batch_size), desc="activations", disable=not progress, leave=False):
+        batch = list(texts[start:start + batch_size])
+        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=max_length is not None,
+                        max_length=max_length, padding_side="right")
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        if int(mask.sum(1).min()) == 0:
+            raise PrismError(f"prompt {start + int(mask.sum(1).argmin())} tokenizes to nothing")
+        hidden = _capture(nn_model, embed_path, layers_path, n_layers, ids, mask)
+        yield _pool(hidden, mask, pool)
+
+
+def collect_activations(model, tokenizer, texts: Sequence[str], pool: str = "mean", batch_size: int = 1,
+                        max_length: int | None = 512, progress: bool = False) -> torch.Tensor:
+    """All prompts at once: (L + 1, n, d) float32 (``tokens``: n = total real tokens)."""
+    return torch.cat(list(iter_activations(model, tokenizer, texts, pool, batch_size, max_length, progress)), dim=1)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device | None = None, dtype: str | None = None,
+               tokenizer: str | os.PathLike | None = None, trust_remote_code: bool = False,
+               allow_pickle: bool = False, progress: bool = True):
+    """``(model, tokenizer)`` from a local checkpoint, safetensors only unless ``allow_pickle``.
+
+    ``dtype``: ``"float32"``, ``"bfloat16"``, ``"float16"`` or None (the checkpoint's).
+    Raises :class:`PrismError` naming the path when it cannot be loaded.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    from .checkpoint import Checkpoint, default_device
+    if not progress:
+        hf_logging.disable_progress_bar()
+    Checkpoint(path, allow_pickle=allow_pickle)  # validates files with a one-line error first
+    dev = torch.device(device) if device is not None else default_device()
+    torch_dtype = getattr(torch, dtype) if dtype else "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=not allow_pickle)
+    except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError, ...)
+        raise PrismError(f"cannot load model: {' '.join(str(e).split())[:300]}", path) from None
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer or path, trust_remote_code=trust_remote_code)
+    except Exception:
+        raise PrismError("no loadable tokenizer here; pass --tokenizer PATH", tokenizer or path) from None
+    return model.to(dev).eval(), tok

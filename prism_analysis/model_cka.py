@@ -1,0 +1,174 @@
+"""CKA between two checkpoints, layer by layer, on probe sets: PRISM figure 14 and table 14.
+
+For every probe set (a list of prompts) both models are run one prompt per forward pass, every
+layer's hidden states are pooled (mean over tokens by default), and the linear CKA of layer l of A
+with layer l of B is computed over the n prompts, with PRISM's bootstrap (20 random subsets of
+half the prompts; 100 of 200 in the paper) for an interval. The table PRISM reports is the minimum
+over layers (T14). ``all_pairs`` adds the L x L matrix of every layer of A against every layer of B.
+
+With ``pool="tokens"`` every real token is a row, streamed through :class:`StreamingCKA` (both
+models run side by side; no bootstrap interval).
+
+Models are loaded one after the other for ``mean``/``last`` pooling, so only one is in memory.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .activations import collect_activations, find_modules, iter_activations, load_model
+from .cka import StreamingCKA, bootstrap_cka, cka_matrix
+from .checkpoint import Checkpoint
+from .errors import PrismError
+from .outputs import atomic_output_dir, write_json
+
+
+def read_probe(path: str | os.PathLike) -> list[str]:
+    """Prompts of a probe file: ``.txt`` (one per non-blank line) or ``.jsonl`` (field ``text``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise PrismError("probe file not found", p)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PrismError(f"cannot read probe file ({e})", p) from None
+    if p.suffix == ".jsonl":
+        texts = []
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(str(json.loads(line)["text"]))
+            except (ValueError, KeyError, TypeError):
+                raise PrismError(f"line {i} is not a JSON object with a 'text' field", p) from None
+    else:
+        texts = [line for line in lines if line.strip()]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise PrismError("probe file has no prompts", p)
+    return texts
+
+
+@dataclass
+class ModelCKA:
+    """Result of :func:`model_cka`: tidy per-layer table and optional all-pairs matrices."""
+    a: str
+    b: str
+    pool: str
+    layers: pd.DataFrame  # probe, layer, cka, mean, std, ci_low, ci_high, n
+    matrices: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        out = {}
+        for probe, df in self.layers.groupby("probe", sort=False):
+            i = int(df["cka"].values.argmin())
+            out[probe] = {"min_cka": float(df["cka"].iloc[i]), "argmin_layer": int(df["layer"].iloc[i]),
+                          "n": int(df["n"].iloc[0]), "layers": [float(v) for v in df["cka"]]}
+        return out
+
+    def save(self, out: str | os.PathLike) -> None:
+        """Write cka.csv, summary.json, the F14 figure (and matrices) atomically."""
+        from .figures import plot_cka_layers, plot_cka_matrix
+        with atomic_output_dir(out) as tmp:
+            self.layers.to_csv(tmp / "cka.csv", index=False)
+            write_json(tmp / "summary.json", {**self.summary(),
+                                              "_meta": {"a": self.a, "b": self.b, "pool": self.pool}})
+            plot_cka_layers(self.layers, tmp / "cka_by_layer", title=f"{Path(self.a).name} vs {Path(self.b).name}")
+            for probe, m in self.matrices.items():
+                m.to_csv(tmp / f"cka_matrix_{probe}.csv")
+                plot_cka_matrix(m, tmp / f"cka_matrix_{probe}", title=f"{probe}: every layer pair")
+
+    def format(self) -> str:
+        lines = [f"A: {self.a}", f"B: {self.b}", f"pooling: {self.pool}", "",
+                 f"{'probe (T14)':<20}{'n':>6}{'min CKA':>12}{'at layer':>10}"]
+        for probe, s in self.summary().items():
+            lines.append(f"{probe:<20}{s['n']:>6}{s['min_cka']:>12.6f}{s['argmin_layer']:>10}")
+        return "\n".join(lines)
+
+
+def _per_layer(probe: str, XA: torch.Tensor, XB: torch.Tensor, bootstrap: int, sample_size: int | None,
+               seed: int, debiased: bool) -> pd.DataFrame:
+    n = XA.shape[1]
+    k = sample_size if sample_size is not None else max(n // 2, 4 if debiased else 2)
+    if bootstrap and k < n:
+        df = bootstrap_cka(XA, XB, n_resamples=bootstrap, sample_size=k, seed=seed, debiased=debiased)
+    else:
+        from .cka import layerwise_cka
+        v = layerwise_cka(XA, XB, debiased=debiased).cpu().numpy()
+        df = pd.DataFrame({"layer": np.arange(len(v)), "cka": v, "mean": v, "std": np.nan,
+                           "ci_low": np.nan, "ci_high": np.nan})
+    df.insert(0, "probe", probe)
+    df["n"] = n
+    return df
+
+
+def model_cka(a, b, probes: dict[str, list[str]], pool: str = "mean", n: int | None = 200, bootstrap: int = 20,
+              sample_size: int | None = None, seed: int = 0, all_pairs: bool = False, debiased: bool = False,
+              device=None, dtype: str | None = None, batch_size: int = 1, max_length: int | None = 512,
+              tokenizer=None, trust_remote_code: bool = False, progress: bool = True) -> ModelCKA:
+    """Per-layer CKA of checkpoints ``a`` and ``b`` on each probe set (first ``n`` prompts)."""
+    probes = {name: list(texts)[:n] if n else list(texts) for name, texts in probes.items()}
+    for name, texts in probes.items():
+        if len(texts) < (4 if debiased else 2):
+            raise PrismError(f"probe set {name!r} has {len(texts)} prompts; CKA needs more")
+    depth_a, depth_b = (Checkpoint(a).config or {}).get("num_hidden_layers"), (Checkpoint(b).config or {}).get("num_hidden_layers")
+    if depth_a and depth_b and depth_a != depth_b and not all_pairs:
+        raise PrismError(f"models have different layer counts ({depth_a} blocks vs {depth_b}); "
+                         "use --all-pairs to compare every layer with every layer", b)
+    load = dict(device=device, dtype=dtype, tokenizer=tokenizer, trust_remote_code=trust_remote_code,
+                progress=progress)
+    if pool == "tokens":
+        return _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress)
+
+    def activations(path):
+        model, tok = load_model(path, **load)
+        acts = {name: collect_activations(model, tok, texts, pool, batch_size, max_length, progress)
+                for name, texts in probes.items()}
+        del model
+        gc.collect()
+        return acts
+
+    acts_a = activations(a)
+    acts_b = activations(b)
+    la, lb = next(iter(acts_a.values())).shape[0], next(iter(acts_b.values())).shape[0]
+    if la != lb and not all_pairs:
+        raise PrismError(f"models have different layer counts ({la - 1} blocks vs {lb - 1}); "
+                         "use --all-pairs to compare every layer with every layer", b)
+    tables, matrices = [], {}
+    for name in probes:
+        XA, XB = acts_a[name], acts_b[name]
+        if la == lb:
+            tables.append(_per_layer(name, XA, XB, bootstrap, sample_size, seed, debiased))
+        if all_pairs:
+            matrices[name] = cka_matrix(XA, XB, debiased=debiased, as_frame=True)
+    layers = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        columns=["probe", "layer", "cka", "mean", "std", "ci_low", "ci_high", "n"])
+    return ModelCKA(str(a), str(b), pool, layers, matrices)
+
+
+def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress) -> ModelCKA:
+    ma, ta = load_model(a, **load)
+    mb, tb = load_model(b, **load)
+    if find_modules(ma)[2] != find_modules(mb)[2]:
+        raise PrismError("models have different layer counts; token-level CKA compares matched layers", b)
+    tables = []
+    for name, texts in probes.items():
+        s = StreamingCKA(debiased=debiased)
+        rows = 0
+        for xa, xb in zip(iter_activations(ma, ta, texts, "tokens", batch_size, max_length, progress),
+                          iter_activations(mb, tb, texts, "tokens", batch_size, max_length, progress)):
+            if xa.shape[1] != xb.shape[1]:
+                raise PrismError("the two tokenizers split the probe differently; token-level CKA needs the same tokens")
+            s.update(xa, xb)
+            rows += xa.shape[1]
+        v = s.compute().cpu().numpy()
+        tables.append(pd.DataFrame({"probe": name, "layer": np.arange(len(v)), "cka": v, "mean": v, "std": np.nan,
+                                    "ci_low": np.nan, "ci_high": np.nan, "n": rows}))
+    return ModelCKA(str(a), str(b), "tokens", pd.concat(tables, ignore_index=True))
