@@ -21,7 +21,7 @@ or numpy arrays; scalars come back as Python floats, matrices as tensors (numpy 
 - :func:`linear_cka`, :func:`rbf_cka`  one pair, float64 throughout.
 - :func:`layerwise_cka`                matched layers (layer i of X vs layer i of Y), batched.
 - :func:`cka_matrix`                   all L1 x L2 layer pairs from one product of stacked Gram
-  matrices (fp32 Gram products of float64-centred inputs, float64 HSIC), no Python double loop.
+  matrices (fp32 Gram products of float64-centred inputs, float64 HSIC sums), no double loop.
 - :class:`StreamingCKA`                exact linear CKA over unlimited rows fed in chunks, many
   layers at once, O(d^2) memory per layer, update / compute / merge.
 - :class:`MinibatchCKA`                Nguyen et al.'s minibatch CKA: sums of unbiased HSICs.
@@ -172,40 +172,71 @@ def rbf_cka(X, Y, sigma: float = 0.5, debiased: bool = False) -> float:
 
 # -- all layer pairs ----------------------------------------------------------------------------
 def cka_matrix(Xs, Ys, debiased: bool = False, gram_dtype: torch.dtype = torch.float32,
-               block: int = 8, as_frame: bool = False):
+               block: int = 8, chunk: int = 1 << 16, as_frame: bool = False):
     """Linear CKA of every layer of X against every layer of Y: an (L1 x L2) float64 matrix.
 
-    Each layer's input is centred in float64, its Gram matrix taken in ``gram_dtype`` (a batched
-    product), centred (unbiased when ``debiased``), and every HSIC comes from one float64 product
-    of the flattened Gram stacks: HSIC = G_X G_Y^T. Memory: L1 x n^2 float64 plus ``block`` Y layers.
-    ``as_frame=True`` returns a DataFrame (rows: X layers, columns: Y layers) for heatmaps.
+    Each layer is centred in float64 and its Gram matrix K = X~ X~^T taken in ``gram_dtype`` (one
+    batched product per side). Every HSIC then comes from one product of the flattened Gram
+    stacks, G_X G_Y^T, evaluated in float64 over reusable chunks of ``chunk`` entries (exact
+    products of the fp32 entries, float64 sums) together with the self terms. Debiased: with zeroed
+    diagonals, HSIC_1 ~ <K~, L~> + (1'K~1)(1'L~1)/((n-1)(n-2)) - 2/(n-2) (K~1).(L~1), where the
+    last term for all pairs is one (L1 x n)(n x L2) product of row sums -- no n x n centring.
+
+    Memory: L1 x n^2 in ``gram_dtype`` plus ``block`` Y layers. ``as_frame=True`` returns a
+    DataFrame (rows: X layers, columns: Y layers) for heatmaps; numpy in -> numpy out.
     """
     X = _stack(Xs)
     Y = _stack(Ys).to(X.device)
     if X.shape[1] != Y.shape[1]:
         raise ValueError(f"X and Y need the same number of rows: {X.shape[1]} vs {Y.shape[1]}")
-    _check_rows(X.shape[1], debiased)
+    n = X.shape[1]
+    _check_rows(n, debiased)
     numpy_in = isinstance(Xs, np.ndarray) or (isinstance(Xs, (list, tuple)) and isinstance(Xs[0], np.ndarray))
 
     def grams(Z):
-        Zc = _center(Z).to(gram_dtype)
-        G = center_gram(Zc @ Zc.mT, unbiased=True) if debiased else (Zc @ Zc.mT).to(F64)
-        return G.reshape(G.shape[0], -1)
+        Zc64 = _center(Z)
+        Zc = Zc64.to(gram_dtype)
+        G = Zc @ Zc.mT
+        rows = tot = None
+        if debiased:
+            # centred rows: K 1 = 0, so the zero-diagonal row sums are K~ 1 = -diag(K) = -|x~_i|^2
+            G.diagonal(dim1=-2, dim2=-1).zero_()
+            rows = -(Zc64 * Zc64).sum(-1)
+            tot = rows.sum(-1)
+        return G.reshape(G.shape[0], -1), rows, tot
 
-    GX = grams(X)
-    hxx = (GX * GX).sum(-1)
+    GX, rx, tx = grams(X)
+    L1, m = GX.shape
+    hxx = torch.zeros(L1, dtype=F64, device=X.device)
     hxy_blocks, hyy_blocks = [], []
+    bufx = torch.empty(L1, min(chunk, m), dtype=F64, device=X.device)
     for start in range(0, Y.shape[0], block):
-        GY = grams(Y[start:start + block])
-        hxy_blocks.append(GX @ GY.T)
-        hyy_blocks.append((GY * GY).sum(-1))
+        GY, ry, ty = grams(Y[start:start + block])
+        L2 = GY.shape[0]
+        hxy = torch.zeros(L1, L2, dtype=F64, device=X.device)
+        hyy = torch.zeros(L2, dtype=F64, device=X.device)
+        bufy = torch.empty(L2, min(chunk, m), dtype=F64, device=X.device)
+        for c in range(0, m, chunk):
+            w = min(chunk, m - c)
+            bx, by = bufx[:, :w], bufy[:, :w]
+            bx.copy_(GX[:, c:c + w])
+            by.copy_(GY[:, c:c + w])
+            hxy.addmm_(bx, by.T)
+            hyy += torch.linalg.vecdot(by, by)
+            if start == 0:
+                hxx += torch.linalg.vecdot(bx, bx)
+        if debiased:
+            hxy = hxy + tx[:, None] * ty[None, :] / ((n - 1.0) * (n - 2.0)) - 2.0 / (n - 2.0) * (rx @ ry.T)
+            hyy = hyy + ty * ty / ((n - 1.0) * (n - 2.0)) - 2.0 / (n - 2.0) * (ry * ry).sum(-1)
+        hxy_blocks.append(hxy)
+        hyy_blocks.append(hyy)
         del GY
-    hxy, hyy = torch.cat(hxy_blocks, dim=1), torch.cat(hyy_blocks)
-    M = _ratio(hxy, hxx[:, None], hyy[None, :])
+    if debiased:
+        hxx = hxx + tx * tx / ((n - 1.0) * (n - 2.0)) - 2.0 / (n - 2.0) * (rx * rx).sum(-1)
+    M = _ratio(torch.cat(hxy_blocks, dim=1), hxx[:, None], torch.cat(hyy_blocks)[None, :])
     if as_frame:
-        df = pd.DataFrame(M.cpu().numpy(), index=pd.RangeIndex(M.shape[0], name="layer_x"),
-                          columns=pd.RangeIndex(M.shape[1], name="layer_y"))
-        return df
+        return pd.DataFrame(M.cpu().numpy(), index=pd.RangeIndex(M.shape[0], name="layer_x"),
+                            columns=pd.RangeIndex(M.shape[1], name="layer_y"))
     return M.cpu().numpy() if numpy_in else M
 
 

@@ -157,7 +157,122 @@ def _run_cka(args) -> None:
         print(f"\nwrote {args.out}/cka.csv, summary.json, cka_by_layer.png/.pdf")
 
 
-_ADDERS = [_add_audit, _add_cka, _add_demo]
+def _add_trajectory(sub) -> None:
+    p = sub.add_parser(
+        "trajectory", help="front-loading over a checkpoint sequence (PRISM F16)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            For every checkpoint theta_t of a run, against the first (theta_0) and the last (theta_T),
+            per component and for the whole model:
+              C(t)                       cumulative normalized L2 ||theta_t - theta_0|| / ||theta_0||
+              fraction changed           vs theta_0, at every threshold of the sweep
+              cosine_to_final            cosine(theta_t - theta_0, theta_T - theta_0)
+              share_of_final_changed     share of the final changed set (at --tau) already changed at t
+            and t50 / t80: the first step where C(t) reaches 50% / 80% of C(T).
+            Each checkpoint file is read once."""),
+        epilog=textwrap.dedent("""\
+            RUN is a directory with a trajectory.json manifest (written by prism train / prism rl),
+            a directory of step directories (step_000020/, checkpoint-20/, global_step20/, ...),
+            or two or more checkpoint paths in order.
+
+            examples:
+              prism trajectory runs/rl_mid --out traj/rl_mid
+              prism trajectory runs/rl_mid --compare runs/rl_base --out traj/f16   # F16 overlay
+              prism trajectory ckpt/step_0 ckpt/step_100 ckpt/step_200 --out traj/x
+
+            writes OUT/trajectory.csv (step, component, metric, value), OUT/summary.json and
+            OUT/trajectory.{png,pdf} (F16; --compare run dashed)."""))
+    p.add_argument("run", nargs="+", help="run directory or manifest, or checkpoints in order")
+    p.add_argument("--compare", default=None, metavar="RUN2", help="a second run to overlay (dashed)")
+    p.add_argument("--out", help="output directory (written atomically); omit to only print")
+    p.add_argument("--tau", type=float, default=0.01, help="threshold for the changed sets (default 0.01 = 1%%)")
+    p.add_argument("--thresholds", type=_thresholds, default=None, metavar="LIST", help="threshold sweep")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_trajectory)
+
+
+def _run_trajectory(args) -> None:
+    from .trajectory import analyse_trajectory, save_trajectory
+    from .weights import DEFAULT_THRESHOLDS
+    kw = dict(thresholds=args.thresholds or DEFAULT_THRESHOLDS, tau=args.tau, device=args.device,
+              progress=not args.quiet)
+    main_run = analyse_trajectory(args.run if len(args.run) > 1 else args.run[0], **kw)
+    other = analyse_trajectory(args.compare, **kw) if args.compare else None
+    if args.out:
+        save_trajectory(args.out, main_run, other)
+    for t in [main_run] + ([other] if other else []):
+        s = t.summary()
+        print(f"{t.name}: steps {s['steps'][0]}..{s['steps'][-1]} ({len(s['steps'])} checkpoints)")
+        print(f"  {'component':<16}{'t50':>7}{'t80':>7}{'final L2':>12}{'final %chg':>12}")
+        for comp, b in [("total", s["total"])] + list(s["components"].items()):
+            print(f"  {comp:<16}{str(b['t50']):>7}{str(b['t80']):>7}{b['final_normalized_l2']:>12.4g}"
+                  f"{100 * b['final_fraction_changed']:>12.2f}")
+    if args.out:
+        print(f"\nwrote {args.out}/trajectory.csv, summary.json, trajectory.png/.pdf")
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare", help="two updates side by side: cosine, size, density, mask overlap (PRISM Eq. 2, F12, F26)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Compare U1 = B1 - A1 with U2 = B2 - A2 (same architecture), per component and overall:
+            cosine(U1, U2) (Eq. 2), normalized L2 of each and their ratio, fraction changed of each
+            (|d| > tau |a|) and the difference in percentage points, the Jaccard overlap of the two
+            changed masks, the overlap expected by chance for masks of those densities, and the
+            one-sided overlaps."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              prism compare base rl_base mid rl_mid --out cmp/rl_start      # F26: RL from base vs mid
+              prism compare base mid_mc base mid_mcs --out cmp/mc_vs_mcs    # F12/T13: MC vs MCS
+
+            writes OUT/compare.csv, OUT/summary.json and OUT/compare_components.{png,pdf}."""))
+    for name in ("a1", "b1", "a2", "b2"):
+        p.add_argument(name, help={"a1": "start of update 1", "b1": "end of update 1",
+                                   "a2": "start of update 2", "b2": "end of update 2"}[name])
+    p.add_argument("--out", help="output directory (written atomically); omit to only print")
+    p.add_argument("--tau", type=float, default=0.01, help="threshold for changed masks (default 0.01 = 1%%)")
+    p.add_argument("--labels", nargs=2, default=("U1", "U2"), metavar=("L1", "L2"), help="names for the figure")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args) -> None:
+    from .compare import compare_updates
+    res = compare_updates(args.a1, args.b1, args.a2, args.b2, tau=args.tau, device=args.device,
+                          progress=not args.quiet, labels=tuple(args.labels))
+    if args.out:
+        res.save(args.out)
+    print(res.format())
+    if args.out:
+        print(f"\nwrote {args.out}/compare.csv, summary.json, compare_components.png/.pdf")
+
+
+def _add_interpolate(sub) -> None:
+    p = sub.add_parser(
+        "interpolate", help="write W(a, b) = base + a (mid - base) + b (rl - mid) (PRISM Eq. 3)",
+        description="Write the interpolated weights W(a, b) = W_base + a (W_mid - W_base) + b (W_rl - W_mid) "
+                    "as a loadable Hugging Face checkpoint (stored dtype; config and tokenizer from base). "
+                    "W(0,0), W(1,0), W(1,1) reproduce base, mid and rl bit for bit. "
+                    "Example: prism interpolate base mid rl --a 1 --b 0.5 --out interp/a1_b0.5")
+    p.add_argument("base")
+    p.add_argument("mid")
+    p.add_argument("rl")
+    p.add_argument("--a", type=float, required=True, help="weight of the mid-training update")
+    p.add_argument("--b", type=float, required=True, help="weight of the RL update")
+    p.add_argument("--out", required=True, help="output checkpoint directory (written atomically)")
+    p.set_defaults(func=_run_interpolate)
+
+
+def _run_interpolate(args) -> None:
+    from .interpolate import interpolate
+    out = interpolate(args.base, args.mid, args.rl, args.a, args.b, args.out, progress=True)
+    print(f"wrote {out} = W(a={args.a:g}, b={args.b:g})")
+
+
+_ADDERS = [_add_audit, _add_cka, _add_trajectory, _add_compare, _add_interpolate, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,3 +81,78 @@ def plot_cka_matrix(matrix: pd.DataFrame, stem, title: str = "") -> plt.Figure:
         ax.set_title(title)
     _save(fig, stem)
     return fig
+
+
+def plot_compare(table: pd.DataFrame, stem, tau: float = 0.01, labels=("U1", "U2")) -> plt.Figure:
+    """F26 (left): % changed per component for both updates; F12 (right): cosine per component."""
+    comps = table[table["group"] != "total"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True)
+    x = range(len(comps))
+    w = 0.4
+    left.bar([i - w / 2 for i in x], 100 * comps["fraction_changed_1"], w, label=labels[0], color=PALETTE[0])
+    left.bar([i + w / 2 for i in x], 100 * comps["fraction_changed_2"], w, label=labels[1], color=PALETTE[1])
+    left.set_xticks(list(x), comps["group"], rotation=45, ha="right")
+    left.set_ylabel(f"% of weights changed (> {100 * tau:g}% relative)")
+    left.set_title("F26: update density by component")
+    left.legend()
+    right.bar(list(x), comps["cosine"], color=PALETTE[2])
+    total = table[table["group"] == "total"]["cosine"]
+    if len(total):
+        right.axhline(float(total.iloc[0]), color="k", ls="--", lw=1, label=f"whole model {float(total.iloc[0]):.3f}")
+        right.legend()
+    right.set_xticks(list(x), comps["group"], rotation=45, ha="right")
+    right.set_ylabel(f"cosine({labels[0]}, {labels[1]})")
+    right.set_title("F12: direction agreement by component (Eq. 2)")
+    right.set_ylim(min(0.0, float(comps["cosine"].min()) - 0.05) if len(comps) else 0, 1.0)
+    _save(fig, stem)
+    return fig
+
+
+def plot_trajectory(table: pd.DataFrame, stem, tau: float = 0.01, label: str = "run",
+                    compare: pd.DataFrame | None = None, compare_label: str | None = None,
+                    components: list[str] | None = None) -> plt.Figure:
+    """F16: cumulative normalized L2 (left) and % changed vs theta_0 (right) over steps, per
+    component; the compared run (e.g. RL from base) dashed, the main run (RL from mid) solid."""
+    key = f"fraction_changed_{float(tau)!r}"
+    comps = components or [c for c in table["component"].unique()]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    runs = [(table, label, "-")] + ([(compare, compare_label or "compare", "--")] if compare is not None else [])
+    for df, name, ls in runs:
+        for i, comp in enumerate(comps):
+            color = "k" if comp == "total" else PALETTE[i % len(PALETTE)]
+            lw = 2.2 if comp == "total" else 1.2
+            for ax, metric, scale in ((left, "normalized_l2", 1.0), (right, key, 100.0)):
+                d = df[(df["component"] == comp) & (df["metric"] == metric)].sort_values("step")
+                if len(d):
+                    ax.plot(d["step"], scale * d["value"], ls=ls, color=color, lw=lw,
+                            label=f"{comp}" if ls == "-" else None)
+    left.set_ylabel(r"cumulative normalized L2  $\|\theta_t-\theta_0\|/\|\theta_0\|$")
+    right.set_ylabel(f"% of weights changed vs step 0 (> {100 * tau:g}%)")
+    for ax in (left, right):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    left.set_title(f"F16: weight trajectory — {label} (solid)" + (f" vs {compare_label} (dashed)" if compare is not None else ""))
+    right.legend(fontsize=7, ncol=2, title="component")
+    _save(fig, stem)
+    return fig
+
+
+def plot_landscape(df: pd.DataFrame, stem, score_label: str = "score") -> plt.Figure:
+    """F13: the score along base -> mid -> rl (left) and over the a x b grid (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    path = df[df["kind"] == "path"].reset_index(drop=True)
+    if len(path):
+        left.plot(range(len(path)), path["score"], marker="o", color=PALETTE[0])
+        left.set_xticks(range(len(path)), [f"({a:g},{b:g})" for a, b in zip(path["a"], path["b"])], rotation=45)
+    left.set_xlabel("(a, b) along base -> mid -> rl")
+    left.set_ylabel(score_label)
+    left.set_title("F13: interpolation path (Eq. 3)")
+    left.grid(alpha=0.3)
+    grid = df[df["kind"] == "grid"]
+    if len(grid):
+        mat = grid.pivot_table(index="b", columns="a", values="score")
+        sns.heatmap(mat, ax=right, cmap="viridis", annot=True, fmt=".2f", cbar_kws={"label": score_label})
+        right.invert_yaxis()
+    right.set_title("F13: W(a, b) = base + a(mid - base) + b(rl - mid)")
+    _save(fig, stem)
+    return fig

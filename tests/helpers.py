@@ -59,7 +59,8 @@ def tiny_tokenizer():
     return _TOKENIZER
 
 
-def save_model(path: Path, family: str = "llama", seed: int = 0, perturb: float = 0.0, **overrides) -> Path:
+def save_model(path: Path, family: str = "llama", seed: int = 0, perturb: float = 0.0, dtype=torch.float32,
+               **overrides) -> Path:
     """A complete HF checkpoint (config, safetensors, tokenizer) of a tiny random model of ``family``;
     ``perturb`` > 0 adds seeded relative noise of that size to every weight."""
     from prism_train.models import build_model
@@ -69,6 +70,6 @@ def save_model(path: Path, family: str = "llama", seed: int = 0, perturb: float 
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(perturb * torch.randn(p.shape, generator=g) * p)
-    model.save_pretrained(path)
+    model.to(dtype).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path

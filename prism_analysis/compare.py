@@ -1,0 +1,189 @@
+"""Two updates side by side: PRISM Eq. 2 (direction), T23/F26 (where), T13/F12 (MC vs MCS).
+
+For updates U1 = B1 - A1 and U2 = B2 - A2 of the same architecture (e.g. base->RL and mid->RL, or
+base->MC and base->MCS), per component and for the whole model:
+
+- cosine(U1, U2) = <U1, U2> / (||U1|| ||U2||)                                    (Eq. 2)
+- normalized L2 of each, ||Ui|| / ||Ai|| (Eq. 1), and their ratio;
+- fraction changed of each at tau (|d| > tau |a|) and the difference in percentage points;
+- changed masks M1, M2 at tau: Jaccard |M1 & M2| / |M1 | M2|, the Jaccard expected by chance for
+  independent masks of the same densities, their ratio, and the one-sided overlaps
+  |M1 & M2| / |M1| and |M1 & M2| / |M2|.
+
+The chance overlap is computed tensor by tensor and summed (E|M1 & M2| = sum_t n_t p1_t p2_t), so a
+group mixing dense and sparse tensors is not credited with overlap it gets from density alone.
+Sums are float64; :class:`OverlapStats` follows update / compute / merge like
+:class:`prism_analysis.weights.UpdateStats`, which supplies the per-update L2 and fractions.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import align, check_same_architecture, default_device, iter_tensors, open_checkpoint
+from .components import COMPONENTS, classify
+from .errors import PrismError
+from .outputs import atomic_output_dir, write_json
+from .weights import CHUNK, DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, UpdateStats, threshold_key
+
+
+@dataclass
+class OverlapStats:
+    """Streaming statistics of two updates d1 = b1 - a1 and d2 = b2 - a2 over tensor pairs."""
+    tau: float = DEFAULT_THRESHOLD
+    numel: int = 0
+    dot: float = 0.0          # <d1, d2>
+    sq1: float = 0.0          # ||d1||^2
+    sq2: float = 0.0          # ||d2||^2
+    n1: int = 0               # |M1|
+    n2: int = 0               # |M2|
+    n12: int = 0              # |M1 & M2|
+    expected_n12: float = 0.0  # sum over tensors of n_t p1_t p2_t
+
+    def update(self, a1, b1, a2, b2) -> "OverlapStats":
+        work = torch.float32 if a1.dtype in (torch.bfloat16, torch.float16) else torch.float64
+        flat = [t.reshape(-1) for t in (a1, b1, a2, b2)]
+        n = flat[0].numel()
+        acc = torch.zeros(3, dtype=torch.float64, device=a1.device)
+        cnt = torch.zeros(3, dtype=torch.int64, device=a1.device)
+        for s in range(0, n, CHUNK):
+            x1, y1, x2, y2 = (t[s:s + CHUNK].to(work) for t in flat)
+            d1, d2 = y1 - x1, y2 - x2
+            acc[0] += torch.dot(d1.double(), d2.double())
+            acc[1] += torch.dot(d1.double(), d1.double())
+            acc[2] += torch.dot(d2.double(), d2.double())
+            m1 = d1.abs() > self.tau * x1.abs()
+            m2 = d2.abs() > self.tau * x2.abs()
+            cnt[0] += m1.sum()
+            cnt[1] += m2.sum()
+            cnt[2] += (m1 & m2).sum()
+        acc, cnt = acc.tolist(), cnt.tolist()
+        self.numel += n
+        self.dot += acc[0]
+        self.sq1 += acc[1]
+        self.sq2 += acc[2]
+        self.n1 += cnt[0]
+        self.n2 += cnt[1]
+        self.n12 += cnt[2]
+        self.expected_n12 += cnt[0] * cnt[1] / n if n else 0.0
+        return self
+
+    def merge(self, other: "OverlapStats") -> "OverlapStats":
+        if other.tau != self.tau:
+            raise ValueError("cannot merge overlaps taken at different thresholds")
+        for k in ("numel", "dot", "sq1", "sq2", "n1", "n2", "n12", "expected_n12"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        return self
+
+    def compute(self) -> dict:
+        union = self.n1 + self.n2 - self.n12
+        exp_union = self.n1 + self.n2 - self.expected_n12
+        jac = self.n12 / union if union else math.nan
+        chance = self.expected_n12 / exp_union if exp_union else math.nan
+        return {
+            "cosine": self.dot / math.sqrt(self.sq1 * self.sq2) if self.sq1 > 0 and self.sq2 > 0 else math.nan,
+            "jaccard": jac,
+            "jaccard_chance": chance,
+            "jaccard_over_chance": jac / chance if chance and not math.isnan(chance) else math.nan,
+            "overlap_1_in_2": self.n12 / self.n2 if self.n2 else math.nan,  # share of M2 also in M1
+            "overlap_2_in_1": self.n12 / self.n1 if self.n1 else math.nan,  # share of M1 also in M2
+        }
+
+
+def _by_group(per_tensor: dict, make) -> dict:
+    """Aggregate per-tensor accumulators into {"total": .., "components": {c: ..}}."""
+    comps: dict = {}
+    total = make()
+    for name, s in per_tensor.items():
+        comps.setdefault(classify(name)[1], make()).merge(s)
+        total.merge(s)
+    order = {c: i for i, c in enumerate(COMPONENTS)}
+    return {"total": total, "components": dict(sorted(comps.items(), key=lambda kv: order.get(kv[0], 99)))}
+
+
+@dataclass
+class Comparison:
+    """Result of :func:`compare_updates`: a tidy table and the summary record."""
+    paths: dict
+    tau: float
+    table: pd.DataFrame  # one row per group ("total" and each component)
+    summary_dict: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return self.summary_dict
+
+    def save(self, out: str | os.PathLike) -> None:
+        from .figures import plot_compare
+        with atomic_output_dir(out) as tmp:
+            self.table.to_csv(tmp / "compare.csv", index=False)
+            write_json(tmp / "summary.json", self.summary_dict)
+            plot_compare(self.table, tmp / "compare_components", tau=self.tau,
+                         labels=(self.paths["label_1"], self.paths["label_2"]))
+
+    def format(self) -> str:
+        t = self.table
+        lines = [f"U1 = {self.paths['b1']} - {self.paths['a1']}", f"U2 = {self.paths['b2']} - {self.paths['a2']}",
+                 f"threshold tau = {100 * self.tau:g}%", "",
+                 f"{'group':<16}{'cosine':>9}{'L2 U1':>11}{'L2 U2':>11}{'%chg U1':>9}{'%chg U2':>9}"
+                 f"{'Jaccard':>9}{'chance':>9}"]
+        for _, r in t.iterrows():
+            lines.append(f"{r['group']:<16}{r['cosine']:>9.4f}{r['normalized_l2_1']:>11.4g}{r['normalized_l2_2']:>11.4g}"
+                         f"{100 * r['fraction_changed_1']:>9.2f}{100 * r['fraction_changed_2']:>9.2f}"
+                         f"{r['jaccard']:>9.4f}{r['jaccard_chance']:>9.4f}")
+        return "\n".join(lines)
+
+
+def compare_updates(a1, b1, a2, b2, tau: float = DEFAULT_THRESHOLD, thresholds=DEFAULT_THRESHOLDS,
+                    device=None, progress: bool = True, allow_pickle: bool = False,
+                    labels: tuple[str, str] = ("U1", "U2")) -> Comparison:
+    """Compare U1 = b1 - a1 with U2 = b2 - a2, streaming the four checkpoints tensor by tensor."""
+    ckpts = [open_checkpoint(p, allow_pickle) for p in (a1, b1, a2, b2)]
+    check_same_architecture(ckpts)
+    names = align(ckpts[0], ckpts[1]).common
+    for other in ckpts[2:]:
+        common = set(align(ckpts[0], other).common)
+        names = [n for n in names if n in common]
+    if not names:
+        raise PrismError("the four checkpoints share no tensor names", ckpts[0].path)
+    thresholds = tuple(sorted(set(thresholds) | {tau}))
+    dev = torch.device(device) if device is not None else default_device()
+    ov, s1, s2 = {}, {}, {}
+    total = sum(sum(c.info(n).nbytes for c in ckpts) for n in names)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="compare", disable=not progress, leave=False) as bar:
+        for name, ts in iter_tensors(ckpts, names):
+            x1, y1, x2, y2 = (t.to(dev) for t in ts)
+            ov[name] = OverlapStats(tau).update(x1, y1, x2, y2)
+            s1[name] = UpdateStats(thresholds).update(x1, y1)
+            s2[name] = UpdateStats(thresholds).update(x2, y2)
+            bar.update(sum(t.nbytes for t in ts))
+    g_ov = _by_group(ov, lambda: OverlapStats(tau))
+    g1 = _by_group(s1, lambda: UpdateStats(thresholds))
+    g2 = _by_group(s2, lambda: UpdateStats(thresholds))
+    key = threshold_key(tau)
+    rows, summary = [], {"a1": str(a1), "b1": str(b1), "a2": str(a2), "b2": str(b2), "tau": tau,
+                         "labels": list(labels), "components": {}}
+
+    def record(group, o, u1, u2):
+        m1, m2, mo = u1.compute(), u2.compute(), o.compute()
+        rec = {"cosine": mo["cosine"], "normalized_l2_1": m1["normalized_l2"], "normalized_l2_2": m2["normalized_l2"],
+               "l2_ratio_1_over_2": (m1["normalized_l2"] / m2["normalized_l2"]) if m2["normalized_l2"] else math.nan,
+               "fraction_changed_1": m1["fraction_changed"][key], "fraction_changed_2": m2["fraction_changed"][key],
+               "fraction_changed_diff_pp": 100 * (m1["fraction_changed"][key] - m2["fraction_changed"][key]),
+               "jaccard": mo["jaccard"], "jaccard_chance": mo["jaccard_chance"],
+               "jaccard_over_chance": mo["jaccard_over_chance"], "overlap_1_in_2": mo["overlap_1_in_2"],
+               "overlap_2_in_1": mo["overlap_2_in_1"], "numel": m1["numel"],
+               "fraction_changed_sweep_1": m1["fraction_changed"], "fraction_changed_sweep_2": m2["fraction_changed"]}
+        rows.append({"group": group, **{k: v for k, v in rec.items() if not k.startswith("fraction_changed_sweep")}})
+        return rec
+
+    summary["total"] = record("total", g_ov["total"], g1["total"], g2["total"])
+    for comp in g_ov["components"]:
+        summary["components"][comp] = record(comp, g_ov["components"][comp], g1["components"][comp],
+                                             g2["components"][comp])
+    paths = {"a1": str(a1), "b1": str(b1), "a2": str(a2), "b2": str(b2), "label_1": labels[0], "label_2": labels[1]}
+    return Comparison(paths, tau, pd.DataFrame(rows), summary)
