@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import align, check_same_architecture, default_device, iter_tensors, open_checkpoint
+from . import fused, weights
 from .components import COMPONENTS, classify
 from .errors import PrismError
 from .outputs import atomic_output_dir, write_json
@@ -46,23 +47,12 @@ class OverlapStats:
     expected_n12: float = 0.0  # sum over tensors of n_t p1_t p2_t
 
     def update(self, a1, b1, a2, b2) -> "OverlapStats":
-        work = torch.float32 if a1.dtype in (torch.bfloat16, torch.float16) else torch.float64
-        flat = [t.reshape(-1) for t in (a1, b1, a2, b2)]
-        n = flat[0].numel()
-        acc = torch.zeros(3, dtype=torch.float64, device=a1.device)
-        cnt = torch.zeros(3, dtype=torch.int64, device=a1.device)
-        for s in range(0, n, CHUNK):
-            x1, y1, x2, y2 = (t[s:s + CHUNK].to(work) for t in flat)
-            d1, d2 = y1 - x1, y2 - x2
-            acc[0] += torch.dot(d1.double(), d2.double())
-            acc[1] += torch.dot(d1.double(), d1.double())
-            acc[2] += torch.dot(d2.double(), d2.double())
-            m1 = d1.abs() > self.tau * x1.abs()
-            m2 = d2.abs() > self.tau * x2.abs()
-            cnt[0] += m1.sum()
-            cnt[1] += m2.sum()
-            cnt[2] += (m1 & m2).sum()
-        acc, cnt = acc.tolist(), cnt.tolist()
+        n = a1.numel()
+        if weights.USE_FUSED and fused.supports(a1) and all(t.dtype == a1.dtype and t.device == a1.device
+                                                            for t in (b1, a2, b2)):
+            acc, cnt = fused.overlap_stats(a1, b1, a2, b2, self.tau)
+        else:
+            acc, cnt = self._torch_update(a1, b1, a2, b2)
         self.numel += n
         self.dot += acc[0]
         self.sq1 += acc[1]
@@ -72,6 +62,28 @@ class OverlapStats:
         self.n12 += cnt[2]
         self.expected_n12 += cnt[0] * cnt[1] / n if n else 0.0
         return self
+
+    def _torch_update(self, a1, b1, a2, b2):
+        """Torch path (GPU, other dtypes): the same sums as ``fused.overlap_stats``."""
+        work = torch.float32 if a1.dtype in (torch.bfloat16, torch.float16) else torch.float64
+        flat = [t.reshape(-1) for t in (a1, b1, a2, b2)]
+        n = flat[0].numel()
+        acc = torch.zeros(3, dtype=torch.float64, device=a1.device)
+        cnt = torch.zeros(3, dtype=torch.int64, device=a1.device)
+        for s in range(0, n, CHUNK):
+            x1, y1, x2, y2 = (t[s:s + CHUNK].to(work) for t in flat)
+            d1, d2 = y1 - x1, y2 - x2
+            m1 = d1.abs() > self.tau * x1.abs()
+            m2 = d2.abs() > self.tau * x2.abs()
+            ok = torch.isfinite(d1) & torch.isfinite(d2)
+            d1, d2 = torch.where(ok, d1, 0).double(), torch.where(ok, d2, 0).double()
+            acc[0] += torch.dot(d1, d2)
+            acc[1] += torch.dot(d1, d1)
+            acc[2] += torch.dot(d2, d2)
+            cnt[0] += m1.sum()
+            cnt[1] += m2.sum()
+            cnt[2] += (m1 & m2).sum()
+        return acc.tolist(), cnt.tolist()
 
     def merge(self, other: "OverlapStats") -> "OverlapStats":
         if other.tau != self.tau:

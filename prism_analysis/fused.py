@@ -94,6 +94,76 @@ if AVAILABLE:
         return acc, cnt
 
 
+if AVAILABLE:
+    @njit(parallel=True, cache=True, nogil=True)
+    def _overlap_kernel(a1, b1, a2, b2, tau, bf16):  # pragma: no cover - compiled
+        n = a1.size
+        nblocks = (n + BLOCK - 1) // BLOCK
+        acc = np.zeros((nblocks, 3))
+        cnt = np.zeros((nblocks, 3), dtype=np.int64)
+        for blk in prange(nblocks):
+            lo = blk * BLOCK
+            hi = min(n, lo + BLOCK)
+            m = hi - lo
+            u = np.empty((4, m), dtype=np.uint32)
+            if bf16:
+                for j in range(m):
+                    u[0, j] = np.uint32(a1[lo + j]) << 16
+                    u[1, j] = np.uint32(b1[lo + j]) << 16
+                    u[2, j] = np.uint32(a2[lo + j]) << 16
+                    u[3, j] = np.uint32(b2[lo + j]) << 16
+            else:
+                for j in range(m):
+                    u[0, j] = a1[lo + j]
+                    u[1, j] = b1[lo + j]
+                    u[2, j] = a2[lo + j]
+                    u[3, j] = b2[lo + j]
+            f = u.view(np.float32)
+            dot = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            n1 = 0
+            n2 = 0
+            n12 = 0
+            for j in range(m):
+                x1 = np.float64(f[0, j])
+                x2 = np.float64(f[2, j])
+                d1 = np.float64(f[1, j]) - x1
+                d2 = np.float64(f[3, j]) - x2
+                if np.isfinite(d1) and np.isfinite(d2):
+                    dot += d1 * d2
+                    s1 += d1 * d1
+                    s2 += d2 * d2
+                c1 = abs(d1) > tau * abs(x1)
+                c2 = abs(d2) > tau * abs(x2)
+                n1 += c1
+                n2 += c2
+                n12 += c1 and c2
+            acc[blk, 0] = dot
+            acc[blk, 1] = s1
+            acc[blk, 2] = s2
+            cnt[blk, 0] = n1
+            cnt[blk, 1] = n2
+            cnt[blk, 2] = n12
+        return acc, cnt
+
+
+def _bits(t: torch.Tensor):
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.view(torch.int32).numpy().view(np.uint32)
+
+
+def overlap_stats(a1, b1, a2, b2, tau: float) -> tuple[list[float], list[int]]:
+    """``([<d1, d2>, |d1|^2, |d2|^2], [|M1|, |M2|, |M1 & M2|])`` for d_i = b_i - a_i and masks
+    M_i = |d_i| > tau |a_i|, in one pass (all four tensors of one dtype, CPU)."""
+    ts = [t.reshape(-1) for t in (a1, b1, a2, b2)]
+    if ts[0].dtype == torch.float16:
+        ts = [t.float() for t in ts]
+    acc, cnt = _overlap_kernel(*[_bits(t) for t in ts], float(tau), ts[0].dtype == torch.bfloat16)
+    return acc.sum(axis=0).tolist(), cnt.sum(axis=0).tolist()
+
+
 def supports(a: torch.Tensor) -> bool:
     """Whether the fused kernel handles tensors like ``a`` (CPU, bf16/fp16/fp32)."""
     return AVAILABLE and a.device.type == "cpu" and a.dtype in DTYPES
@@ -104,10 +174,6 @@ def pair_stats(a: torch.Tensor, b: torch.Tensor, thresholds: tuple[float, ...]) 
     a, b = a.reshape(-1), b.reshape(-1)
     if a.dtype == torch.float16:  # fp16 -> fp32 is exact and injective: equal bits stay equal bits
         a, b = a.float(), b.float()
-    if a.dtype == torch.bfloat16:
-        bits_a, bits_b, bf16 = a.view(torch.int16).numpy().view(np.uint16), b.view(torch.int16).numpy().view(np.uint16), True
-    else:
-        bits_a, bits_b, bf16 = a.view(torch.int32).numpy().view(np.uint32), b.view(torch.int32).numpy().view(np.uint32), False
-    acc, cnt = _kernel(bits_a, bits_b, tuple(float(t) for t in thresholds), bf16)
+    acc, cnt = _kernel(_bits(a), _bits(b), tuple(float(t) for t in thresholds), a.dtype == torch.bfloat16)
     sums = acc[:, :4].sum(axis=0).tolist() + [float(acc[:, 4].max()) if len(acc) else 0.0]
     return sums, cnt.sum(axis=0).tolist()

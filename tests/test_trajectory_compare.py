@@ -235,3 +235,31 @@ def test_landscape_and_figure(tmp):
     assert g.loc[(1, 1)] == pytest.approx(float((w[2] - w[0]).norm()), rel=1e-6)
     plot_landscape(df, tmp / "f13", score_label="distance")
     assert (tmp / "f13.png").is_file()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_overlap_fused_and_torch_paths_agree(dtype, monkeypatch):
+    from prism_analysis import weights
+    g = torch.Generator().manual_seed(7)
+    n = 150_001
+    a1 = torch.randn(n, generator=g).to(dtype)
+    a2 = torch.randn(n, generator=g).to(dtype)
+    b1 = (a1.double() * (1 + 0.02 * torch.randn(n, generator=g))).to(dtype)
+    b2 = (a2.double() * (1 + 0.02 * torch.randn(n, generator=g))).to(dtype)
+    a1[:20] = 0
+    b1[10:30] = float("nan")
+    results = []
+    for fused_on in (True, False):
+        monkeypatch.setattr(weights, "USE_FUSED", fused_on)
+        results.append(OverlapStats(0.01).update(a1, b1, a2, b2))
+    f, t = results
+    assert (f.n1, f.n2, f.n12) == (t.n1, t.n2, t.n12)
+    assert f.dot == pytest.approx(t.dot, rel=1e-12) and f.sq1 == pytest.approx(t.sq1, rel=1e-12)
+    # independent float64 reference
+    d1 = b1.double() - a1.double()
+    d2 = b2.double() - a2.double()
+    m1 = d1.abs() > 0.01 * a1.double().abs()
+    m2 = d2.abs() > 0.01 * a2.double().abs()
+    assert f.n12 == int((m1 & m2).sum()) and f.n1 == int(m1.sum())
+    ok = torch.isfinite(d1) & torch.isfinite(d2)
+    assert f.dot == pytest.approx(float((d1[ok] * d2[ok]).sum()), rel=1e-12)
