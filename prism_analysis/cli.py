@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     parser.add_argument("--version", action="version", version=f"prism {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in _ADDERS:
+    from prism_train.cli import ADDERS as TRAIN_ADDERS
+    for add in _ADDERS[:-1] + TRAIN_ADDERS + _ADDERS[-1:]:
         add(sub)
     return parser
 

@@ -1,0 +1,106 @@
+"""``prism train``, ``prism eval`` (and ``prism rl``): the training half of the one ``prism`` command."""
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+
+def _steps_list(text: str) -> list[int]:
+    try:
+        return sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of steps: {text!r}") from None
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="pre-train or mid-train a model on a data mix, saving a checkpoint trajectory",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Packed next-token training (AdamW, betas 0.9/0.95, weight decay 0.1, warmup + cosine,
+            gradient clipping) through accelerate. Every saved step is a complete Hugging Face
+            checkpoint (OUT/step_NNNNNN/), listed in OUT/trajectory.json. Rerunning the same command
+            after an interruption (even kill -9) resumes from the last complete step; on the CPU the
+            result equals an uninterrupted run bit for bit."""),
+        epilog=textwrap.dedent("""\
+            mixes: pretrain, math, math_code (mc), math_code_science (mcs), or a YAML/JSON file:
+              domains: {general: 0.3, math: 0.4, science: 0.3}
+              sources: [{path: my_corpus.jsonl, weight: 0.5, field: text}]
+            domains: general, code, math, code_reasoning, science
+
+            examples:
+              prism train --phase pretrain --mix pretrain --init llama --out runs/base --steps 300
+              prism train --phase mid --mix mcs --init runs/base/step_000300 --out runs/mid_mcs --steps 1000
+              accelerate launch --config_file configs/fsdp.yaml -m prism_analysis.cli train ...   # GPUs"""))
+    p.add_argument("--phase", choices=["pretrain", "mid"], default="pretrain")
+    p.add_argument("--mix", default="pretrain", help="preset name or mix file (default: pretrain)")
+    p.add_argument("--init", default="llama",
+                   help="model family for a fresh model (llama, granite, mistral, nemotron_h) or a checkpoint path")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--save-steps", type=_steps_list, default=[], metavar="LIST", help="extra steps to save, e.g. 1,2,5,10")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="dtype of saved weights (training keeps fp32 master weights; default float32)")
+    p.add_argument("--force", action="store_true", help="start over in a directory that holds another run")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> None:
+    from .lm import TrainConfig, train
+    cfg = TrainConfig(phase=args.phase, mix=args.mix, init=args.init, steps=args.steps, save_every=args.save_every,
+                      save_steps=args.save_steps, lr=args.lr, warmup=args.warmup, batch_size=args.batch_size,
+                      seq_len=args.seq_len, seed=args.seed, save_dtype=args.save_dtype)
+    m = train(cfg, args.out, force=args.force, progress=not args.quiet)
+    last = m["steps"][-1]
+    print(f"{args.phase}: {last['step']} steps, {last['tokens']:,} tokens, loss {last['loss']:.4f}, "
+          f"{last['time']:.0f}s -> {args.out}/{last['path']}")
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="accuracy on math/code/science benchmarks and general perplexity",
+                       description="Greedy accuracy (format-gated, as the RL reward) on held-out benchmarks "
+                                   "math_easy, math_hard, code, science; PRISM's macro average "
+                                   "mean(math avg, code, science); perplexity on held-out general prose. "
+                                   "Deterministic for a given seed. Example: prism eval runs/mid/step_001000 --out ev/")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", help="directory for eval.json and eval.csv")
+    p.add_argument("--n", type=int, default=50, help="problems per benchmark (default 50)")
+    p.add_argument("--pass-k", default=None, metavar="K,N", help="also pass@K from N samples, e.g. 4,8")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> None:
+    import pandas as pd
+
+    from prism_analysis.activations import load_model
+    from prism_analysis.errors import PrismError
+    from prism_analysis.outputs import atomic_output_dir, write_json
+
+    from .evaluate import evaluate
+    pass_k = None
+    if args.pass_k:
+        try:
+            k, n = (int(x) for x in args.pass_k.split(","))
+        except ValueError:
+            raise PrismError(f"--pass-k wants K,N (e.g. 4,8), not {args.pass_k!r}") from None
+        pass_k = (k, n)
+    model, tok = load_model(args.checkpoint, device=args.device, progress=False)
+    res = evaluate(model, tok, n=args.n, seed=args.seed, pass_k=pass_k)
+    if args.out:
+        with atomic_output_dir(args.out) as tmp:
+            write_json(tmp / "eval.json", {"checkpoint": args.checkpoint, **res})
+            pd.DataFrame([{"metric": k, "value": v} for k, v in res.items()]).to_csv(tmp / "eval.csv", index=False)
+    for k, v in res.items():
+        print(f"{k:<22}{v:.4f}")
+
+
+ADDERS = [add_train, add_eval]

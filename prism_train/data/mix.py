@@ -1,0 +1,140 @@
+"""Data mixes: domain -> weight, plus user sources; presets mirror the paper's mid-training mixes.
+
+A mix file (YAML or JSON)::
+
+    name: my_mix
+    domains: {general: 0.3, math: 0.4, science: 0.3}
+    sources:                       # optional: real corpora plug in here
+      - {path: corpus.jsonl, weight: 0.5, field: text}   # .txt (one document per blank-line block),
+                                                         # .jsonl (field), .parquet (column; needs pyarrow)
+
+Weights need not sum to 1; they must be non-negative with a positive sum.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prism_analysis.errors import PrismError
+
+from . import code, general
+from .problems import DOMAINS, REASONING_DOMAINS, in_split
+
+PRESETS: dict[str, dict[str, float]] = {
+    # pretraining: general prose and code, almost no reasoning data
+    "pretrain": {"general": 0.6, "code": 0.4},
+    # PRISM mid-training mixes keep general data alongside the reasoning domains
+    "math": {"general": 0.25, "code": 0.05, "math": 0.7},
+    "math_code": {"general": 0.2, "code": 0.1, "math": 0.35, "code_reasoning": 0.35},
+    "math_code_science": {"general": 0.15, "code": 0.05, "math": 0.27, "code_reasoning": 0.26, "science": 0.27},
+}
+ALIASES = {"mc": "math_code", "mcs": "math_code_science"}
+
+
+@dataclass
+class Mix:
+    name: str
+    domains: dict[str, float]
+    sources: list[dict] = field(default_factory=list)
+    _source_docs: dict = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "domains": self.domains, "sources": self.sources}
+
+    def sampler(self, split: str = "train"):
+        """A function rng -> one document of this mix's ``split``; a pure function of the rng state."""
+        entries = [(d, w) for d, w in self.domains.items() if w > 0]
+        entries += [(f"source:{i}", float(s.get("weight", 1.0))) for i, s in enumerate(self.sources)]
+        names = [e[0] for e in entries]
+        weights = [e[1] for e in entries]
+        corpora = {"general": [d for d in general.corpus() if in_split(d, split)],
+                   "code": [d for d in code.corpus() if in_split(d, split)]}
+        for i, s in enumerate(self.sources):
+            docs = [d for d in _read_source(s) if in_split(d, split)]
+            if not docs:
+                raise PrismError(f"source has no {split} documents", s["path"])
+            corpora[f"source:{i}"] = docs
+        from .problems import _generator
+
+        def sample(rng: random.Random) -> str:
+            name = rng.choices(names, weights)[0]
+            if name in REASONING_DOMAINS:
+                make = _generator(name)
+                while True:
+                    p = make(rng, rng.choice((1, 1, 2, 3)))
+                    if in_split(p.question, split):
+                        return p.text
+            return rng.choice(corpora[name])
+        return sample
+
+
+def _read_source(s: dict) -> list[str]:
+    path = Path(s["path"])
+    if not path.is_file():
+        raise PrismError("mix source not found", path)
+    fld = s.get("field", "text")
+    if path.suffix == ".txt":
+        return [b.strip() for b in path.read_text(encoding="utf-8").split("\n\n") if b.strip()]
+    if path.suffix == ".jsonl":
+        out = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(str(json.loads(line)[fld]))
+                except (ValueError, KeyError, TypeError):
+                    raise PrismError(f"line {i} has no {fld!r} field", path) from None
+        return out
+    if path.suffix == ".parquet":
+        import pandas as pd
+        try:
+            return [str(x) for x in pd.read_parquet(path)[fld]]
+        except ImportError:
+            raise PrismError("reading .parquet needs pyarrow (pip install pyarrow)", path) from None
+        except KeyError:
+            raise PrismError(f"no column {fld!r}", path) from None
+    raise PrismError("unsupported source type (use .txt, .jsonl or .parquet)", path)
+
+
+def load_mix(spec: str) -> Mix:
+    """A preset name (``pretrain``, ``math``, ``math_code``/``mc``, ``math_code_science``/``mcs``)
+    or a YAML/JSON mix file. Raises :class:`PrismError` with the file and the problem."""
+    name = ALIASES.get(spec, spec)
+    if name in PRESETS:
+        return Mix(name, dict(PRESETS[name]))
+    path = Path(spec)
+    if not path.is_file():
+        raise PrismError(f"not a preset ({', '.join(PRESETS)}) nor a mix file", spec)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:
+        raise PrismError(f"cannot parse mix file ({' '.join(str(e).split())[:200]})", path) from None
+    if not isinstance(data, dict):
+        raise PrismError("a mix file must be a mapping with 'domains' and/or 'sources'", path)
+    domains = data.get("domains") or {}
+    sources = data.get("sources") or []
+    if not isinstance(domains, dict) or not isinstance(sources, list):
+        raise PrismError("'domains' must be a mapping and 'sources' a list", path)
+    for d, w in domains.items():
+        if d not in DOMAINS:
+            raise PrismError(f"unknown domain {d!r} (domains: {', '.join(DOMAINS)})", path)
+        if not isinstance(w, (int, float)) or w < 0:
+            raise PrismError(f"weight of {d!r} must be a non-negative number", path)
+    for s in sources:
+        if not isinstance(s, dict) or "path" not in s:
+            raise PrismError("each source needs a 'path'", path)
+        if not isinstance(s.get("weight", 1.0), (int, float)) or s.get("weight", 1.0) < 0:
+            raise PrismError(f"weight of source {s['path']!r} must be a non-negative number", path)
+        if not Path(s["path"]).is_absolute():
+            s["path"] = str(path.parent / s["path"])
+        _read_source(s)  # fail now, not mid-training
+    total = sum(domains.values()) + sum(float(s.get("weight", 1.0)) for s in sources)
+    if total <= 0:
+        raise PrismError("mix weights must sum to a positive number", path)
+    return Mix(data.get("name", path.stem), {k: float(v) for k, v in domains.items()}, sources)

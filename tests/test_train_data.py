@@ -1,0 +1,127 @@
+"""prism_train data, mixes, tokenizer and rewards."""
+import itertools
+import json
+
+import pytest
+
+from prism_analysis.errors import PrismError
+from prism_train.data import DOMAINS, REASONING_DOMAINS, documents, in_split, problems
+from prism_train.data.mix import PRESETS, load_mix
+from prism_train.rewards import extract_answer, reward
+
+
+@pytest.mark.parametrize("domain", REASONING_DOMAINS)
+def test_problems_are_deterministic_and_splits_never_overlap(domain):
+    a = [p.question for p in itertools.islice(problems(domain, "train", seed=3), 300)]
+    b = [p.question for p in itertools.islice(problems(domain, "train", seed=3), 300)]
+    assert a == b
+    train = {p.question for p in itertools.islice(problems(domain, "train", seed=0), 3000)}
+    evals = {p.question for p in itertools.islice(problems(domain, "eval", seed=0), 300)}
+    assert train and evals and not (train & evals)
+    assert all(in_split(q, "eval") for q in evals) and not any(in_split(q, "eval") for q in train)
+
+
+@pytest.mark.parametrize("domain", ["general", "code"])
+def test_corpus_documents_split(domain):
+    tr = set(itertools.islice(documents(domain, "train"), 500))
+    ev = set(itertools.islice(documents(domain, "eval"), 100))
+    assert tr and ev and not (tr & ev)
+
+
+def test_math_answers_follow_from_the_worked_solution():
+    for p in itertools.islice(problems("math", "train", seed=1), 300):
+        value = None
+        for line in p.reasoning.splitlines():
+            lhs, rhs = line.split(" = ")
+            x, op, y = lhs.split()
+            assert int(rhs) == {"+": int(x) + int(y), "-": int(x) - int(y), "*": int(x) * int(y)}[op]
+            assert value is None or int(x) == value
+            value = int(rhs)
+        assert str(value) == p.answer
+        assert p.text == f"Question: {p.question}\n<think>\n{p.reasoning}\n</think>\nAnswer: {p.answer}"
+
+
+def test_code_answers_match_the_program_run_by_the_test():
+    import contextlib
+    import io
+    for p in itertools.islice(problems("code_reasoning", "train", seed=2), 200):
+        program = p.question.split("\n", 1)[1]
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            exec(program, {})  # the generator's own program, never model output
+        assert buf.getvalue().strip() == p.answer
+
+
+def test_science_answers():
+    for p in itertools.islice(problems("science", "train", seed=4), 200):
+        last = p.reasoning.splitlines()[-1]
+        assert last.endswith(f"= {p.answer}")
+
+
+def test_presets_and_mix_files(tmp):
+    assert set(PRESETS) >= {"pretrain", "math", "math_code", "math_code_science"}
+    assert load_mix("mcs").name == "math_code_science" and load_mix("mc").name == "math_code"
+    pre = load_mix("pretrain").domains
+    assert sum(pre.get(d, 0) for d in REASONING_DOMAINS) == 0
+    (tmp / "corpus.jsonl").write_text("\n".join(json.dumps({"text": f"my document number {i}"}) for i in range(60)))
+    (tmp / "mix.yaml").write_text("name: mine\ndomains: {math: 1, general: 0.5}\nsources:\n  - {path: corpus.jsonl, weight: 2}\n")
+    mix = load_mix(str(tmp / "mix.yaml"))
+    sample = mix.sampler("train")
+    import random
+    rng = random.Random(0)
+    docs = [sample(rng) for _ in range(300)]
+    assert any(d.startswith("my document") for d in docs) and any(d.startswith("Question:") for d in docs)
+
+
+@pytest.mark.parametrize("content,problem", [
+    ("domains: {math: 1\n", "cannot parse"),
+    ("domains: {algebra: 1}\n", "unknown domain"),
+    ("domains: {math: 0, general: 0}\n", "positive"),
+    ("domains: {math: -1}\n", "non-negative"),
+    ("sources: [{path: missing.jsonl}]\n", "not found"),
+    ("- just a list\n", "mapping"),
+])
+def test_bad_mix_files(tmp, content, problem):
+    f = tmp / "bad.yaml"
+    f.write_text(content)
+    with pytest.raises(PrismError, match=problem) as e:
+        load_mix(str(f))
+    assert "\n" not in str(e.value)
+    with pytest.raises(PrismError, match="not a preset"):
+        load_mix("no_such_mix")
+
+
+def test_tokenizer_splits_digits():
+    from helpers import tiny_tokenizer
+    tok = tiny_tokenizer()
+    assert [t for t in tok.tokenize("12345") if t.strip("Ġ")] == list("12345")
+    assert tok.decode(tok("Answer: 42")["input_ids"]) == "Answer: 42"
+
+
+@pytest.mark.parametrize("completion,domain,ref,expected", [
+    ("<think>\n3 + 4 = 7\n</think>\nAnswer: 7", "math", "7", 1.0),
+    ("<think>3 + 4 = 7</think> Answer: 7.0", "math", "7", 1.0),
+    ("<think>\n3 + 4 = 7\n</think>\nAnswer: 8", "math", "7", 0.0),
+    ("Answer: 7", "math", "7", 0.0),                                        # no reasoning block
+    ("<think>\n3 + 4 = 7\nAnswer: 7", "math", "7", 0.0),                    # unclosed
+    ("<think>x</think>\nAnswer: 7\nAnswer: 7", "math", "7", 0.0),           # multiple answers
+    ("<think>x</think>\nAnswer: 7 or 8", "math", "7", 0.0),
+    ("<think>x</think>\nAnswer: \uff17", "math", "7", 0.0),                # full-width unicode digit
+    ("<think>x</think>\nAnswer: \u0667", "math", "7", 0.0),                # Arabic-Indic digit
+    ("<think>x</think>\nAnswer: " + "9" * 5000, "math", "9" * 5000, 1.0),   # huge, exact, no overflow
+    ("<think>x</think>\nAnswer: " + "9" * 5000, "math", "9" * 4999 + "8", 0.0),
+    ("<think>x</think>\nAnswer: 1e400", "math", "1", 0.0),
+    ("<think>x</think>\nAnswer: 101", "science", "100", 1.0),             # within 1%
+    ("<think>x</think>\nAnswer: 102", "science", "100", 0.0),
+    ("<think>x</think>\nAnswer: -3", "code_reasoning", "-3", 1.0),
+    ("<think>x</think>\nAnswer: -3.0", "code_reasoning", "-3", 0.0),       # exact output string
+    ("<think><think>x</think>\nAnswer: 7", "math", "7", 0.0),
+])
+def test_rewards(completion, domain, ref, expected):
+    assert reward(domain, completion, ref) == expected
+
+
+def test_extract_answer_format_only():
+    assert extract_answer("<think>a</think>\nAnswer: 5") == "5"
+    assert extract_answer("garbage") is None
+    assert reward("math", "<think>a</think>\nAnswer: 5", "6", format_only=True) == 1.0
