@@ -103,4 +103,71 @@ def _run_eval(args) -> None:
         print(f"{k:<22}{v:.4f}")
 
 
-ADDERS = [add_train, add_eval]
+def add_rl(sub) -> None:
+    p = sub.add_parser(
+        "rl", help="GRPO with verifiable rewards from a checkpoint, saving an RL trajectory",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            GRPO: per prompt sample G completions, score them (format-gated 0/1 rewards: math exact,
+            code exact output, science within 1%), group-relative advantages, token-level clipped
+            policy loss, optional KL to the starting model, AdamW with linear decay. Saves the same
+            layout as prism train (phase "rl", parent = --init); per-step reward, accuracy, response
+            length, KL and lr, and benchmark evaluations every --eval-every steps, land in
+            OUT/trajectory.json. A batch whose groups all score alike carries no signal and leaves
+            the weights untouched. Resumable like prism train."""),
+        epilog=textwrap.dedent("""\
+            examples:
+              prism rl --init runs/mid_mcs/step_001000 --mix math --out runs/rl_mid_mcs --steps 60
+              prism rl --init runs/base/step_000300 --mix balanced --out runs/rl_base --kl-beta 0.05
+              prism trajectory runs/rl_mid_mcs --compare runs/rl_base --out traj/   # F16
+
+            checkpoints from other RL stacks (TRL, open-instruct, verl merged to HF) feed the analysis
+            as they are: prism trajectory on their checkpoint-N directories, or a trajectory.json
+            written by hand: {"parent": "<start>", "steps": [{"step": 0, "path": "..."}, ...]}."""))
+    p.add_argument("--init", required=True, help="checkpoint to start from (base or mid-trained)")
+    p.add_argument("--mix", default="math", help="math, balanced, or a mix file of reasoning domains")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--save-every", type=int, default=10)
+    p.add_argument("--save-steps", type=_steps_list, default=[], metavar="LIST")
+    p.add_argument("--group-size", type=int, default=8, help="completions per prompt, G (>= 2)")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--kl-beta", type=float, default=0.0, help="KL penalty to the start (0: off, no reference model)")
+    p.add_argument("--no-std-scaling", action="store_true", help="Dr. GRPO advantages (no division by group std)")
+    p.add_argument("--ppo-epochs", type=int, default=1, help="optimizer steps per batch (ratio clipping applies)")
+    p.add_argument("--difficulty-filter", action="store_true",
+                   help="keep prompts the starting model solves sometimes but not always")
+    p.add_argument("--eval-every", type=int, default=0, help="benchmark evaluation every M steps (0: never)")
+    p.add_argument("--eval-n", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_rl)
+
+
+def _run_rl(args) -> None:
+    from .rl import RLConfig, rl_train
+    cfg = RLConfig(init=args.init, mix=args.mix, steps=args.steps, save_every=args.save_every,
+                   save_steps=args.save_steps, group_size=args.group_size, prompts_per_step=args.prompts,
+                   temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, lr=args.lr,
+                   kl_beta=args.kl_beta, scale_std=not args.no_std_scaling, ppo_epochs=args.ppo_epochs,
+                   difficulty_filter=args.difficulty_filter, eval_every=args.eval_every, eval_n=args.eval_n,
+                   seed=args.seed)
+    m = rl_train(cfg, args.out, force=args.force, progress=not args.quiet)
+    logs = m["log"]
+    if logs:
+        first, last = logs[: max(1, len(logs) // 5)], logs[-max(1, len(logs) // 5):]
+        mean = lambda xs: sum(x["reward"] for x in xs) / len(xs)  # noqa: E731
+        print(f"rl: {len(logs)} steps, mean reward {mean(first):.3f} (first fifth) -> {mean(last):.3f} (last fifth), "
+              f"{sum(x['skipped'] for x in logs)} steps without signal")
+    timing = m["steps"][-1].get("timing", {})
+    if timing:
+        tot = sum(timing.values()) or 1
+        print(f"time: generation {100 * timing['generate'] / tot:.0f}%, training {100 * timing['train'] / tot:.0f}%")
+
+
+ADDERS = [add_train, add_eval, add_rl]
