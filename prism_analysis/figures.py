@@ -156,3 +156,21 @@ def plot_landscape(df: pd.DataFrame, stem, score_label: str = "score") -> plt.Fi
     right.set_title("F13: W(a, b) = base + a(mid - base) + b(rl - mid)")
     _save(fig, stem)
     return fig
+
+
+def plot_benchmarks(results: pd.DataFrame, stem, metrics=("math_easy", "math_hard", "code", "science", "macro")
+                    ) -> plt.Figure:
+    """Benchmark accuracy of every model (base, mid-trained, RL): grouped bars, one group per model."""
+    fig, ax = plt.subplots(figsize=(12, 4.2), constrained_layout=True)
+    models = list(results["model"])
+    w = 0.8 / len(metrics)
+    for i, m in enumerate(metrics):
+        ax.bar([j + (i - len(metrics) / 2 + 0.5) * w for j in range(len(models))], 100 * results[m], w,
+               label=m, color=PALETTE[i % len(PALETTE)])
+    ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Benchmarks before/after mid-training and RL (greedy, format-gated)")
+    ax.legend(ncol=len(metrics), fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, stem)
+    return fig

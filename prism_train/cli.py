@@ -170,4 +170,39 @@ def _run_rl(args) -> None:
         print(f"time: generation {100 * timing['generate'] / tot:.0f}%, training {100 * timing['train'] / tot:.0f}%")
 
 
-ADDERS = [add_train, add_eval, add_rl]
+def add_reproduce(sub) -> None:
+    p = sub.add_parser(
+        "reproduce", help="the miniature PRISM study end to end: train, RL, evaluate, analyse, report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Pretrain a base model; mid-train it on math, math+code (MC) and math+code+science (MCS);
+            run GRPO from the base and from each mid-trained model (math RL mix; MCS also balanced);
+            evaluate everything; then audit, trace, compare, CKA and interpolate as the paper does,
+            and write RUN/figures, RUN/tables, RUN/report.md and RUN/summary.json.
+            Stages are cached and resumable: rerun the same command after an interruption."""),
+        epilog=textwrap.dedent("""\
+            presets (2-core CPU): smoke  < 90 s, a check that everything runs
+                                  tiny   the default, ~10 minutes
+                                  small  bigger models and more steps, for a GPU
+            stages: pretrain, mid, rl, eval, analyse, report (--force STAGE reruns one; --force all)
+
+            examples:
+              prism reproduce --out runs/tiny
+              prism reproduce --preset smoke --out runs/smoke --family nemotron_h
+              prism reproduce --out runs/tiny --force report     # redraw figures and tables only"""))
+    p.add_argument("--preset", default="tiny", help="smoke, tiny (default) or small")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--family", default=None, help="llama (default), granite, mistral or nemotron_h")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun a stage (repeatable), or all")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_reproduce)
+
+
+def _run_reproduce(args) -> None:
+    from .study import reproduce
+    summary = reproduce(args.out, args.preset, args.family, args.force, progress=not args.quiet)
+    for f in summary["findings"]:
+        print(f"[{'yes' if f['reproduced'] else ' no'}] {f['claim']}: {f['ours']} (paper: {f['paper']})")
+
+
+ADDERS = [add_train, add_eval, add_rl, add_reproduce]

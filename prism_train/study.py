@@ -1,0 +1,221 @@
+"""The miniature PRISM study, end to end: ``prism reproduce --preset smoke|tiny|small``.
+
+1. pretrain a base model (tokenizer included);
+2. mid-train it on three mixes: math, math+code (MC), math+code+science (MCS);
+3. RL (GRPO) from the base and from each mid-trained model with the ``math`` RL mix, and from MCS
+   also with the ``balanced`` mix;
+4. evaluate every endpoint (RL runs also every few steps);
+5. analyse with prism_analysis: audits (T12, T22, T23, F11), RL trajectories (F16), update
+   comparisons (F12/T13, F26), CKA on three probe sets (F14/T14), interpolation landscape (F13);
+6. write RUN/figures (PNG+PDF), RUN/tables (CSV+markdown), RUN/report.md, RUN/summary.json.
+
+Stages are cached: each writes RUN/stages/<stage>.json with its config hash when it completes, and
+is skipped when that record matches; training stages resume from their last complete checkpoint.
+``force=[stage, ...]`` reruns stages. A RUN directory made with another configuration is refused
+unless forced.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from prism_analysis.errors import PrismError
+from prism_analysis.outputs import write_json
+
+from .checkpoints import config_hash, read_manifest
+
+MODELS = ("base", "mid_math", "mid_mc", "mid_mcs", "rl_base", "rl_mid_math", "rl_mid_mc", "rl_mid_mcs",
+          "rl_mid_mcs_balanced")
+MIDS = {"mid_math": "math", "mid_mc": "math_code", "mid_mcs": "math_code_science"}
+RLS = {"rl_base": ("base", "math"), "rl_mid_math": ("mid_math", "math"), "rl_mid_mc": ("mid_mc", "math"),
+       "rl_mid_mcs": ("mid_mcs", "math"), "rl_mid_mcs_balanced": ("mid_mcs", "balanced")}
+
+
+@dataclass
+class Preset:
+    family: str = "llama"
+    model: dict = field(default_factory=dict)
+    batch_size: int = 16
+    seq_len: int = 128
+    pretrain_steps: int = 200
+    pretrain_lr: float = 3e-3
+    mid_steps: int = 600
+    mid_lr: float = 3e-3
+    rl_steps: int = 20
+    rl_save_every: int = 2
+    rl_lr: float = 2e-4
+    group_size: int = 8
+    prompts_per_step: int = 8
+    max_new_tokens: int = 64
+    rl_eval_every: int = 10
+    eval_n: int = 40
+    cka_n: int = 60
+    bootstrap: int = 20
+    landscape_n: int = 20
+    landscape_grid: int = 3
+    seed: int = 0
+
+
+PRESETS = {
+    "smoke": Preset(model={"hidden_size": 64, "num_layers": 2}, batch_size=4, seq_len=64, pretrain_steps=6,
+                    mid_steps=6, rl_steps=2, rl_save_every=1, group_size=2, prompts_per_step=2, max_new_tokens=16,
+                    rl_eval_every=2, eval_n=3, cka_n=12, bootstrap=3, landscape_n=3, landscape_grid=2),
+    "tiny": Preset(),
+    "small": Preset(model={"hidden_size": 256, "num_layers": 8}, batch_size=32, seq_len=256, pretrain_steps=2000,
+                    mid_steps=4000, rl_steps=200, rl_save_every=10, group_size=16, prompts_per_step=16,
+                    max_new_tokens=96, rl_eval_every=20, eval_n=200, cka_n=200, landscape_n=100, landscape_grid=5),
+}
+STAGES = ("pretrain", "mid", "rl", "eval", "analyse", "report")
+
+
+class Study:
+    def __init__(self, out: str | Path, preset: str = "tiny", family: str | None = None,
+                 force: list[str] | None = None, progress: bool = True, log=print):
+        if preset not in PRESETS:
+            raise PrismError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        from .models import FAMILIES
+        if family is not None and family not in FAMILIES:
+            raise PrismError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+        self.p = Preset(**{**asdict(PRESETS[preset]), **({"family": family} if family else {})})
+        self.preset = preset
+        self.out = Path(out)
+        self.force = set(force or [])
+        unknown = self.force - set(STAGES) - {"all"}
+        if unknown:
+            raise PrismError(f"unknown stage(s) {sorted(unknown)}; stages: {', '.join(STAGES)}")
+        self.progress = progress
+        self.log = log
+        self.config = {"preset": preset, **asdict(self.p)}
+        self.t0 = time.perf_counter()
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def _check_owner(self) -> None:
+        rec = self.out / "study.json"
+        if rec.is_file():
+            old = json.loads(rec.read_text())
+            if old.get("config_hash") != config_hash(self.config) and "all" not in self.force:
+                raise PrismError("this run directory belongs to a different configuration "
+                                 f"(preset {old.get('config', {}).get('preset')}); pass --force all or pick another",
+                                 self.out)
+            if old.get("config_hash") != config_hash(self.config):
+                shutil.rmtree(self.out)
+        elif self.out.exists() and any(self.out.iterdir()):
+            raise PrismError("output directory is not empty and holds no study; pick another", self.out)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "stages").mkdir(exist_ok=True)
+            write_json(rec, {"config": self.config, "config_hash": config_hash(self.config)})
+        except OSError as e:
+            raise PrismError(f"cannot write the run directory ({e.strerror or e})", self.out) from None
+
+    def _done(self, stage: str) -> bool:
+        f = self.out / "stages" / f"{stage}.json"
+        return (stage not in self.force and "all" not in self.force and f.is_file()
+                and json.loads(f.read_text()).get("config_hash") == config_hash(self.config))
+
+    def _mark(self, stage: str, info: dict | None = None) -> None:
+        write_json(self.out / "stages" / f"{stage}.json",
+                   {"config_hash": config_hash(self.config), "time": time.perf_counter() - self.t0, **(info or {})})
+
+    def _stage(self, i: int, name: str) -> None:
+        elapsed = time.perf_counter() - self.t0
+        self.log(f"[{i}/{len(STAGES)}] {name}  (elapsed {elapsed:.0f}s)")
+
+    def model_path(self, name: str) -> Path:
+        run = self.out / "models" / name
+        m = read_manifest(run)
+        if not m or not m["steps"]:
+            raise PrismError(f"model {name} has not been trained yet", run)
+        return run / m["steps"][-1]["path"]
+
+    # -- stages -----------------------------------------------------------------------------
+    def run(self) -> dict:
+        self._check_owner()
+        for i, stage in enumerate(STAGES, 1):
+            if stage in self.force or "all" in self.force:
+                self._clear(stage)
+            if self._done(stage):
+                self.log(f"[{i}/{len(STAGES)}] {stage}: cached")
+                continue
+            self._stage(i, stage)
+            getattr(self, f"_run_{stage}")()
+            self._mark(stage)
+        self.log(f"done in {time.perf_counter() - self.t0:.0f}s -> {self.out}/report.md")
+        return json.loads((self.out / "summary.json").read_text())
+
+    def _clear(self, stage: str) -> None:
+        dirs = {"pretrain": ["models/base"], "mid": [f"models/{m}" for m in MIDS],
+                "rl": [f"models/{r}" for r in RLS], "eval": ["eval"], "analyse": ["analysis"],
+                "report": ["figures", "tables"]}[stage]
+        for d in dirs:
+            shutil.rmtree(self.out / d, ignore_errors=True)
+        (self.out / "stages" / f"{stage}.json").unlink(missing_ok=True)
+
+    def _train_cfg(self, **kw):
+        from .lm import TrainConfig
+        p = self.p
+        return TrainConfig(init=p.family, model=p.model, batch_size=p.batch_size, seq_len=p.seq_len, seed=p.seed, **kw)
+
+    def _run_pretrain(self) -> None:
+        from .lm import train
+        p = self.p
+        train(self._train_cfg(phase="pretrain", mix="pretrain", steps=p.pretrain_steps, lr=p.pretrain_lr,
+                              save_every=max(1, p.pretrain_steps // 2)), self.out / "models" / "base",
+              progress=self.progress, log=self.log)
+
+    def _run_mid(self) -> None:
+        from .lm import train
+        p = self.p
+        base = str(self.model_path("base"))
+        for name, mix in MIDS.items():
+            self.log(f"  mid-training {name} ({mix})")
+            cfg = self._train_cfg(phase="mid", mix=mix, steps=p.mid_steps, lr=p.mid_lr,
+                                  save_every=max(1, p.mid_steps // 4), warmup=max(1, min(30, p.mid_steps // 10)))
+            cfg.init = base
+            train(cfg, self.out / "models" / name, progress=self.progress, log=self.log)
+
+    def _run_rl(self) -> None:
+        from .rl import RLConfig, rl_train
+        p = self.p
+        for name, (start, mix) in RLS.items():
+            self.log(f"  RL {name} (from {start}, {mix} mix)")
+            cfg = RLConfig(init=str(self.model_path(start)), mix=mix, steps=p.rl_steps, save_every=p.rl_save_every,
+                           group_size=p.group_size, prompts_per_step=p.prompts_per_step,
+                           max_new_tokens=p.max_new_tokens, lr=p.rl_lr, eval_every=p.rl_eval_every,
+                           eval_n=p.eval_n, seed=p.seed)
+            rl_train(cfg, self.out / "models" / name, progress=self.progress, log=self.log)
+
+    def _run_eval(self) -> None:
+        from prism_analysis.activations import load_model
+
+        from .evaluate import evaluate
+        (self.out / "eval").mkdir(exist_ok=True)
+        for name in MODELS:
+            model, tok = load_model(self.model_path(name), device="cpu", progress=False)
+            res = evaluate(model, tok, n=self.p.eval_n)
+            write_json(self.out / "eval" / f"{name}.json", {"path": str(self.model_path(name)), **res})
+
+    def _run_analyse(self) -> None:
+        from .study_analysis import analyse
+        analyse(self)
+
+    def _run_report(self) -> None:
+        from .study_report import report
+        report(self.out)
+
+
+def reproduce(out, preset: str = "tiny", family: str | None = None, force=None, progress=True, log=print) -> dict:
+    return Study(out, preset, family, force, progress, log).run()
+
+
+def results_table(out: str | Path) -> pd.DataFrame:
+    """Benchmark results of every model of a study run (one row per model)."""
+    rows = []
+    for f in sorted((Path(out) / "eval").glob("*.json")):
+        rows.append({"model": f.stem, **json.loads(f.read_text())})
+    return pd.DataFrame(rows)
