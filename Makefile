@@ -6,6 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
+RUN ?= runs/tiny
 
 .PHONY: demo test figures bench clean
 
@@ -21,8 +22,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The main job: the miniature PRISM study (tiny preset, ~10 minutes on 2 CPU cores).
 demo: $(STAMP)
-	$(VENV)/bin/prism demo --out $(DEMO_OUT)
+	$(VENV)/bin/prism reproduce --preset tiny --out $(DEMO_OUT)
+
+# Redraw figures/ from a run's saved tables (or from figures/run/ in a fresh clone); never retrains.
+figures: $(STAMP)
+	$(VENV)/bin/prism figures --run $(RUN) --into figures
 
 test: $(STAMP)
 	$(PY) -m pytest tests
@@ -30,6 +36,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/audit.py --quick
 	$(PY) benchmarks/cka.py --quick
+	$(PY) benchmarks/trajectory.py --quick
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -72,23 +72,6 @@ def _run_audit(args) -> None:
               + ("" if args.no_figure else ", update_by_layer_and_component.png/.pdf"))
 
 
-def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the main job: build a tiny base model, train it briefly, audit the pair",
-                       description="Build a tiny LLaMA-family base checkpoint, run a few real AdamW steps of "
-                                   "next-token training on synthetic text to get a 'mid-trained' checkpoint, "
-                                   "and audit base -> mid. Runs on a laptop CPU in well under a minute.")
-    p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    p.add_argument("--steps", type=int, default=30, help="training steps (default 30)")
-    p.set_defaults(func=_run_demo)
-
-
-def _run_demo(args) -> None:
-    from pathlib import Path
-
-    from .demo import run_demo
-    print(run_demo(Path(args.out), steps=args.steps))
-
-
 def _add_cka(sub) -> None:
     p = sub.add_parser(
         "cka", help="layer-by-layer CKA between two checkpoints on probe prompts (PRISM F14/T14)",
@@ -272,7 +255,7 @@ def _run_interpolate(args) -> None:
     print(f"wrote {out} = W(a={args.a:g}, b={args.b:g})")
 
 
-_ADDERS = [_add_audit, _add_cka, _add_trajectory, _add_compare, _add_interpolate, _add_demo]
+_ADDERS = [_add_audit, _add_cka, _add_trajectory, _add_compare, _add_interpolate]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prism {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from prism_train.cli import ADDERS as TRAIN_ADDERS
-    for add in _ADDERS[:-1] + TRAIN_ADDERS + _ADDERS[-1:]:
+    for add in _ADDERS + TRAIN_ADDERS:
         add(sub)
     return parser
 

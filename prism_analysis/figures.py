@@ -131,8 +131,14 @@ def plot_trajectory(table: pd.DataFrame, stem, tau: float = 0.01, label: str = "
     for ax in (left, right):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    left.set_title(f"F16: weight trajectory — {label} (solid)" + (f" vs {compare_label} (dashed)" if compare is not None else ""))
-    right.legend(fontsize=7, ncol=2, title="component")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    fig.suptitle(f"F16: weight trajectory — {label} (solid)" + (f" vs {compare_label} (dashed)" if compare is not None else ""))
+    from matplotlib.lines import Line2D
+    style = [Line2D([], [], color="k", ls="-", label=label)]
+    if compare is not None:
+        style.append(Line2D([], [], color="k", ls="--", label=compare_label or "compare"))
+    left.legend(handles=style, fontsize=8, loc="upper left", title="run")
+    right.legend(fontsize=7, title="component", loc="center left", bbox_to_anchor=(1.01, 0.5))
     _save(fig, stem)
     return fig
 

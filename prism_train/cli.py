@@ -205,4 +205,22 @@ def _run_reproduce(args) -> None:
         print(f"[{'yes' if f['reproduced'] else ' no'}] {f['claim']}: {f['ours']} (paper: {f['paper']})")
 
 
-ADDERS = [add_train, add_eval, add_rl, add_reproduce]
+def add_figures(sub) -> None:
+    p = sub.add_parser("figures", help="redraw a study's figures and tables from its saved tables (no retraining)",
+                       description="Copy the saved tables of a study run (no checkpoints) into INTO/run, redraw "
+                                   "every figure and table from them, and write INTO/*.png, INTO/*.md (tables and "
+                                   "report.md) and INTO/summary.json. Without a run directory, redraws from "
+                                   "INTO/run. Example: prism figures --run runs/tiny --into figures")
+    p.add_argument("--run", default="runs/tiny", help="study run directory (default runs/tiny)")
+    p.add_argument("--into", default="figures", help="destination (default figures/)")
+    p.set_defaults(func=_run_figures)
+
+
+def _run_figures(args) -> None:
+    from .study_report import export
+    summary = export(args.run, args.into)
+    n = sum(f["reproduced"] for f in summary["findings"])
+    print(f"redrew figures into {args.into}/ ({n} of {len(summary['findings'])} findings reproduced)")
+
+
+ADDERS = [add_train, add_eval, add_rl, add_reproduce, add_figures]

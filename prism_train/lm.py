@@ -1,9 +1,10 @@
 """Next-token training (pre-training and mid-training), saving a checkpoint trajectory.
 
 Packed next-token training on a data mix: AdamW with PRISM's betas (0.9, 0.95) and weight decay
-0.1, linear warmup then cosine decay to 10% of the peak, gradient clipping, through accelerate
-(``accelerate launch --config_file configs/fsdp.yaml -m prism_analysis.cli train ...`` runs the
-same code on many GPUs).
+0.1, linear warmup then cosine decay to 10% of the peak, gradient clipping, through accelerate.
+``accelerate launch --config_file configs/fsdp.yaml -m prism_analysis.cli train ...`` runs the same
+code data-parallel on many GPUs: every rank draws its own batch, rank 0 writes the checkpoints
+(with the full state dict gathered). The single-process CPU path is what the tests cover.
 
 Data position is a pure function of the step: the batch of step s is drawn from a RNG seeded with
 (seed, s), so resuming needs no data-loader state and a resumed run equals an uninterrupted one
@@ -56,7 +57,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def batch_for_step(sample, tokenizer, step: int, seed: int, batch_size: int, seq_len: int) -> torch.Tensor:
+def batch_for_step(sample, tokenizer, step: int, seed, batch_size: int, seq_len: int) -> torch.Tensor:
     """(batch_size, seq_len) token ids for ``step``: documents + EOS, packed; a pure function of the step."""
     rng = random.Random(f"batch/{seed}/{step}")
     need = batch_size * seq_len
@@ -134,16 +135,19 @@ def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool
     t0 = time.perf_counter() - (manifest["steps"][-1]["time"] if manifest["steps"] else 0.0)
 
     def save(step, loss, lr):
-        unwrapped = accelerator.unwrap_model(model)
-        st = {"step": step, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-              "py_rng": list(_list_state(random.getstate()))}
-        if save_dtype != torch.float32:
-            st["model"] = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
-        d = ckpt.save_step(out, step, unwrapped, tok, st, save_dtype)
-        manifest["steps"].append({"step": step, "path": d.name, "tokens": tokens, "loss": loss, "lr": lr,
-                                  "time": time.perf_counter() - t0})
-        ckpt.write_manifest(out, manifest)
-        ckpt.drop_old_states(out, d)
+        full_state = accelerator.get_state_dict(model)  # gathers shards under FSDP; a no-op on one process
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            st = {"step": step, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                  "py_rng": list(_list_state(random.getstate()))}
+            if save_dtype != torch.float32:
+                st["model"] = {k: v.detach().clone() for k, v in full_state.items()}
+            d = ckpt.save_step(out, step, unwrapped, tok, st, save_dtype)
+            manifest["steps"].append({"step": step, "path": d.name, "tokens": tokens, "loss": loss, "lr": lr,
+                                      "time": time.perf_counter() - t0})
+            ckpt.write_manifest(out, manifest)
+            ckpt.drop_old_states(out, d)
+        accelerator.wait_for_everyone()
 
     if start == 0 and not manifest["steps"]:
         save(0, float("nan"), 0.0)
@@ -155,14 +159,16 @@ def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        ids = batch_for_step(sample, tok, step, cfg.seed, cfg.batch_size, cfg.seq_len).to(accelerator.device)
+        # each data-parallel rank draws its own batch (rank 0 alone reproduces a single-process run)
+        rank_seed = cfg.seed if accelerator.process_index == 0 else f"{cfg.seed}/rank{accelerator.process_index}"
+        ids = batch_for_step(sample, tok, step, rank_seed, cfg.batch_size, cfg.seq_len).to(accelerator.device)
         loss = model(input_ids=ids, labels=ids).loss
         accelerator.backward(loss)
         if cfg.grad_clip:
             accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        tokens += ids.numel()
+        tokens += ids.numel() * accelerator.num_processes
         lv = float(loss.detach())
         loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
         bar.set_postfix(loss=f"{loss_ema:.3f}")

@@ -201,3 +201,35 @@ def render_report(out: Path, summary: dict, tables: list[str]) -> str:
         lines.append(f"![{p.stem}](figures/{p.name})")
     lines += ["", "## Tables", ""] + tables
     return "\n".join(lines) + "\n"
+
+
+def export(run: str | Path, into: str | Path) -> dict:
+    """Copy a study's saved tables (no checkpoints) into ``into/run``, redraw every figure from them,
+    and place the figures, tables, report.md and summary.json in ``into``. Works from ``into/run``
+    alone when ``run`` is missing, so figures can be redrawn in a fresh clone without retraining."""
+    run, into = Path(run), Path(into)
+    data = into / "run"
+    if run.is_dir() and (run / "study.json").is_file():
+        if data.exists():
+            shutil.rmtree(data)
+        for f in [run / "study.json", *run.glob("eval/*.json"), *run.glob("analysis/**/*.csv"),
+                  *run.glob("analysis/**/*.json")]:
+            dest = data / f.relative_to(run)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dest)
+    elif not (data / "study.json").is_file():
+        from prism_analysis.errors import PrismError
+        raise PrismError("no study run here and no exported tables to redraw from; run prism reproduce first", run)
+    summary = report(data)
+    for old in list(into.glob("*.png")) + list(into.glob("*.md")):
+        old.unlink()
+    for f in (data / "figures").glob("*.png"):
+        shutil.copy2(f, into / f.name)
+    for f in (data / "tables").glob("*.md"):
+        shutil.copy2(f, into / f.name)
+    text = (data / "report.md").read_text().replace("](figures/", "](")
+    (into / "report.md").write_text(text)
+    write_json(into / "summary.json", summary)
+    shutil.rmtree(data / "figures")
+    shutil.rmtree(data / "tables")
+    return summary

@@ -1,0 +1,77 @@
+"""The miniature study end to end on the smoke preset, its caching and errors, and the notebooks."""
+import json
+import os
+import shutil
+
+import pytest
+
+from prism_analysis.cli import main
+from prism_analysis.errors import PrismError
+from prism_train.study import MODELS, Study, reproduce
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "smoke"
+    reproduce(out, "smoke", progress=False, log=lambda *a: None)
+    return out
+
+
+def test_smoke_study_artefacts_exist_and_parse(smoke_run):
+    s = json.loads((smoke_run / "summary.json").read_text())
+    assert set(s["models"]) == set(MODELS)
+    for m in s["models"].values():
+        assert {"path", "math_easy", "math_hard", "code", "science", "macro", "general_ppl"} <= set(m)
+    assert "base->mid_mcs" in s["audits"] and "0.01" in s["audits"]["base->mid_mcs"]["fraction_changed"]
+    assert {"base_vs_mid_mcs", "mid_mcs_vs_rl_mid_mcs"} <= set(s["cka"])
+    for probes in s["cka"].values():
+        assert set(probes) == {"pretraining_text", "midtraining_text", "rl_prompts"}
+        assert all({"min_cka", "argmin_layer"} <= set(v) for v in probes.values())
+    assert {"t50", "t80"} <= set(s["trajectories"]["rl_mid_mcs"])
+    assert all({"claim", "paper", "ours", "reproduced"} <= set(f) for f in s["findings"]) and len(s["findings"]) >= 10
+    for fig in ["F11_base__mid_mcs", "F12_mc_vs_mcs", "F13_landscape", "F14_base__mid_mcs", "F16_rl_trajectory",
+                "F26_rl_from_base_vs_mid", "benchmarks"]:
+        assert (smoke_run / "figures" / f"{fig}.png").is_file() and (smoke_run / "figures" / f"{fig}.pdf").is_file()
+    for t in ["T12_divergence", "T13_mc_vs_mcs", "T14_min_cka", "T22_threshold_sweep", "T23_components", "benchmarks"]:
+        assert (smoke_run / "tables" / f"{t}.csv").is_file() and (smoke_run / "tables" / f"{t}.md").is_file()
+    report = (smoke_run / "report.md").read_text()
+    assert "| claim | paper | ours | reproduced |" in report
+
+
+def test_stages_are_cached_and_forced(smoke_run, tmp):
+    run = tmp / "copy"
+    shutil.copytree(smoke_run, run)
+    logs = []
+    Study(run, "smoke", progress=False, log=logs.append).run()
+    assert sum(line.endswith(": cached") for line in logs) == 6
+    logs.clear()
+    before = (run / "models" / "base" / "trajectory.json").read_text()
+    Study(run, "smoke", force=["report"], progress=False, log=logs.append).run()
+    assert sum(line.endswith(": cached") for line in logs) == 5 and (run / "figures" / "F13_landscape.png").is_file()
+    assert (run / "models" / "base" / "trajectory.json").read_text() == before
+
+
+def test_bad_input(smoke_run, tmp, capsys):
+    with pytest.raises(PrismError, match="different configuration"):
+        Study(smoke_run, "tiny", progress=False, log=lambda *a: None).run()
+    assert main(["reproduce", "--preset", "huge", "--out", str(tmp / "x"), "--quiet"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+    assert main(["reproduce", "--preset", "smoke", "--family", "gpt9", "--out", str(tmp / "y"), "--quiet"]) == 2
+    assert main(["reproduce", "--preset", "smoke", "--force", "bogus", "--out", str(tmp / "z"), "--quiet"]) == 2
+    (tmp / "ro").mkdir()
+    (tmp / "ro" / "stranger.txt").write_text("not a study")
+    assert main(["reproduce", "--preset", "smoke", "--out", str(tmp / "ro"), "--quiet"]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["01_cka_quickstart", "02_audit_a_checkpoint_pair", "03_reproduce_prism_figures"])
+def test_notebooks_run_top_to_bottom(smoke_run, name, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    nb = nbformat.read(os.path.join(here, "notebooks", f"{name}.ipynb"), as_version=4)
+    monkeypatch.setenv("PRISM_RUN", str(smoke_run))
+    monkeypatch.setenv("PYTHONPATH", here + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": here}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
