@@ -219,11 +219,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--peer-pairs", type=int, default=6, help="pairs timed for O(n^3)-per-pair peers")
+    ap.add_argument("--part", choices=["all", "heatmap", "streaming"], default="all")
     args = ap.parse_args()
     args.layers, args.n, args.d, args.tokens = (8, 1024, 256, 200_000) if args.quick else (24, 2048, 512, 1_000_000)
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}")
-    heatmap(args)
-    streaming(args)
+    if args.part in ("all", "heatmap"):
+        heatmap(args)
+    if args.part in ("all", "streaming"):
+        streaming(args)
 
 
 if __name__ == "__main__":
