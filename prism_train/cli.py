@@ -183,7 +183,9 @@ def add_reproduce(sub) -> None:
         epilog=textwrap.dedent("""\
             presets (2-core CPU): smoke  < 90 s, a check that everything runs
                                   tiny   the default, ~10 minutes
-                                  small  bigger models and more steps, for a GPU
+                                  small  bigger models (~6.5M parameters) and more steps, for a GPU:
+                                         an estimated 30-60 minutes on one H100, mostly RL generation
+                                         (not yet measured: no GPU has been lent to this project)
             stages: pretrain, mid, rl, eval, analyse, report (--force STAGE reruns one; --force all)
 
             examples:

@@ -75,3 +75,10 @@ def test_notebooks_run_top_to_bottom(smoke_run, name, monkeypatch):
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": here}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+
+
+def test_unwritable_output_is_a_clear_error(tmp, capsys):
+    (tmp / "a_file").write_text("x")
+    assert main(["reproduce", "--preset", "smoke", "--out", str(tmp / "a_file" / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("prism: error:") and "cannot write the run directory" in err and "\n" not in err
