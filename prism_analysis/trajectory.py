@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +194,3 @@ def save_trajectory(out, main: Trajectory, compare: Trajectory | None = None) ->
                         compare=None if compare is None else compare.table,
                         compare_label=None if compare is None else compare.name)
 
-
-def load_table(out: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_csv(Path(out) / "trajectory.csv")

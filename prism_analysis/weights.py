@@ -25,7 +25,6 @@ processes) with :meth:`~UpdateStats.merge`, read the metrics with :meth:`~Update
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import fused
-from .checkpoint import Checkpoint, align, default_device, iter_pairs, open_checkpoint
+from .checkpoint import align, default_device, iter_pairs, open_checkpoint
 from .components import COMPONENTS, classify
 from .outputs import atomic_output_dir, write_json
 
@@ -119,9 +118,6 @@ class UpdateStats:
         self.max_abs_diff = max(self.max_abs_diff, other.max_abs_diff)
         self.n_changed = [x + y for x, y in zip(self.n_changed, other.n_changed)]
         return self
-
-    def copy(self) -> "UpdateStats":
-        return UpdateStats(self.thresholds).merge(self)
 
     def compute(self) -> dict:
         """The metrics: ``numel``, ``normalized_l2``, ``fraction_equal``, ``fraction_changed``
@@ -341,12 +337,3 @@ def audit(a, b, thresholds=DEFAULT_THRESHOLDS, device: str | torch.device | None
                  layers=_table(groups["layers"], "layer"), components=_table(groups["components"], "component"),
                  total=total, only_in_a=al.only_in_a, only_in_b=al.only_in_b, tied=al.tied,
                  stats=groups)
-
-
-def load_summary(path: str | os.PathLike) -> dict:
-    """Read a saved ``summary.json`` (of an audit directory or the file itself)."""
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        p = os.path.join(p, "summary.json")
-    with open(p) as f:
-        return json.load(f)

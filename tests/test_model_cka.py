@@ -14,9 +14,9 @@ from helpers import PROSE, save_model
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("cka")
-    base = save_model(root / "base", "llama", seed=0)
-    near = save_model(root / "near", "llama", seed=0, perturb=0.01)
-    far = save_model(root / "far", "llama", seed=0, perturb=0.5)
+    save_model(root / "base", "llama", seed=0)
+    save_model(root / "near", "llama", seed=0, perturb=0.01)
+    save_model(root / "far", "llama", seed=0, perturb=0.5)
     (root / "wiki.txt").write_text("\n".join(PROSE[:12]) + "\n\n")
     (root / "gsm8k.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in PROSE[12:24]))
     return root

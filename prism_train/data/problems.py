@@ -43,7 +43,7 @@ def in_split(text: str, split: str) -> bool:
 
 
 def _generator(domain: str):
-    from . import code, general, math, science
+    from . import code, math, science
     return {"math": math.make, "code_reasoning": code.make_reasoning, "science": science.make}[domain]
 
 
