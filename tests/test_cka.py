@@ -247,3 +247,18 @@ def test_precision_on_llm_like_activations():
     assert abs(s.compute().item() - ref) < 1e-7
     assert abs(cka.linear_cka(X[:20_000], Y[:20_000]) - cka_reference(X[:20_000].astype(np.float64),
                                                                      Y[:20_000].astype(np.float64), False)) < 1e-10
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_matrix_symmetric_blocks_match_pairwise(debiased):
+    """n = 500 with 7 uneven row blocks (upper-triangular Gram blocks, off-diagonal ones scaled)."""
+    rng = np.random.default_rng(9)
+    base = rng.standard_normal((500, 24))
+    Xs = [base @ rng.standard_normal((24, 24)) + 3.0 for _ in range(2)]
+    Ys = [base @ rng.standard_normal((24, 16)) + rng.standard_normal((500, 16)) for _ in range(3)]
+    blocked = cka.cka_matrix(Xs, Ys, debiased=debiased, row_blocks=7)
+    single = cka.cka_matrix(Xs, Ys, debiased=debiased, row_blocks=1)
+    for i, X in enumerate(Xs):
+        for j, Y in enumerate(Ys):
+            assert blocked[i, j] == pytest.approx(cka.linear_cka(X, Y, debiased=debiased), abs=1e-6)
+    np.testing.assert_allclose(blocked, single, atol=1e-7)
