@@ -46,7 +46,7 @@ class TrainConfig:
     seed: int = 0
     save_dtype: str = "float32"          # float32 (default, exact resume) | bfloat16
     model: dict = field(default_factory=dict)   # tiny_config overrides for a fresh model
-    tokenizer_vocab: int = 512
+    tokenizer_vocab: int = 1024
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -71,10 +71,15 @@ def _init_model(cfg: TrainConfig, mix: Mix):
     from prism_train.models import FAMILIES, build_model
     from prism_train.tokenizer import train_tokenizer
     if cfg.init in FAMILIES:
-        # tokenizer trained on a sample of the pretraining mix (fixed seed: reproducible)
-        sample = load_mix("pretrain").sampler("train")
+        # A general-purpose tokenizer: trained (fixed seed) on pretraining prose and code plus
+        # reasoning problems, as real tokenizers see web text with math in it. Trained on prose
+        # alone, a 512-token BPE split "Question" into 4 pieces and cut math accuracy after
+        # mid-training from 15% to 2.5% at equal steps.
+        pre = load_mix("pretrain").sampler("train")
+        reasoning = Mix("tokenizer", {"math": 1.0, "code_reasoning": 1.0, "science": 1.0}).sampler("train")
         rng = random.Random("tokenizer")
-        tok = train_tokenizer([sample(rng) for _ in range(1500)], vocab_size=cfg.tokenizer_vocab)
+        texts = [pre(rng) for _ in range(1500)] + [reasoning(rng) for _ in range(1500)]
+        tok = train_tokenizer(texts, vocab_size=cfg.tokenizer_vocab)
         model = build_model(cfg.init, seed=cfg.seed, vocab_size=len(tok), **cfg.model)
         return model, tok, None
     path = Path(cfg.init)

@@ -14,7 +14,7 @@ FAMILIES = ("llama", "granite", "mistral", "nemotron_h")
 DEFAULT_FAMILY = "llama"
 
 
-def tiny_config(family: str = DEFAULT_FAMILY, vocab_size: int = 512, hidden_size: int = 128,
+def tiny_config(family: str = DEFAULT_FAMILY, vocab_size: int = 1024, hidden_size: int = 128,
                 num_layers: int = 4, max_position_embeddings: int = 512, **overrides) -> PretrainedConfig:
     """A small config of ``family`` (``llama``, ``granite``, ``mistral`` or ``nemotron_h``)."""
     heads = max(1, hidden_size // 32)

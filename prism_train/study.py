@@ -44,7 +44,7 @@ class Preset:
     seq_len: int = 128
     pretrain_steps: int = 200
     pretrain_lr: float = 3e-3
-    mid_steps: int = 600
+    mid_steps: int = 800
     mid_lr: float = 3e-3
     rl_steps: int = 20
     rl_save_every: int = 2
