@@ -179,9 +179,11 @@ def findings(models, audits, cka, trajs, mc, rs) -> list[dict]:
         f"cosine {cos:.3f}", 0.3 < cos < 0.95)
     tot = rs[rs["group"] == "total"].iloc[0]
     r = tot["normalized_l2_1"] / tot["normalized_l2_2"] if tot["normalized_l2_2"] else math.inf
+    base_moved = tot["normalized_l2_1"] > 0
     add("RL's update looks alike from base or mid-trained start", "total L2 within 20%, fraction changed within 1 pp",
-        f"L2 ratio {r:.2f}, fraction changed diff {tot['fraction_changed_diff_pp']:+.1f} pp",
-        0.8 <= r <= 1.25 and abs(tot["fraction_changed_diff_pp"]) <= 1.0)
+        f"L2 ratio {r:.2f}, fraction changed diff {tot['fraction_changed_diff_pp']:+.1f} pp"
+        + ("" if base_moved else " (RL from base got no reward and never updated: nothing to compare)"),
+        base_moved and 0.8 <= r <= 1.25 and abs(tot["fraction_changed_diff_pp"]) <= 1.0)
     return f
 
 
