@@ -86,7 +86,6 @@ class Checkpoint:
         if not self.tensors:
             raise PrismError("checkpoint holds no tensors", self.path)
         self.aliases = self._tied_aliases()
-        self.bytes_read = 0  # tensor bytes handed out by get(), for I/O accounting
 
     # -- opening -----------------------------------------------------------------------------
     def _weight_files(self) -> list[Path]:
@@ -155,7 +154,6 @@ class Checkpoint:
     def get(self, name: str) -> torch.Tensor:
         """The tensor ``name`` on the CPU, in its stored dtype (zero-copy where the format allows)."""
         info = self.info(name)
-        self.bytes_read += info.nbytes
         try:
             if self.is_pickle:
                 state = torch.load(info.file, map_location="cpu", weights_only=True, mmap=True)

@@ -27,10 +27,9 @@ from tqdm.auto import tqdm
 
 from .checkpoint import align, check_same_architecture, default_device, iter_tensors, open_checkpoint
 from . import fused, weights
-from .components import COMPONENTS, classify
 from .errors import PrismError
 from .outputs import atomic_output_dir, write_json
-from .weights import CHUNK, DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, UpdateStats, threshold_key
+from .weights import CHUNK, DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, UpdateStats, group_stats, threshold_key
 
 
 @dataclass
@@ -107,17 +106,6 @@ class OverlapStats:
         }
 
 
-def _by_group(per_tensor: dict, make) -> dict:
-    """Aggregate per-tensor accumulators into {"total": .., "components": {c: ..}}."""
-    comps: dict = {}
-    total = make()
-    for name, s in per_tensor.items():
-        comps.setdefault(classify(name)[1], make()).merge(s)
-        total.merge(s)
-    order = {c: i for i, c in enumerate(COMPONENTS)}
-    return {"total": total, "components": dict(sorted(comps.items(), key=lambda kv: order.get(kv[0], 99)))}
-
-
 @dataclass
 class Comparison:
     """Result of :func:`compare_updates`: a tidy table and the summary record."""
@@ -173,9 +161,9 @@ def compare_updates(a1, b1, a2, b2, tau: float = DEFAULT_THRESHOLD, thresholds=D
             s1[name] = UpdateStats(thresholds).update(x1, y1)
             s2[name] = UpdateStats(thresholds).update(x2, y2)
             bar.update(sum(t.nbytes for t in ts))
-    g_ov = _by_group(ov, lambda: OverlapStats(tau))
-    g1 = _by_group(s1, lambda: UpdateStats(thresholds))
-    g2 = _by_group(s2, lambda: UpdateStats(thresholds))
+    g_ov = group_stats(ov, lambda: OverlapStats(tau))
+    g1 = group_stats(s1, lambda: UpdateStats(thresholds))
+    g2 = group_stats(s2, lambda: UpdateStats(thresholds))
     key = threshold_key(tau)
     rows, summary = [], {"a1": str(a1), "b1": str(b1), "a2": str(a2), "b2": str(b2), "tau": tau,
                          "labels": list(labels), "components": {}}

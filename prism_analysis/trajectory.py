@@ -32,10 +32,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, align, check_same_architecture, default_device
-from .compare import OverlapStats, _by_group
+from .compare import OverlapStats
 from .errors import PrismError
 from .outputs import atomic_output_dir, write_json
-from .weights import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, UpdateStats, threshold_key
+from .weights import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, UpdateStats, group_stats, threshold_key
 
 MANIFEST = "trajectory.json"
 _STEP_DIR = re.compile(r"^(?:step|checkpoint|ckpt|global_step|iter)[-_]?(\d+)$")
@@ -164,8 +164,8 @@ def analyse_trajectory(source, thresholds=DEFAULT_THRESHOLDS, tau: float = DEFAU
             del first, last
     rows = []
     for i, step in enumerate(steps):
-        gu = _by_group(upd[i], lambda: UpdateStats(thresholds))
-        go = _by_group(ovl[i], lambda: OverlapStats(tau))
+        gu = group_stats(upd[i], lambda: UpdateStats(thresholds))
+        go = group_stats(ovl[i], lambda: OverlapStats(tau))
         for comp, u, o in [("total", gu["total"], go["total"])] + [
                 (c, gu["components"][c], go["components"][c]) for c in gu["components"]]:
             m, mo = u.compute(), o.compute()

@@ -283,16 +283,17 @@ def _table(groups: dict, key_name: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def group_stats(per_tensor: dict[str, UpdateStats], thresholds) -> dict:
-    """Aggregate per-tensor statistics to ``{"layers": {i: ..}, "components": {c: ..}, "total": ..}``."""
-    layers: dict[int, UpdateStats] = {}
-    comps: dict[str, UpdateStats] = {}
-    total = UpdateStats(thresholds)
+def group_stats(per_tensor: dict, make) -> dict:
+    """Aggregate per-tensor accumulators (anything with ``merge``; ``make()`` builds an empty one)
+    to ``{"layers": {i: ..}, "components": {c: ..}, "total": ..}``."""
+    layers: dict = {}
+    comps: dict = {}
+    total = make()
     for name, s in per_tensor.items():
         layer, comp = classify(name)
         if layer is not None:
-            layers.setdefault(layer, UpdateStats(thresholds)).merge(s)
-        comps.setdefault(comp, UpdateStats(thresholds)).merge(s)
+            layers.setdefault(layer, make()).merge(s)
+        comps.setdefault(comp, make()).merge(s)
         total.merge(s)
     order = {c: i for i, c in enumerate(COMPONENTS)}
     return {
@@ -329,7 +330,7 @@ def audit(a, b, thresholds=DEFAULT_THRESHOLDS, device: str | torch.device | None
                          "dtype": str(ta.dtype).replace("torch.", ""), **s.row()})
             bar.update(ta.nbytes + tb.nbytes)
             del ta, tb
-    groups = group_stats(per_tensor, thresholds)
+    groups = group_stats(per_tensor, lambda: UpdateStats(thresholds))
     tensors = pd.DataFrame(rows)
     tensors["layer"] = tensors["layer"].astype("Int64")
     total = _table({"total": groups["total"]}, "group")

@@ -32,7 +32,7 @@ import torch
 from prism_analysis.errors import PrismError
 
 from . import checkpoints as ckpt
-from .data.problems import REASONING_DOMAINS, Problem, _generator, in_split
+from .data.problems import REASONING_DOMAINS, Problem, generator, in_split
 from .rewards import reward
 
 RL_MIXES = {"math": {"math": 1.0}, "balanced": {d: 1.0 for d in REASONING_DOMAINS}}
@@ -111,7 +111,7 @@ def prompts_for_step(weights: dict[str, float], step: int, seed: int, n: int, le
     out = []
     while len(out) < n:
         domain = rng.choices(names, w)[0]
-        p = _generator(domain)(rng, rng.choice(levels))
+        p = generator(domain)(rng, rng.choice(levels))
         if in_split(p.question, "train"):
             out.append(p)
     return out

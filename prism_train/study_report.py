@@ -159,8 +159,8 @@ def findings(models, audits, cka, trajs, mc, rs) -> list[dict]:
         m = min(v["min_cka"] for v in bm.values())
         add("Mid-training changes representations", "CKA base vs mid falls to 0.41-0.63 (GSM8K, last layers)",
             f"min CKA {m:.4f}", m < 0.9)
-    dm = models["mid_mcs"]["math"] - models["base"]["math"] if "math" in models["mid_mcs"] else \
-        (models["mid_mcs"]["math_easy"] + models["mid_mcs"]["math_hard"] - models["base"]["math_easy"] - models["base"]["math_hard"]) / 2
+    math_avg = {m: (models[m]["math_easy"] + models[m]["math_hard"]) / 2 for m in ("base", "mid_mcs")}
+    dm = math_avg["mid_mcs"] - math_avg["base"]
     add("Mid-training lifts math", "+15..40 points", f"{100 * dm:+.1f} points (base -> mid_mcs)", dm > 0.05)
     add("RL after mid-training beats RL on the base model", "macro 29-42 vs weak (AIME near zero)",
         f"macro {100 * models['rl_mid_mcs']['macro']:.1f} vs {100 * models['rl_base']['macro']:.1f}",

@@ -56,16 +56,12 @@ class Mix:
             if not docs:
                 raise PrismError(f"source has no {split} documents", s["path"])
             corpora[f"source:{i}"] = docs
-        from .problems import _generator
+        from .problems import draw_problem
 
         def sample(rng: random.Random) -> str:
             name = rng.choices(names, weights)[0]
             if name in REASONING_DOMAINS:
-                make = _generator(name)
-                while True:
-                    p = make(rng, rng.choice((1, 1, 2, 3)))
-                    if in_split(p.question, split):
-                        return p.text
+                return draw_problem(name, rng, split).text
             return rng.choice(corpora[name])
         return sample
 

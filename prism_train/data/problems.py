@@ -42,7 +42,12 @@ def in_split(text: str, split: str) -> bool:
     return (h % EVAL_BUCKETS == 0) == (split == "eval")
 
 
-def _generator(domain: str):
+#: Difficulty levels drawn when none is given (easy problems twice as often).
+LEVELS = (1, 1, 2, 3)
+
+
+def generator(domain: str):
+    """The problem maker of a reasoning domain: ``make(rng, difficulty) -> Problem``."""
     from . import code, math, science
     return {"math": math.make, "code_reasoning": code.make_reasoning, "science": science.make}[domain]
 
@@ -51,13 +56,19 @@ def problems(domain: str, split: str = "train", seed: int = 0, difficulty: int |
     """Endless, seeded stream of ``domain`` problems of ``split`` (``difficulty`` None: mixed levels)."""
     if domain not in REASONING_DOMAINS:
         raise ValueError(f"{domain!r} has no problems; reasoning domains: {', '.join(REASONING_DOMAINS)}")
-    make = _generator(domain)
     rng = random.Random(f"{domain}/{split}/{seed}")
     while True:
-        d = difficulty if difficulty is not None else rng.choice((1, 1, 2, 3))
-        p = make(rng, d)
+        yield draw_problem(domain, rng, split, difficulty)
+
+
+def draw_problem(domain: str, rng: random.Random, split: str = "train", difficulty: int | None = None) -> Problem:
+    """One ``domain`` problem of ``split`` drawn with ``rng`` (level from :data:`LEVELS` per attempt
+    when ``difficulty`` is None); a pure function of the rng state."""
+    make = generator(domain)
+    while True:
+        p = make(rng, difficulty if difficulty is not None else rng.choice(LEVELS))
         if in_split(p.question, split):
-            yield p
+            return p
 
 
 def documents(domain: str, split: str = "train", seed: int = 0) -> Iterator[str]:
