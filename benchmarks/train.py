@@ -44,10 +44,10 @@ def main():
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1)
         model.train()
         t = time.perf_counter()
-        for s, ids in enumerate(batches):
+        for s, (ids, labels) in enumerate(batches):
             for g in opt.param_groups:
                 g["lr"] = lr_at(s, cfg)
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = model(input_ids=ids, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
@@ -57,7 +57,7 @@ def main():
         import json
         man = json.loads((tmp / "run" / "trajectory.json").read_text())
         t_prism_loop = man["steps"][-1]["time"] - man["steps"][0]["time"]
-        tokens = cfg.steps * cfg.batch_size * cfg.seq_len
+        tokens = man["steps"][-1]["tokens"]  # trained (non-padding) tokens, the same for both loops
         print(f"{cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens, tiny llama "
               f"({sum(p.numel() for p in model.parameters()):,} parameters), {torch.get_num_threads()} threads")
         print(f"{'method':<56}{'wall s':>8}{'tokens/s':>11}{'vs plain':>10}")

@@ -40,7 +40,7 @@ def add_train(sub) -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--save-steps", type=_steps_list, default=[], metavar="LIST", help="extra steps to save, e.g. 1,2,5,10")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=128)

@@ -35,7 +35,7 @@ class TrainConfig:
     steps: int = 300
     save_every: int = 100
     save_steps: list[int] = field(default_factory=list)
-    lr: float = 3e-3
+    lr: float = 1e-3                     # at 3e-3 the tiny base never learnt to copy numbers in mid-training
     min_lr_ratio: float = 0.1
     warmup: int = 30
     weight_decay: float = 0.1
@@ -57,14 +57,41 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def batch_for_step(sample, tokenizer, step: int, seed, batch_size: int, seq_len: int) -> torch.Tensor:
-    """(batch_size, seq_len) token ids for ``step``: documents + EOS, packed; a pure function of the step."""
+def batch_for_step(sample, tokenizer, step: int, seed, batch_size: int, seq_len: int, max_draws: int = 8
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, labels)``, each (batch_size, seq_len), for ``step``; a pure function of the step.
+
+    Documents (+ EOS) are packed into rows first-fit, never cut unless longer than a row: a document
+    is split into row-sized pieces, each piece goes into the current row if it fits and otherwise
+    waits in a buffer that the next rows take from first. A row gets up to ``max_draws`` new
+    documents; what is still empty after that is padding with label -100 (no loss). Plain packing,
+    which cuts wherever a row ends, showed the model about half of the 50-120-token worked
+    problems at 128 tokens without their question.
+    """
     rng = random.Random(f"batch/{seed}/{step}")
-    need = batch_size * seq_len
-    ids: list[int] = []
-    while len(ids) < need:
-        ids.extend(tokenizer(sample(rng))["input_ids"] + [tokenizer.eos_token_id])
-    return torch.tensor(ids[:need], dtype=torch.long).view(batch_size, seq_len)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    waiting: list[list[int]] = []
+    ids, labels = [], []
+    for _ in range(batch_size):
+        row: list[int] = []
+        for piece in list(waiting):
+            if len(row) + len(piece) <= seq_len:
+                waiting.remove(piece)
+                row += piece
+        for _ in range(max_draws):
+            if len(row) == seq_len:
+                break
+            doc = tokenizer(sample(rng))["input_ids"] + [tokenizer.eos_token_id]
+            for i in range(0, len(doc), seq_len):
+                piece = doc[i:i + seq_len]
+                if len(row) + len(piece) <= seq_len:
+                    row += piece
+                else:
+                    waiting.append(piece)
+        gap = seq_len - len(row)
+        ids.append(row + [pad] * gap)
+        labels.append(row + [-100] * gap)
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
 
 
 def _init_model(cfg: TrainConfig, mix: Mix):
@@ -166,14 +193,15 @@ def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool
             g["lr"] = lr
         # each data-parallel rank draws its own batch (rank 0 alone reproduces a single-process run)
         rank_seed = cfg.seed if accelerator.process_index == 0 else f"{cfg.seed}/rank{accelerator.process_index}"
-        ids = batch_for_step(sample, tok, step, rank_seed, cfg.batch_size, cfg.seq_len).to(accelerator.device)
-        loss = model(input_ids=ids, labels=ids).loss
+        ids, labels = batch_for_step(sample, tok, step, rank_seed, cfg.batch_size, cfg.seq_len)
+        ids, labels = ids.to(accelerator.device), labels.to(accelerator.device)
+        loss = model(input_ids=ids, labels=labels).loss
         accelerator.backward(loss)
         if cfg.grad_clip:
             accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        tokens += ids.numel() * accelerator.num_processes
+        tokens += int((labels != -100).sum()) * accelerator.num_processes
         lv = float(loss.detach())
         loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
         bar.set_postfix(loss=f"{loss_ema:.3f}")

@@ -43,9 +43,9 @@ class Preset:
     batch_size: int = 16
     seq_len: int = 128
     pretrain_steps: int = 200
-    pretrain_lr: float = 3e-3
-    mid_steps: int = 800
-    mid_lr: float = 3e-3
+    pretrain_lr: float = 1e-3
+    mid_steps: int = 1000
+    mid_lr: float = 1e-3
     rl_steps: int = 20
     rl_save_every: int = 2
     rl_lr: float = 2e-4

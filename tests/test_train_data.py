@@ -73,6 +73,20 @@ def test_presets_and_mix_files(tmp):
     assert any(d.startswith("my document") for d in docs) and any(d.startswith("Question:") for d in docs)
 
 
+def test_mix_weights_are_text_shares():
+    """Prose documents are ~10x longer than problems; weights 1:1 must still give ~half the text each
+    (drawing documents with probability = weight gave prose most of the tokens)."""
+    import random
+    from prism_train.data.mix import Mix
+    sample = Mix("half", {"general": 1.0, "math": 1.0}).sampler("train")
+    rng = random.Random(1)
+    chars = {"problem": 0, "prose": 0}
+    for _ in range(4000):
+        d = sample(rng)
+        chars["problem" if d.startswith("Question:") else "prose"] += len(d)
+    assert chars["prose"] / sum(chars.values()) == pytest.approx(0.5, abs=0.08)
+
+
 @pytest.mark.parametrize("content,problem", [
     ("domains: {math: 1\n", "cannot parse"),
     ("domains: {algebra: 1}\n", "unknown domain"),
