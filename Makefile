@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# The main job: the miniature PRISM study (tiny preset, ~10 minutes on 2 CPU cores).
+# The main job: the miniature PRISM study (tiny preset, ~19 minutes on 2 CPU cores).
 demo: $(STAMP)
 	$(VENV)/bin/prism reproduce --preset tiny --out $(DEMO_OUT)
 

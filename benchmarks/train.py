@@ -28,7 +28,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=150)
     args = ap.parse_args()
-    cfg = TrainConfig(steps=args.steps, save_every=args.steps, lr=3e-3)
+    cfg = TrainConfig(steps=args.steps, save_every=args.steps)
     tmp = Path(tempfile.mkdtemp())
     try:
         # prism (first: it also trains the tokenizer the plain loop then reuses)
