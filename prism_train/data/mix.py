@@ -81,7 +81,7 @@ def _mean_chars(name: str, corpora: dict, split: str, n: int = 400) -> float:
         rng = random.Random(f"length/{name}/{split}")
         return sum(len(draw_problem(name, rng, split).text) for _ in range(n)) / n
     docs = corpora[name]
-    return sum(len(d) for d in docs) / len(docs)
+    return max(1.0, sum(len(d) for d in docs) / len(docs))
 
 
 def _read_source(s: dict) -> list[str]:
