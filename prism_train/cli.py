@@ -27,6 +27,9 @@ def add_train(sub) -> None:
               domains: {general: 0.3, math: 0.4, science: 0.3}
               sources: [{path: my_corpus.jsonl, weight: 0.5, field: text}]
             domains: general, code, math, code_reasoning, science
+            weights are shares of the text (characters), like a token mix: long documents are drawn
+            less often than short problems. Documents are packed first-fit, never cut unless longer
+            than --seq-len.
 
             examples:
               prism train --phase pretrain --mix pretrain --init llama --out runs/base --steps 300
