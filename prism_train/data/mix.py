@@ -25,7 +25,7 @@ from pathlib import Path
 from prism_analysis.errors import PrismError
 
 from . import code, general
-from .problems import DOMAINS, REASONING_DOMAINS, in_split
+from .problems import DOMAINS, REASONING_DOMAINS, draw_problem, in_split
 
 PRESETS: dict[str, dict[str, float]] = {
     # pretraining: general prose and code, almost no reasoning data
@@ -53,7 +53,6 @@ class Mix:
         entries = [(d, w) for d, w in self.domains.items() if w > 0]
         entries += [(f"source:{i}", float(s.get("weight", 1.0))) for i, s in enumerate(self.sources)]
         names = [e[0] for e in entries]
-        weights = [e[1] for e in entries]
         corpora = {"general": [d for d in general.corpus() if in_split(d, split)],
                    "code": [d for d in code.corpus() if in_split(d, split)]}
         for i, s in enumerate(self.sources):
@@ -61,9 +60,8 @@ class Mix:
             if not docs:
                 raise PrismError(f"source has no {split} documents", s["path"])
             corpora[f"source:{i}"] = docs
-        from .problems import draw_problem
         # document probability = text share / mean document length, so that text shares = weights
-        weights = [w / _mean_chars(n, corpora, split) for n, w in zip(names, weights)]
+        weights = [w / _mean_chars(n, corpora, split) for n, w in entries]
 
         def sample(rng: random.Random) -> str:
             name = rng.choices(names, weights)[0]
@@ -77,7 +75,6 @@ def _mean_chars(name: str, corpora: dict, split: str, n: int = 400) -> float:
     """Mean document length (characters) of a corpus, or of ``n`` problems of a reasoning domain
     drawn with a fixed seed."""
     if name in REASONING_DOMAINS:
-        from .problems import draw_problem
         rng = random.Random(f"length/{name}/{split}")
         return sum(len(draw_problem(name, rng, split).text) for _ in range(n)) / n
     docs = corpora[name]
