@@ -13,6 +13,7 @@ Files are read once before timing so every method sees a warm page cache.
   python benchmarks/audit.py --quick         # ~0.2 GB per checkpoint
   python benchmarks/audit.py --large         # prism + floor only, a 13.5 GB pair (> half of 24 GB RAM)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,20 @@ def make_pair(root: Path, hidden: int, layers: int, vocab: int, shard_bytes: int
     """Write A and B as sharded bf16 safetensors, one shard at a time (memory: one shard pair)."""
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, LlamaConfig
+
     a, b = root / "a", root / "b"
     if (a / "model.safetensors.index.json").exists() and (b / "model.safetensors.index.json").exists():
         return a, b
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=int(hidden * 2.75), num_hidden_layers=layers,
-                      num_attention_heads=hidden // 128, num_key_value_heads=max(1, hidden // 512),
-                      vocab_size=vocab, tie_word_embeddings=False, torch_dtype="bfloat16")
+    cfg = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=int(hidden * 2.75),
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 128,
+        num_key_value_heads=max(1, hidden // 512),
+        vocab_size=vocab,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+    )
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in AutoModelForCausalLM.from_config(cfg).state_dict().items()}
     g = torch.Generator().manual_seed(0)
@@ -80,12 +89,14 @@ def files(ckpt: Path) -> list[Path]:
 
 def run_prism(a, b, device):
     from prism_analysis.weights import audit
+
     res = audit(a, b, progress=False, device=device)
     return res.stats["total"].compute()["normalized_l2"]
 
 
 def run_naive(a, b, device):
     from transformers import AutoModelForCausalLM
+
     ma = AutoModelForCausalLM.from_pretrained(a, dtype=torch.bfloat16).to(device)
     mb = AutoModelForCausalLM.from_pretrained(b, dtype=torch.bfloat16).to(device)
     pb = dict(mb.named_parameters())
@@ -126,6 +137,7 @@ def child(method: str, a: Path, b: Path, device: str) -> None:
     fn = {"prism": run_prism, "naive": run_naive, "floor": run_floor}[method]
     if method == "prism":  # compile the fused kernel (cached on disk after the first run) before timing
         from prism_analysis.weights import UpdateStats
+
         UpdateStats().update(torch.ones(4, dtype=torch.bfloat16), torch.ones(4, dtype=torch.bfloat16))
     rss0 = peak_rss_kb()
     t0 = time.perf_counter()
@@ -135,8 +147,18 @@ def child(method: str, a: Path, b: Path, device: str) -> None:
     wall = time.perf_counter() - t0
     peak = peak_rss_kb()
     gpu = torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
-    print(json.dumps({"method": method, "wall_s": wall, "peak_rss_mb": peak / 1024,
-                      "rss_after_imports_mb": rss0 / 1024, "gpu_peak_mb": gpu / 2**20, "value": value}))
+    print(
+        json.dumps(
+            {
+                "method": method,
+                "wall_s": wall,
+                "peak_rss_mb": peak / 1024,
+                "rss_after_imports_mb": rss0 / 1024,
+                "gpu_peak_mb": gpu / 2**20,
+                "value": value,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -161,27 +183,38 @@ def main() -> None:
     t = time.perf_counter()
     a, b = make_pair(root, *dims)
     pair_gb = sum(f.stat().st_size for f in files(a) + files(b)) / 1e9
-    print(f"pair: {pair_gb:.2f} GB of bf16 safetensors ({size}; prepared in {time.perf_counter() - t:.0f}s); "
-          f"device: {args.device}; torch {torch.__version__}; {os.cpu_count()} cores")
-    methods = args.methods.split(",") if args.methods else (["floor", "prism"] if args.large else ["floor", "prism", "naive"])
+    print(
+        f"pair: {pair_gb:.2f} GB of bf16 safetensors ({size}; prepared in {time.perf_counter() - t:.0f}s); "
+        f"device: {args.device}; torch {torch.__version__}; {os.cpu_count()} cores"
+    )
+    methods = (
+        args.methods.split(",") if args.methods else (["floor", "prism"] if args.large else ["floor", "prism", "naive"])
+    )
     run_floor(a, b, args.device)  # warm the page cache
     results = {}
     for m in methods:
-        r = subprocess.run([sys.executable, __file__, "--child", m, "--root", args.root, "--device", args.device]
-                           + (["--quick"] if args.quick else ["--large"] if args.large else []),
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, __file__, "--child", m, "--root", args.root, "--device", args.device]
+            + (["--quick"] if args.quick else ["--large"] if args.large else []),
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             print(f"{m}: failed\n{r.stderr[-2000:]}")
             continue
         results[m] = json.loads(r.stdout.strip().splitlines()[-1])
-    print(f"\n{'method':<8}{'wall s':>9}{'GB/s':>8}{'peak RSS MB':>13}{'(after imports)':>17}"
-          f"{'time / prism':>14}{'RSS / prism':>13}")
+    print(
+        f"\n{'method':<8}{'wall s':>9}{'GB/s':>8}{'peak RSS MB':>13}{'(after imports)':>17}"
+        f"{'time / prism':>14}{'RSS / prism':>13}"
+    )
     p = results.get("prism")
     for m, r in results.items():
         tr = f"{r['wall_s'] / p['wall_s']:.2f}x" if p else "-"
         mr = f"{r['peak_rss_mb'] / p['peak_rss_mb']:.2f}x" if p else "-"
-        print(f"{m:<8}{r['wall_s']:>9.2f}{pair_gb / r['wall_s']:>8.2f}{r['peak_rss_mb']:>13.0f}"
-              f"{r['rss_after_imports_mb']:>17.0f}{tr:>14}{mr:>13}")
+        print(
+            f"{m:<8}{r['wall_s']:>9.2f}{pair_gb / r['wall_s']:>8.2f}{r['peak_rss_mb']:>13.0f}"
+            f"{r['rss_after_imports_mb']:>17.0f}{tr:>14}{mr:>13}"
+        )
     if "prism" in results and "naive" in results:
         print(f"\nnormalized L2: prism {results['prism']['value']:.8g}  naive {results['naive']['value']:.8g}")
 

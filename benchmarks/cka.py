@@ -17,6 +17,7 @@ dependencies so they keep this torch:  pip install --no-deps ckatorch cka-pytorc
   python benchmarks/cka.py            # full sizes (~4 min on 2 cores)
   python benchmarks/cka.py --quick    # small sizes (~30 s)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,10 @@ def layers(L, n, d, seed=0, noise=0.05):
     rng = np.random.default_rng(seed)
     base = rng.standard_normal((n, d)).astype(np.float32)
     X, Y = [], []
-    for l in range(L):
-        x = base @ (np.eye(d, dtype=np.float32) + 0.3 * rng.standard_normal((d, d)).astype(np.float32) / d ** 0.5)
+    for layer in range(L):
+        x = base @ (np.eye(d, dtype=np.float32) + 0.3 * rng.standard_normal((d, d)).astype(np.float32) / d**0.5)
         x += 2.0 + rng.standard_normal((n, d)).astype(np.float32) * 0.5
-        x[:, :3] *= np.float32(500.0 * (1 + l % 3))
+        x[:, :3] *= np.float32(500.0 * (1 + layer % 3))
         X.append(x)
         Y.append(x + noise * rng.standard_normal((n, d)).astype(np.float32) * np.abs(x).mean(0))
         base = x / np.abs(x).mean()
@@ -57,12 +58,14 @@ def numpy_cka(x, y, debiased):
 
         def h(v, a, b):
             return v - n / (n - 2.0) * a.dot(b) + a.sum() * b.sum() / ((n - 1) * (n - 2))
-        return h(xty, rx, ry) / np.sqrt(h(nx ** 2, rx, rx) * h(ny ** 2, ry, ry))
+
+        return h(xty, rx, ry) / np.sqrt(h(nx**2, rx, rx) * h(ny**2, ry, ry))
     return xty / (nx * ny)
 
 
 def numpy_gram_cka(x, y, debiased):
     """The classic per-pair code (Kornblith et al.'s cka(gram_linear(x), gram_linear(y))), float64."""
+
     def center(g):
         g = g.copy()
         n = g.shape[0]
@@ -78,6 +81,7 @@ def numpy_gram_cka(x, y, debiased):
         if debiased:
             np.fill_diagonal(g, 0)
         return g
+
     x, y = x.astype(np.float64), y.astype(np.float64)
     gx, gy = center(x @ x.T), center(y @ y.T)
     return gx.ravel().dot(gy.ravel()) / (np.linalg.norm(gx) * np.linalg.norm(gy))
@@ -106,27 +110,36 @@ def heatmap(args):
     X, Y = layers(L, n, d)
     Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
     pairs = [(i, j) for i in range(L) for j in range(L)]
-    print(f"\n(1)+(2) {L} x {L} heatmap, n = {n}, d = {d}, float32 inputs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"\n(1)+(2) {L} x {L} heatmap, n = {n}, d = {d}, float32 inputs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     rows = []
     for debiased in (False, True):
         tag = "debiased" if debiased else "biased"
-        ref, t_np = timed(lambda: np.array([[numpy_cka(X[i], Y[j], debiased) for j in range(L)] for i in range(L)]))
+        ref, t_np = timed(
+            lambda deb: np.array([[numpy_cka(X[i], Y[j], deb) for j in range(L)] for i in range(L)]), debiased
+        )
         ours, t_ours = timed(cka.cka_matrix, Xt, Yt, debiased=debiased)
         ours = ours.numpy()
         rows.append((tag, "prism cka_matrix", t_ours, np.abs(ours - ref).max(), False))
         k = min(args.peer_pairs, len(pairs))
-        vals, t_loop = timed(lambda: [numpy_gram_cka(X[i], Y[j], debiased) for i, j in pairs[:k]])
+        vals, t_loop = timed(lambda ps, deb: [numpy_gram_cka(X[i], Y[j], deb) for i, j in ps], pairs[:k], debiased)
         err = max(abs(v - ref[i, j]) for v, (i, j) in zip(vals, pairs[:k]))
         rows.append((tag, "per-pair loop, Gram form (classic code)", t_loop * len(pairs) / k, err, k < len(pairs)))
         k = min(args.peer_pairs * 4, len(pairs))
-        _, t_loop = timed(lambda: [cka.linear_cka(Xt[i], Yt[j], debiased=debiased) for i, j in pairs[:k]])
+        _, t_loop = timed(
+            lambda ps, deb: [cka.linear_cka(Xt[i], Yt[j], debiased=deb) for i, j in ps], pairs[:k], debiased
+        )
         rows.append((tag, "prism linear_cka, per-pair loop", t_loop * len(pairs) / k, None, k < len(pairs)))
         rows.append((tag, "numpy float64 feature space, per pair", t_np, 0.0, False))
         try:
             from ckatorch.core import cka_base
+
             k = min(args.peer_pairs, len(pairs))
-            vals, t = timed(lambda: [float(cka_base(Xt[i], Yt[j], unbiased=debiased)) for i, j in pairs[:k]])
+            vals, t = timed(
+                lambda ps, deb: [float(cka_base(Xt[i], Yt[j], unbiased=deb)) for i, j in ps], pairs[:k], debiased
+            )
             err = max(abs(v - ref[i, j]) for v, (i, j) in zip(vals, pairs[:k]))
             rows.append((tag, "ckatorch 1.0.3 cka_base, per pair", t * len(pairs) / k, err, k < len(pairs)))
         except ImportError:
@@ -135,35 +148,41 @@ def heatmap(args):
         if hsic1 is not None and debiased:  # cka-pytorch computes unbiased HSIC only
             k = min(args.peer_pairs, len(pairs))
 
-            def peer():
-                gx = torch.stack([Xt[i] @ Xt[i].T for i, _ in pairs[:k]])
-                gy = torch.stack([Yt[j] @ Yt[j].T for _, j in pairs[:k]])
-                sx = torch.stack([Xt[i] @ Xt[i].T for i, _ in pairs[:k]])
-                sy = torch.stack([Yt[j] @ Yt[j].T for _, j in pairs[:k]])
-                return hsic1(gx, gy) / torch.sqrt(hsic1(sx, sx) * hsic1(sy, sy))
-            vals, t = timed(peer)
+            def peer(ps, h):
+                gx = torch.stack([Xt[i] @ Xt[i].T for i, _ in ps])
+                gy = torch.stack([Yt[j] @ Yt[j].T for _, j in ps])
+                sx = torch.stack([Xt[i] @ Xt[i].T for i, _ in ps])
+                sy = torch.stack([Yt[j] @ Yt[j].T for _, j in ps])
+                return h(gx, gy) / torch.sqrt(h(sx, sx) * h(sy, sy))
+
+            vals, t = timed(peer, pairs[:k], hsic1)
             err = max(abs(float(v) - ref[i, j]) for v, (i, j) in zip(vals, pairs[:k]))
             rows.append((tag, "cka-pytorch 1.1.3 hsic1 (fp32 Grams)", t * len(pairs) / k, err, k < len(pairs)))
         try:
             from torch_cka.cka import CKA as TorchCKA
+
             if debiased:
                 k = min(args.peer_pairs, len(pairs))
                 dummy = type("D", (), {"device": "cpu"})()
 
-                def tc():
+                def tc(ps, dummy):
                     out = []
-                    for i, j in pairs[:k]:
+                    for i, j in ps:
                         K, Lg = Xt[i] @ Xt[i].T, Yt[j] @ Yt[j].T
-                        out.append(TorchCKA._HSIC(dummy, K, Lg) / np.sqrt(TorchCKA._HSIC(dummy, K, K) * TorchCKA._HSIC(dummy, Lg, Lg)))
+                        out.append(
+                            TorchCKA._HSIC(dummy, K, Lg)
+                            / np.sqrt(TorchCKA._HSIC(dummy, K, K) * TorchCKA._HSIC(dummy, Lg, Lg))
+                        )
                     return out
-                vals, t = timed(tc)
+
+                vals, t = timed(tc, pairs[:k], dummy)
                 err = max(abs(v - ref[i, j]) for v, (i, j) in zip(vals, pairs[:k]))
                 rows.append((tag, "torch-cka 0.21 _HSIC, per pair", t * len(pairs) / k, err, k < len(pairs)))
         except ImportError:
             pass
     print(f"{'variant':<10}{'method':<40}{'time s':>10}{'vs prism':>11}{'max |err| vs float64':>24}")
     best = {}
-    for tag, name, t, err, extrap in rows:
+    for tag, name, t, _err, _extrap in rows:
         if name.startswith("prism cka_matrix"):
             best[tag] = t
     for tag, name, t, err, extrap in rows:
@@ -208,11 +227,14 @@ def streaming(args):
     cxx = Xc.T @ (w[:, None] * Xc)
     cyy = Yc.T @ (w[:, None] * Yc)
     ref = np.linalg.norm(cxy) ** 2 / (np.linalg.norm(cxx) * np.linalg.norm(cyy))
-    print(f"\n(3) StreamingCKA, {steps * chunk:,} tokens x {d} dims (chunks of {chunk}), outlier channels, CKA ~ {ref:.6f}")
+    rows = steps * chunk
+    print(f"\n(3) StreamingCKA, {rows:,} tokens x {d} dims (chunks of {chunk}), outlier channels, CKA ~ {ref:.6f}")
     print(f"{'method':<44}{'time s':>9}{'tokens/s':>12}{'vs floor':>10}{'|err| vs float64':>18}")
     print(f"{'floor: 3 fp32 products per chunk':<44}{floor:>9.2f}{steps * chunk / floor:>12,.0f}{1:>9.2f}x{'-':>18}")
-    print(f"{'prism StreamingCKA (fp32 products, f64 acc)':<44}{ours:>9.2f}{steps * chunk / ours:>12,.0f}"
-          f"{ours / floor:>9.2f}x{abs(val - ref):>18.1e}")
+    print(
+        f"{'prism StreamingCKA (fp32 products, f64 acc)':<44}{ours:>9.2f}{steps * chunk / ours:>12,.0f}"
+        f"{ours / floor:>9.2f}x{abs(val - ref):>18.1e}"
+    )
 
 
 def main():

@@ -9,6 +9,7 @@ Reports tokens/s and prism's overhead over the plain loop.
 
   python benchmarks/train.py [--steps 150]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ def main():
         train(cfg, tmp / "run", progress=False, log=lambda *a: None)
         t_prism_total = time.perf_counter() - t
         from transformers import AutoTokenizer
+
         tok = AutoTokenizer.from_pretrained(tmp / "run" / "step_000000")
         sample = load_mix("pretrain").sampler("train")
         batches = [batch_for_step(sample, tok, s, cfg.seed, cfg.batch_size, cfg.seq_len) for s in range(cfg.steps)]
@@ -55,17 +57,24 @@ def main():
         t_plain = time.perf_counter() - t
         # prism's loop alone (the manifest's clock excludes tokenizer training and model set-up)
         import json
+
         man = json.loads((tmp / "run" / "trajectory.json").read_text())
         t_prism_loop = man["steps"][-1]["time"] - man["steps"][0]["time"]
         tokens = man["steps"][-1]["tokens"]  # trained (non-padding) tokens, the same for both loops
-        print(f"{cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens, tiny llama "
-              f"({sum(p.numel() for p in model.parameters()):,} parameters), {torch.get_num_threads()} threads")
+        print(
+            f"{cfg.steps} steps x {cfg.batch_size} x {cfg.seq_len} tokens, tiny llama "
+            f"({sum(p.numel() for p in model.parameters()):,} parameters), {torch.get_num_threads()} threads"
+        )
         print(f"{'method':<56}{'wall s':>8}{'tokens/s':>11}{'vs plain':>10}")
         print(f"{'plain PyTorch loop (pre-built batches)':<56}{t_plain:>8.2f}{tokens / t_plain:>11,.0f}{1:>9.2f}x")
-        print(f"{'prism train loop (data on the fly, accelerate, saves)':<56}{t_prism_loop:>8.2f}"
-              f"{tokens / t_prism_loop:>11,.0f}{t_prism_loop / t_plain:>9.2f}x")
-        print(f"{'prism train incl. tokenizer training and set-up':<56}{t_prism_total:>8.2f}"
-              f"{tokens / t_prism_total:>11,.0f}{t_prism_total / t_plain:>9.2f}x")
+        print(
+            f"{'prism train loop (data on the fly, accelerate, saves)':<56}{t_prism_loop:>8.2f}"
+            f"{tokens / t_prism_loop:>11,.0f}{t_prism_loop / t_plain:>9.2f}x"
+        )
+        print(
+            f"{'prism train incl. tokenizer training and set-up':<56}{t_prism_total:>8.2f}"
+            f"{tokens / t_prism_total:>11,.0f}{t_prism_total / t_plain:>9.2f}x"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

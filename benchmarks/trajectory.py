@@ -10,6 +10,7 @@ Bytes read are counted by Checkpoint.get.
   python benchmarks/trajectory.py            # 8 checkpoints of ~0.2 GB
   python benchmarks/trajectory.py --quick    # 6 checkpoints of ~0.03 GB
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,13 @@ def make_run(root: Path, hidden: int, layers: int, steps: list[int]) -> list[Pat
     g = torch.Generator().manual_seed(0)
     shapes = {"model.embed_tokens.weight": (8000, hidden)}
     for i in range(layers):
-        shapes.update({f"model.layers.{i}.self_attn.q_proj.weight": (hidden, hidden),
-                       f"model.layers.{i}.mlp.up_proj.weight": (3 * hidden, hidden),
-                       f"model.layers.{i}.mlp.down_proj.weight": (hidden, 3 * hidden)})
+        shapes.update(
+            {
+                f"model.layers.{i}.self_attn.q_proj.weight": (hidden, hidden),
+                f"model.layers.{i}.mlp.up_proj.weight": (3 * hidden, hidden),
+                f"model.layers.{i}.mlp.down_proj.weight": (hidden, 3 * hidden),
+            }
+        )
     theta0 = {k: torch.randn(s, generator=g) * 0.02 for k, s in shapes.items()}
     final = {k: torch.randn(s, generator=g) * 0.002 * (torch.rand(s, generator=g) < 0.05) for k, s in shapes.items()}
     entries = []
@@ -54,8 +59,9 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--root", default="bench_out/trajectory")
     args = ap.parse_args()
-    hidden, layers, steps = (512, 4, [0, 10, 20, 50, 100, 200]) if args.quick else \
-        (1024, 8, [0, 25, 50, 100, 200, 400, 700, 1000])
+    hidden, layers, steps = (
+        (512, 4, [0, 10, 20, 50, 100, 200]) if args.quick else (1024, 8, [0, 25, 50, 100, 200, 400, 700, 1000])
+    )
     root = Path(args.root) / ("quick" if args.quick else "default")
     paths = make_run(root, hidden, layers, steps)
     sizes = sum(ck.Checkpoint(p).nbytes for p in paths)
@@ -64,6 +70,7 @@ def main():
             f.read_bytes()
     from prism_analysis.compare import OverlapStats
     from prism_analysis.weights import UpdateStats
+
     x = torch.ones(8, dtype=torch.bfloat16)  # compile the numba kernels (cached on disk) before timing
     UpdateStats().update(x, x)
     OverlapStats().update(x, x, x, x)
@@ -73,6 +80,7 @@ def main():
     def counting_get(self, name):
         reads["n"] += self.info(name).nbytes
         return original(self, name)
+
     ck.Checkpoint.get = counting_get
     t = time.perf_counter()
     traj = analyse_trajectory(root, progress=False, device="cpu")
@@ -86,11 +94,16 @@ def main():
     t_naive = time.perf_counter() - t
     b_naive = reads["n"]
     ck.Checkpoint.get = original
-    print(f"trajectory: {len(paths)} bf16 checkpoints, {sizes / 1e9:.2f} GB in all; t50 = {traj.summary()['total']['t50']}")
+    t50 = traj.summary()["total"]["t50"]
+    print(f"trajectory: {len(paths)} bf16 checkpoints, {sizes / 1e9:.2f} GB in all; t50 = {t50}")
     print(f"{'method':<52}{'wall s':>9}{'bytes read / sizes':>20}{'time / prism':>14}")
-    print(f"{'prism analyse_trajectory (L2, fractions, cosines)':<52}{t_prism:>9.2f}{b_prism / sizes:>19.2f}x{1:>13.2f}x")
-    print(f"{'naive: audit(0, t) + audit(t, T) for every t':<52}{t_naive:>9.2f}{b_naive / sizes:>19.2f}x"
-          f"{t_naive / t_prism:>13.2f}x")
+    print(
+        f"{'prism analyse_trajectory (L2, fractions, cosines)':<52}{t_prism:>9.2f}{b_prism / sizes:>19.2f}x{1:>13.2f}x"
+    )
+    print(
+        f"{'naive: audit(0, t) + audit(t, T) for every t':<52}{t_naive:>9.2f}{b_naive / sizes:>19.2f}x"
+        f"{t_naive / t_prism:>13.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Implements the measurements of PRISM (Runwal et al., arXiv 2603.17074):
 - :mod:`prism_analysis.interpolate` W(a, b) between base, mid and RL weights (Eq. 3, F13)
 - :mod:`prism_analysis.figures`     the paper's figures, drawn from saved tables
 """
+
 from .errors import PrismError
 
 __version__ = "0.1.0"

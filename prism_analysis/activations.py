@@ -18,10 +18,11 @@ Prompts may be batched: sequences are right-padded and pads are masked out of ev
 batch gives the same result as one prompt at a time (causal models: real tokens never see pads).
 :func:`iter_activations` yields one batch at a time; :func:`collect_activations` stacks them.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -81,8 +82,15 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pool: str) -> torch.Tensor:
     raise ValueError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLS)}")
 
 
-def iter_activations(model, tokenizer, texts: Sequence[str], pool: str = "mean", batch_size: int = 1,
-                     max_length: int | None = 512, progress: bool = False) -> Iterator[torch.Tensor]:
+def iter_activations(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    pool: str = "mean",
+    batch_size: int = 1,
+    max_length: int | None = 512,
+    progress: bool = False,
+) -> Iterator[torch.Tensor]:
     """Yield, per batch of prompts, a (L + 1, rows, d) float32 tensor of pooled hidden states.
 
     ``rows`` is the number of prompts in the batch (``mean``, ``last``) or of their real tokens
@@ -92,6 +100,7 @@ def iter_activations(model, tokenizer, texts: Sequence[str], pool: str = "mean",
         raise ValueError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLS)}")
     from nnsight import NNsight
     from tqdm.auto import tqdm
+
     embed_path, layers_path, n_layers = find_modules(model)
     nn_model = NNsight(model)
     device = next(model.parameters()).device
@@ -99,9 +108,15 @@ def iter_activations(model, tokenizer, texts: Sequence[str], pool: str = "mean",
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     for start in tqdm(range(0, len(texts), batch_size), desc="activations", disable=not progress, leave=False):
-        batch = list(texts[start:start + batch_size])
-        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=max_length is not None,
-                        max_length=max_length, padding_side="right")
+        batch = list(texts[start : start + batch_size])
+        enc = tokenizer(
+            batch,
+            return_tensors="pt",
+            padding=True,
+            truncation=max_length is not None,
+            max_length=max_length,
+            padding_side="right",
+        )
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         if int(mask.sum(1).min()) == 0:
             raise PrismError(f"prompt {start + int(mask.sum(1).argmin())} tokenizes to nothing")
@@ -109,15 +124,28 @@ def iter_activations(model, tokenizer, texts: Sequence[str], pool: str = "mean",
         yield _pool(hidden, mask, pool)
 
 
-def collect_activations(model, tokenizer, texts: Sequence[str], pool: str = "mean", batch_size: int = 1,
-                        max_length: int | None = 512, progress: bool = False) -> torch.Tensor:
+def collect_activations(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    pool: str = "mean",
+    batch_size: int = 1,
+    max_length: int | None = 512,
+    progress: bool = False,
+) -> torch.Tensor:
     """All prompts at once: (L + 1, n, d) float32 (``tokens``: n = total real tokens)."""
     return torch.cat(list(iter_activations(model, tokenizer, texts, pool, batch_size, max_length, progress)), dim=1)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device | None = None, dtype: str | None = None,
-               tokenizer: str | os.PathLike | None = None, trust_remote_code: bool = False,
-               allow_pickle: bool = False, progress: bool = True):
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: str | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    progress: bool = True,
+):
     """``(model, tokenizer)`` from a local checkpoint, safetensors only unless ``allow_pickle``.
 
     ``dtype``: ``"float32"``, ``"bfloat16"``, ``"float16"`` or None (the checkpoint's).
@@ -125,15 +153,18 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
     from .checkpoint import Checkpoint, default_device
+
     if not progress:
         hf_logging.disable_progress_bar()
     Checkpoint(path, allow_pickle=allow_pickle)  # validates files with a one-line error first
     dev = torch.device(device) if device is not None else default_device()
     torch_dtype = getattr(torch, dtype) if dtype else "auto"
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                                     use_safetensors=not allow_pickle)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle
+        )
     except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError, ...)
         raise PrismError(f"cannot load model: {' '.join(str(e).split())[:300]}", path) from None
     try:

@@ -15,15 +15,16 @@ never by the checkpoint size. (One long-lived handle would keep every page it ev
 :func:`iter_pairs` streams ``(name, tensor_a, tensor_b)`` for the aligned names of two checkpoints,
 reading the next pairs in a background thread while the caller computes on the current one.
 """
+
 from __future__ import annotations
 
 import collections
 import concurrent.futures as futures
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -36,9 +37,17 @@ PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
 
 _ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
     "F8_E5M2": getattr(torch, "float8_e5m2", None),
 }
 
@@ -46,6 +55,7 @@ _ST_DTYPES = {
 @dataclass(frozen=True)
 class TensorInfo:
     """Where a tensor lives and what it is, known from the header alone."""
+
     name: str
     file: str
     shape: tuple[int, ...]
@@ -79,7 +89,7 @@ class Checkpoint:
         files = self._weight_files()
         self.tensors: dict[str, TensorInfo] = {}
         for file in files:
-            for info in (_pickle_infos(file) if self.is_pickle else _safetensors_infos(file)):
+            for info in _pickle_infos(file) if self.is_pickle else _safetensors_infos(file):
                 if info.name in self.tensors:
                     raise PrismError(f"tensor {info.name!r} appears in two shards", file)
                 self.tensors[info.name] = info
@@ -118,7 +128,9 @@ class Checkpoint:
             raise PrismError(
                 "refusing to unpickle a .bin checkpoint (it can run code); convert it to safetensors "
                 "(load with transformers and save_pretrained(..., safe_serialization=True)) "
-                "or pass --allow-pickle to load it with torch.load(weights_only=True)", files[0])
+                "or pass --allow-pickle to load it with torch.load(weights_only=True)",
+                files[0],
+            )
         self.is_pickle = True
         return files
 
@@ -231,6 +243,7 @@ def _pickle_infos(file: Path) -> list[TensorInfo]:
 @dataclass
 class Alignment:
     """Names of two checkpoints matched up. ``common`` keeps A's order."""
+
     common: list[str]
     only_in_a: list[str] = field(default_factory=list)
     only_in_b: list[str] = field(default_factory=list)
@@ -243,8 +256,8 @@ def check_same_architecture(ckpts: list[Checkpoint]) -> None:
     for other in ckpts[1:]:
         if first.architecture and other.architecture and first.architecture != other.architecture:
             raise PrismError(
-                f"different architectures: {first.architecture} ({first.path}) vs {other.architecture}",
-                other.path)
+                f"different architectures: {first.architecture} ({first.path}) vs {other.architecture}", other.path
+            )
 
 
 def align(a: Checkpoint, b: Checkpoint) -> Alignment:
@@ -283,14 +296,16 @@ def _fault_in(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def iter_tensors(ckpts: list[Checkpoint], names: list[str], prefetch: int = 1
-                 ) -> Iterator[tuple[str, list[torch.Tensor]]]:
+def iter_tensors(
+    ckpts: list[Checkpoint], names: list[str], prefetch: int = 1
+) -> Iterator[tuple[str, list[torch.Tensor]]]:
     """Yield ``(name, [tensor of each checkpoint])`` for every name, in order.
 
     A background thread reads ``prefetch`` names ahead (reading releases the GIL), so I/O overlaps
     with whatever the caller computes on the current group. At most ``prefetch + 1`` tensor groups
     are alive at once: memory is bounded by the largest tensors, not by the checkpoint.
     """
+
     def load(name):
         return name, [_fault_in(c.get(name)) for c in ckpts]
 
@@ -310,8 +325,9 @@ def iter_tensors(ckpts: list[Checkpoint], names: list[str], prefetch: int = 1
             del result
 
 
-def iter_pairs(a: Checkpoint, b: Checkpoint, names: list[str], prefetch: int = 1
-               ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+def iter_pairs(
+    a: Checkpoint, b: Checkpoint, names: list[str], prefetch: int = 1
+) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
     """Yield ``(name, tensor_a, tensor_b)`` for aligned names; see :func:`iter_tensors`."""
     for name, (ta, tb) in iter_tensors([a, b], names, prefetch=prefetch):
         yield name, ta, tb

@@ -27,6 +27,7 @@ or numpy arrays; scalars come back as Python floats, matrices as tensors (numpy 
 - :class:`MinibatchCKA`                Nguyen et al.'s minibatch CKA: sums of unbiased HSICs.
 - :func:`bootstrap_cka`                PRISM's protocol: resample 100 of 200, 20 times.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -64,8 +65,10 @@ def _check_rows(n: int, debiased: bool) -> None:
 def _ratio(hxy: torch.Tensor, hxx: torch.Tensor, hyy: torch.Tensor) -> torch.Tensor:
     """hxy / sqrt(hxx * hyy) in float64, computed as hxy / sqrt(hxx) / sqrt(hyy) (no overflow)."""
     if bool((hxx <= 0).any()) or bool((hyy <= 0).any()):
-        raise ValueError("CKA is undefined: a representation has no variance across rows "
-                         "(or, debiased, its unbiased self-HSIC is not positive; use more rows)")
+        raise ValueError(
+            "CKA is undefined: a representation has no variance across rows "
+            "(or, debiased, its unbiased self-HSIC is not positive; use more rows)"
+        )
     return hxy / hxx.sqrt() / hyy.sqrt()
 
 
@@ -77,8 +80,9 @@ def _center(X: torch.Tensor) -> torch.Tensor:
 # -- one pair, float64 ------------------------------------------------------------------------
 def _debiased_from_centered(xty_sq, rows_x, rows_y, n):
     """n(n-3) HSIC_1 for centred features, from ||X^T Y||^2 and the squared row norms (K_ii, L_ii)."""
-    return (xty_sq - n / (n - 2.0) * (rows_x * rows_y).sum(-1)
-            + rows_x.sum(-1) * rows_y.sum(-1) / ((n - 1.0) * (n - 2.0)))
+    return (
+        xty_sq - n / (n - 2.0) * (rows_x * rows_y).sum(-1) + rows_x.sum(-1) * rows_y.sum(-1) / ((n - 1.0) * (n - 2.0))
+    )
 
 
 def linear_cka(X, Y, debiased: bool = False) -> float:
@@ -164,15 +168,23 @@ def rbf_cka(X, Y, sigma: float = 0.5, debiased: bool = False) -> float:
         med = (v[(v.numel() - 1) // 2] + v[v.numel() // 2]) / 2
         if med <= 0:
             raise ValueError("RBF CKA is undefined: the median distance between rows is zero")
-        return torch.exp(-d2 / (2 * sigma ** 2 * med))
+        return torch.exp(-d2 / (2 * sigma**2 * med))
 
     K, L = center_gram(gram(X), debiased), center_gram(gram(Y), debiased)
     return float(_ratio((K * L).sum(), (K * K).sum(), (L * L).sum()))
 
 
 # -- all layer pairs ----------------------------------------------------------------------------
-def cka_matrix(Xs, Ys, debiased: bool = False, gram_dtype: torch.dtype = torch.float32,
-               block: int = 8, chunk: int = 1 << 16, row_blocks: int = 8, as_frame: bool = False):
+def cka_matrix(
+    Xs,
+    Ys,
+    debiased: bool = False,
+    gram_dtype: torch.dtype = torch.float32,
+    block: int = 8,
+    chunk: int = 1 << 16,
+    row_blocks: int = 8,
+    as_frame: bool = False,
+):
     """Linear CKA of every layer of X against every layer of Y: an (L1 x L2) float64 matrix.
 
     Each layer is centred (float64 mean) and its Gram matrix K = X~ X~^T taken in ``gram_dtype``,
@@ -195,7 +207,7 @@ def cka_matrix(Xs, Ys, debiased: bool = False, gram_dtype: torch.dtype = torch.f
     _check_rows(n, debiased)
     numpy_in = isinstance(Xs, np.ndarray) or (isinstance(Xs, (list, tuple)) and isinstance(Xs[0], np.ndarray))
 
-    blocks = max(1, min(row_blocks, n // 64))   # row blocks of the symmetric Gram matrix
+    blocks = max(1, min(row_blocks, n // 64))  # row blocks of the symmetric Gram matrix
     edges = [round(i * n / blocks) for i in range(blocks + 1)]
     pairs = [(p, q) for p in range(blocks) for q in range(p, blocks)]
 
@@ -206,16 +218,16 @@ def cka_matrix(Xs, Ys, debiased: bool = False, gram_dtype: torch.dtype = torch.f
         Zc = (Z.to(gram_dtype) - mean.to(gram_dtype)) if gram_dtype != F64 else Z.to(F64) - mean
         parts = []
         for p, q in pairs:
-            G = Zc[:, edges[p]:edges[p + 1]] @ Zc[:, edges[q]:edges[q + 1]].mT
+            G = Zc[:, edges[p] : edges[p + 1]] @ Zc[:, edges[q] : edges[q + 1]].mT
             if p == q and debiased:
                 G.diagonal(dim1=-2, dim2=-1).zero_()
             if p != q:
-                G *= 2 ** 0.5
+                G *= 2**0.5
             parts.append(G.reshape(G.shape[0], -1))
         rows = tot = None
         if debiased:
             # centred rows: K 1 = 0, so the zero-diagonal row sums are K~ 1 = -diag(K) = -|x~_i|^2
-            rows = -torch.linalg.vector_norm(Zc, dim=-1, dtype=F64) ** 2
+            rows = -(torch.linalg.vector_norm(Zc, dim=-1, dtype=F64) ** 2)
             tot = rows.sum(-1)
         return torch.cat(parts, dim=1), rows, tot
 
@@ -225,7 +237,7 @@ def cka_matrix(Xs, Ys, debiased: bool = False, gram_dtype: torch.dtype = torch.f
     hxy_blocks, hyy_blocks = [], []
     bufx = torch.empty(L1, min(chunk, m), dtype=F64, device=X.device)
     for start in range(0, Y.shape[0], block):
-        GY, ry, ty = grams(Y[start:start + block])
+        GY, ry, ty = grams(Y[start : start + block])
         L2 = GY.shape[0]
         hxy = torch.zeros(L1, L2, dtype=F64, device=X.device)
         hyy = torch.zeros(L2, dtype=F64, device=X.device)
@@ -233,8 +245,8 @@ def cka_matrix(Xs, Ys, debiased: bool = False, gram_dtype: torch.dtype = torch.f
         for c in range(0, m, chunk):
             w = min(chunk, m - c)
             bx, by = bufx[:, :w], bufy[:, :w]
-            bx.copy_(GX[:, c:c + w])
-            by.copy_(GY[:, c:c + w])
+            bx.copy_(GX[:, c : c + w])
+            by.copy_(GY[:, c : c + w])
             hxy.addmm_(bx, by.T)
             hyy += torch.linalg.vecdot(by, by)
             if start == 0:
@@ -249,8 +261,11 @@ def cka_matrix(Xs, Ys, debiased: bool = False, gram_dtype: torch.dtype = torch.f
         hxx = hxx + tx * tx / ((n - 1.0) * (n - 2.0)) - 2.0 / (n - 2.0) * (rx * rx).sum(-1)
     M = _ratio(torch.cat(hxy_blocks, dim=1), hxx[:, None], torch.cat(hyy_blocks)[None, :])
     if as_frame:
-        return pd.DataFrame(M.cpu().numpy(), index=pd.RangeIndex(M.shape[0], name="layer_x"),
-                            columns=pd.RangeIndex(M.shape[1], name="layer_y"))
+        return pd.DataFrame(
+            M.cpu().numpy(),
+            index=pd.RangeIndex(M.shape[0], name="layer_x"),
+            columns=pd.RangeIndex(M.shape[1], name="layer_y"),
+        )
     return M.cpu().numpy() if numpy_in else M
 
 
@@ -284,13 +299,21 @@ class StreamingCKA:
         d2 = Y.shape[2]
         dev = X.device
         z = lambda *s: torch.zeros(*s, dtype=F64, device=dev)  # noqa: E731
-        self.state = {"sx": X.to(F64).mean(1), "sy": Y.to(F64).mean(1),
-                      "Sx": z(L, d1), "Sy": z(L, d2), "Cxx": z(L, d1, d1), "Cyy": z(L, d2, d2), "Cxy": z(L, d1, d2)}
+        self.state = {
+            "sx": X.to(F64).mean(1),
+            "sy": Y.to(F64).mean(1),
+            "Sx": z(L, d1),
+            "Sy": z(L, d2),
+            "Cxx": z(L, d1, d1),
+            "Cyy": z(L, d2, d2),
+            "Cxy": z(L, d1, d2),
+        }
         if self.debiased:
-            self.state.update(A1=z(L), B1=z(L), Sab=z(L), Saa=z(L), Sbb=z(L),
-                              Vax=z(L, d1), Vbx=z(L, d1), Vay=z(L, d2), Vby=z(L, d2))
+            self.state.update(
+                A1=z(L), B1=z(L), Sab=z(L), Saa=z(L), Sbb=z(L), Vax=z(L, d1), Vbx=z(L, d1), Vay=z(L, d2), Vby=z(L, d2)
+            )
 
-    def update(self, xs, ys) -> "StreamingCKA":
+    def update(self, xs, ys) -> StreamingCKA:
         X, Y = _stack(xs), _stack(ys)
         if self.device is not None:
             X, Y = X.to(self.device), Y.to(self.device)
@@ -332,33 +355,73 @@ class StreamingCKA:
         outer = lambda u, v: u[:, :, None] * v[:, None, :]  # noqa: E731
         dot = lambda u, v: (u * v).sum(-1)  # noqa: E731
         mv = lambda M, v: (M @ v[:, :, None])[:, :, 0]  # noqa: E731
-        new = {"sx": sx, "sy": sy, "Sx": Sx + n * dx, "Sy": Sy + n * dy,
-               "Cxx": Cxx + outer(Sx, dx) + outer(dx, Sx) + n * outer(dx, dx),
-               "Cyy": Cyy + outer(Sy, dy) + outer(dy, Sy) + n * outer(dy, dy),
-               "Cxy": Cxy + outer(Sx, dy) + outer(dx, Sy) + n * outer(dx, dy)}
+        new = {
+            "sx": sx,
+            "sy": sy,
+            "Sx": Sx + n * dx,
+            "Sy": Sy + n * dy,
+            "Cxx": Cxx + outer(Sx, dx) + outer(dx, Sx) + n * outer(dx, dx),
+            "Cyy": Cyy + outer(Sy, dy) + outer(dy, Sy) + n * outer(dy, dy),
+            "Cxy": Cxy + outer(Sx, dy) + outer(dx, Sy) + n * outer(dx, dy),
+        }
         if self.debiased:
             cx, cy = dot(dx, dx), dot(dy, dy)
             A1, B1 = s["A1"], s["B1"]
             dxSx, dySy = dot(dx, Sx), dot(dy, Sy)
             new["A1"] = A1 + 2 * dxSx + n * cx
             new["B1"] = B1 + 2 * dySy + n * cy
-            new["Vax"] = (s["Vax"] + A1[:, None] * dx + 2 * mv(Cxx, dx) + 2 * dxSx[:, None] * dx
-                          + cx[:, None] * Sx + n * cx[:, None] * dx)
-            new["Vbx"] = (s["Vbx"] + B1[:, None] * dx + 2 * mv(Cxy, dy) + 2 * dySy[:, None] * dx
-                          + cy[:, None] * Sx + n * cy[:, None] * dx)
-            new["Vay"] = (s["Vay"] + A1[:, None] * dy + 2 * mv(Cxy.mT, dx) + 2 * dxSx[:, None] * dy
-                          + cx[:, None] * Sy + n * cx[:, None] * dy)
-            new["Vby"] = (s["Vby"] + B1[:, None] * dy + 2 * mv(Cyy, dy) + 2 * dySy[:, None] * dy
-                          + cy[:, None] * Sy + n * cy[:, None] * dy)
-            new["Sab"] = (s["Sab"] + 2 * dot(dy, s["Vay"]) + cy * A1 + 2 * dot(dx, s["Vbx"])
-                          + 4 * dot(dx, mv(Cxy, dy)) + 2 * cy * dxSx + cx * B1 + 2 * cx * dySy + n * cx * cy)
-            new["Saa"] = (s["Saa"] + 4 * dot(dx, s["Vax"]) + 2 * cx * A1 + 4 * dot(dx, mv(Cxx, dx))
-                          + 4 * cx * dxSx + n * cx * cx)
-            new["Sbb"] = (s["Sbb"] + 4 * dot(dy, s["Vby"]) + 2 * cy * B1 + 4 * dot(dy, mv(Cyy, dy))
-                          + 4 * cy * dySy + n * cy * cy)
+            new["Vax"] = (
+                s["Vax"]
+                + A1[:, None] * dx
+                + 2 * mv(Cxx, dx)
+                + 2 * dxSx[:, None] * dx
+                + cx[:, None] * Sx
+                + n * cx[:, None] * dx
+            )
+            new["Vbx"] = (
+                s["Vbx"]
+                + B1[:, None] * dx
+                + 2 * mv(Cxy, dy)
+                + 2 * dySy[:, None] * dx
+                + cy[:, None] * Sx
+                + n * cy[:, None] * dx
+            )
+            new["Vay"] = (
+                s["Vay"]
+                + A1[:, None] * dy
+                + 2 * mv(Cxy.mT, dx)
+                + 2 * dxSx[:, None] * dy
+                + cx[:, None] * Sy
+                + n * cx[:, None] * dy
+            )
+            new["Vby"] = (
+                s["Vby"]
+                + B1[:, None] * dy
+                + 2 * mv(Cyy, dy)
+                + 2 * dySy[:, None] * dy
+                + cy[:, None] * Sy
+                + n * cy[:, None] * dy
+            )
+            new["Sab"] = (
+                s["Sab"]
+                + 2 * dot(dy, s["Vay"])
+                + cy * A1
+                + 2 * dot(dx, s["Vbx"])
+                + 4 * dot(dx, mv(Cxy, dy))
+                + 2 * cy * dxSx
+                + cx * B1
+                + 2 * cx * dySy
+                + n * cx * cy
+            )
+            new["Saa"] = (
+                s["Saa"] + 4 * dot(dx, s["Vax"]) + 2 * cx * A1 + 4 * dot(dx, mv(Cxx, dx)) + 4 * cx * dxSx + n * cx * cx
+            )
+            new["Sbb"] = (
+                s["Sbb"] + 4 * dot(dy, s["Vby"]) + 2 * cy * B1 + 4 * dot(dy, mv(Cyy, dy)) + 4 * cy * dySy + n * cy * cy
+            )
         return new
 
-    def merge(self, other: "StreamingCKA") -> "StreamingCKA":
+    def merge(self, other: StreamingCKA) -> StreamingCKA:
         """Fold in ``other`` (rows from elsewhere); the result equals feeding both row sets here."""
         if other.debiased != self.debiased:
             raise ValueError("cannot merge debiased with biased StreamingCKA")
@@ -368,8 +431,9 @@ class StreamingCKA:
             self.state = {k: v.clone() for k, v in other.state.items()}
             self.n = other.n
             return self
-        theirs = other._shifted(self.state["sx"].to(other.state["sx"].device),
-                                self.state["sy"].to(other.state["sy"].device))
+        theirs = other._shifted(
+            self.state["sx"].to(other.state["sx"].device), self.state["sy"].to(other.state["sy"].device)
+        )
         for k, v in theirs.items():
             if k not in ("sx", "sy"):
                 self.state[k] += v.to(self.state[k].device)
@@ -416,7 +480,7 @@ class MinibatchCKA:
         self.hxy = self.hxx = self.hyy = None
         self.batches = 0
 
-    def update(self, xs, ys) -> "MinibatchCKA":
+    def update(self, xs, ys) -> MinibatchCKA:
         X = _stack(xs)
         Y = _stack(ys).to(X.device)
         m = X.shape[1]
@@ -434,7 +498,7 @@ class MinibatchCKA:
         self.batches += 1
         return self
 
-    def merge(self, other: "MinibatchCKA") -> "MinibatchCKA":
+    def merge(self, other: MinibatchCKA) -> MinibatchCKA:
         if other.hxy is None:
             return self
         if self.hxy is None:
@@ -451,8 +515,16 @@ class MinibatchCKA:
 
 
 # -- uncertainty ------------------------------------------------------------------------------
-def bootstrap_cka(Xs, Ys, n_resamples: int = 20, sample_size: int | None = 100, seed: int = 0,
-                  debiased: bool = False, replace: bool = False, ci: float = 0.95) -> pd.DataFrame:
+def bootstrap_cka(
+    Xs,
+    Ys,
+    n_resamples: int = 20,
+    sample_size: int | None = 100,
+    seed: int = 0,
+    debiased: bool = False,
+    replace: bool = False,
+    ci: float = 0.95,
+) -> pd.DataFrame:
     """PRISM's uncertainty protocol: CKA of matched layers on ``n_resamples`` random subsets of
     ``sample_size`` rows (default: 100 of the rows, drawn without replacement, 20 times; pass
     ``replace=True`` for a classic bootstrap with replacement: duplicated rows inflate linear CKA).
@@ -474,13 +546,25 @@ def bootstrap_cka(Xs, Ys, n_resamples: int = 20, sample_size: int | None = 100, 
         draws.append(layerwise_cka(X[:, idx], Y[:, idx], debiased=debiased).cpu().numpy())
     draws = np.stack(draws)  # (resamples, L)
     alpha = (1 - ci) / 2
-    return pd.DataFrame({
-        "layer": np.arange(X.shape[0]), "cka": full, "mean": draws.mean(0),
-        "std": draws.std(0, ddof=1) if n_resamples > 1 else np.zeros(X.shape[0]),
-        "ci_low": np.quantile(draws, alpha, axis=0), "ci_high": np.quantile(draws, 1 - alpha, axis=0),
-    })
+    return pd.DataFrame(
+        {
+            "layer": np.arange(X.shape[0]),
+            "cka": full,
+            "mean": draws.mean(0),
+            "std": draws.std(0, ddof=1) if n_resamples > 1 else np.zeros(X.shape[0]),
+            "ci_low": np.quantile(draws, alpha, axis=0),
+            "ci_high": np.quantile(draws, 1 - alpha, axis=0),
+        }
+    )
 
 
-__all__ = ["linear_cka", "rbf_cka", "layerwise_cka", "cka_matrix", "center_gram", "StreamingCKA",
-           "MinibatchCKA", "bootstrap_cka"]
-
+__all__ = [
+    "MinibatchCKA",
+    "StreamingCKA",
+    "bootstrap_cka",
+    "center_gram",
+    "cka_matrix",
+    "layerwise_cka",
+    "linear_cka",
+    "rbf_cka",
+]

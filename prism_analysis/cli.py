@@ -3,6 +3,7 @@
 Errors in the input (missing files, corrupt checkpoints, mismatched models) print one line
 ``prism: error: <file>: <problem>`` and exit with status 2, with no traceback and no partial output.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,9 @@ EXIT_BAD_INPUT = 2
 
 def _thresholds(text: str) -> tuple[float, ...]:
     try:
-        values = tuple(float(x.strip().rstrip("%")) / (100 if x.strip().endswith("%") else 1)
-                       for x in text.split(",") if x.strip())
+        values = tuple(
+            float(x.strip().rstrip("%")) / (100 if x.strip().endswith("%") else 1) for x in text.split(",") if x.strip()
+        )
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
     if not values or any(v < 0 for v in values):
@@ -28,7 +30,8 @@ def _thresholds(text: str) -> tuple[float, ...]:
 
 def _add_audit(sub) -> None:
     p = sub.add_parser(
-        "audit", help="update size and sparsity between two checkpoints (PRISM T12/T22/T23, F11)",
+        "audit",
+        help="update size and sparsity between two checkpoints (PRISM T12/T22/T23, F11)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
             Compare checkpoint B (later) against checkpoint A (earlier), tensor by tensor, streaming
@@ -46,15 +49,22 @@ def _add_audit(sub) -> None:
               prism audit base/ mid/ --out out/ --device cuda     # statistics on the GPU
 
             writes OUT/summary.json, OUT/tensors.csv, OUT/layers.csv, OUT/components.csv and
-            OUT/update_by_layer_and_component.{png,pdf} (F11); OUT appears only when complete."""))
+            OUT/update_by_layer_and_component.{png,pdf} (F11); OUT appears only when complete."""),
+    )
     p.add_argument("a", help="earlier checkpoint (e.g. base)")
     p.add_argument("b", help="later checkpoint (e.g. mid-trained)")
     p.add_argument("--out", help="output directory (written atomically); omit to only print")
-    p.add_argument("--thresholds", type=_thresholds, default=None, metavar="LIST",
-                   help="relative-change thresholds, fractions or percents (default 0.1%%,0.5%%,1%%,2%%,5%%,10%%)")
+    p.add_argument(
+        "--thresholds",
+        type=_thresholds,
+        default=None,
+        metavar="LIST",
+        help="relative-change thresholds, fractions or percents (default 0.1%%,0.5%%,1%%,2%%,5%%,10%%)",
+    )
     p.add_argument("--device", default=None, help="where statistics run (default: cuda if available, else cpu)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow .bin checkpoints, loaded with torch.load(weights_only=True)")
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="allow .bin checkpoints, loaded with torch.load(weights_only=True)"
+    )
     p.add_argument("--no-figure", action="store_true", help="skip the F11 figure")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_audit)
@@ -62,19 +72,29 @@ def _add_audit(sub) -> None:
 
 def _run_audit(args) -> None:
     from .weights import DEFAULT_THRESHOLDS, audit
-    result = audit(args.a, args.b, thresholds=args.thresholds or DEFAULT_THRESHOLDS, device=args.device,
-                   progress=not args.quiet, allow_pickle=args.allow_pickle)
+
+    result = audit(
+        args.a,
+        args.b,
+        thresholds=args.thresholds or DEFAULT_THRESHOLDS,
+        device=args.device,
+        progress=not args.quiet,
+        allow_pickle=args.allow_pickle,
+    )
     if args.out:
         result.save(args.out, figure=not args.no_figure)
     print(result.format())
     if args.out:
-        print(f"\nwrote {args.out}/summary.json, tensors.csv, layers.csv, components.csv"
-              + ("" if args.no_figure else ", update_by_layer_and_component.png/.pdf"))
+        print(
+            f"\nwrote {args.out}/summary.json, tensors.csv, layers.csv, components.csv"
+            + ("" if args.no_figure else ", update_by_layer_and_component.png/.pdf")
+        )
 
 
 def _add_cka(sub) -> None:
     p = sub.add_parser(
-        "cka", help="layer-by-layer CKA between two checkpoints on probe prompts (PRISM F14/T14)",
+        "cka",
+        help="layer-by-layer CKA between two checkpoints on probe prompts (PRISM F14/T14)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
             Run both checkpoints on the prompts of each probe file (one prompt per forward pass),
@@ -93,14 +113,24 @@ def _add_cka(sub) -> None:
 
             probe files: .txt (one prompt per line) or .jsonl (field "text").
             writes OUT/cka.csv (probe, layer, cka, ci_low, ci_high, ...), OUT/summary.json
-            ({probe: {min_cka, argmin_layer, layers}}) and OUT/cka_by_layer.{png,pdf} (F14)."""))
+            ({probe: {min_cka, argmin_layer, layers}}) and OUT/cka_by_layer.{png,pdf} (F14)."""),
+    )
     p.add_argument("a", help="first checkpoint (e.g. mid-trained)")
     p.add_argument("b", help="second checkpoint (e.g. after RL)")
-    p.add_argument("--probe", action="append", required=True, metavar="FILE",
-                   help="probe prompts (.txt or .jsonl); repeat for several probe sets")
+    p.add_argument(
+        "--probe",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="probe prompts (.txt or .jsonl); repeat for several probe sets",
+    )
     p.add_argument("--out", help="output directory (written atomically); omit to only print")
-    p.add_argument("--pool", choices=["mean", "last", "tokens"], default="mean",
-                   help="pooling over a prompt's tokens (default: mean, as PRISM)")
+    p.add_argument(
+        "--pool",
+        choices=["mean", "last", "tokens"],
+        default="mean",
+        help="pooling over a prompt's tokens (default: mean, as PRISM)",
+    )
     p.add_argument("--n", type=int, default=200, help="prompts per probe set (default 200, as PRISM)")
     p.add_argument("--bootstrap", type=int, default=20, help="resamples for the interval (default 20; 0: none)")
     p.add_argument("--sample", type=int, default=None, help="prompts per resample (default: half of n)")
@@ -108,8 +138,12 @@ def _add_cka(sub) -> None:
     p.add_argument("--debiased", action="store_true", help="debiased CKA (unbiased HSIC)")
     p.add_argument("--all-pairs", action="store_true", help="also every layer of A vs every layer of B (heatmap)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="model dtype (default: the checkpoint's)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="model dtype (default: the checkpoint's)",
+    )
     p.add_argument("--batch-size", type=int, default=1, help="prompts per forward pass (pads are masked)")
     p.add_argument("--max-length", type=int, default=512, help="truncate prompts to this many tokens")
     p.add_argument("--tokenizer", default=None, help="tokenizer path when the checkpoints have none")
@@ -122,17 +156,32 @@ def _run_cka(args) -> None:
     from pathlib import Path
 
     from .model_cka import model_cka, read_probe
+
     probes = {}
     for f in args.probe:
         name = Path(f).stem
         if name in probes:
             raise PrismError("two probe files share this name; rename one", f)
         probes[name] = read_probe(f)
-    result = model_cka(args.a, args.b, probes, pool=args.pool, n=args.n, bootstrap=args.bootstrap,
-                       sample_size=args.sample, seed=args.seed, all_pairs=args.all_pairs, debiased=args.debiased,
-                       device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                       max_length=args.max_length, tokenizer=args.tokenizer,
-                       trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+    result = model_cka(
+        args.a,
+        args.b,
+        probes,
+        pool=args.pool,
+        n=args.n,
+        bootstrap=args.bootstrap,
+        sample_size=args.sample,
+        seed=args.seed,
+        all_pairs=args.all_pairs,
+        debiased=args.debiased,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        tokenizer=args.tokenizer,
+        trust_remote_code=args.trust_remote_code,
+        progress=not args.quiet,
+    )
     if args.out:
         result.save(args.out)
     print(result.format())
@@ -142,7 +191,8 @@ def _run_cka(args) -> None:
 
 def _add_trajectory(sub) -> None:
     p = sub.add_parser(
-        "trajectory", help="front-loading over a checkpoint sequence (PRISM F16)",
+        "trajectory",
+        help="front-loading over a checkpoint sequence (PRISM F16)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
             For every checkpoint theta_t of a run, against the first (theta_0) and the last (theta_T),
@@ -164,7 +214,8 @@ def _add_trajectory(sub) -> None:
               prism trajectory ckpt/step_0 ckpt/step_100 ckpt/step_200 --out traj/x
 
             writes OUT/trajectory.csv (step, component, metric, value), OUT/summary.json and
-            OUT/trajectory.{png,pdf} (F16; --compare run dashed)."""))
+            OUT/trajectory.{png,pdf} (F16; --compare run dashed)."""),
+    )
     p.add_argument("run", nargs="+", help="run directory or manifest, or checkpoints in order")
     p.add_argument("--compare", default=None, metavar="RUN2", help="a second run to overlay (dashed)")
     p.add_argument("--out", help="output directory (written atomically); omit to only print")
@@ -178,8 +229,10 @@ def _add_trajectory(sub) -> None:
 def _run_trajectory(args) -> None:
     from .trajectory import analyse_trajectory, save_trajectory
     from .weights import DEFAULT_THRESHOLDS
-    kw = dict(thresholds=args.thresholds or DEFAULT_THRESHOLDS, tau=args.tau, device=args.device,
-              progress=not args.quiet)
+
+    kw = dict(
+        thresholds=args.thresholds or DEFAULT_THRESHOLDS, tau=args.tau, device=args.device, progress=not args.quiet
+    )
     main_run = analyse_trajectory(args.run if len(args.run) > 1 else args.run[0], **kw)
     other = analyse_trajectory(args.compare, **kw) if args.compare else None
     if args.out:
@@ -189,15 +242,18 @@ def _run_trajectory(args) -> None:
         print(f"{t.name}: steps {s['steps'][0]}..{s['steps'][-1]} ({len(s['steps'])} checkpoints)")
         print(f"  {'component':<16}{'t50':>7}{'t80':>7}{'final L2':>12}{'final %chg':>12}")
         for comp, b in [("total", s["total"])] + list(s["components"].items()):
-            print(f"  {comp:<16}{str(b['t50']):>7}{str(b['t80']):>7}{b['final_normalized_l2']:>12.4g}"
-                  f"{100 * b['final_fraction_changed']:>12.2f}")
+            print(
+                f"  {comp:<16}{b['t50']!s:>7}{b['t80']!s:>7}{b['final_normalized_l2']:>12.4g}"
+                f"{100 * b['final_fraction_changed']:>12.2f}"
+            )
     if args.out:
         print(f"\nwrote {args.out}/trajectory.csv, summary.json, trajectory.png/.pdf")
 
 
 def _add_compare(sub) -> None:
     p = sub.add_parser(
-        "compare", help="two updates side by side: cosine, size, density, mask overlap (PRISM Eq. 2, F12, F26)",
+        "compare",
+        help="two updates side by side: cosine, size, density, mask overlap (PRISM Eq. 2, F12, F26)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
             Compare U1 = B1 - A1 with U2 = B2 - A2 (same architecture), per component and overall:
@@ -210,10 +266,18 @@ def _add_compare(sub) -> None:
               prism compare base rl_base mid rl_mid --out cmp/rl_start      # F26: RL from base vs mid
               prism compare base mid_mc base mid_mcs --out cmp/mc_vs_mcs    # F12/T13: MC vs MCS
 
-            writes OUT/compare.csv, OUT/summary.json and OUT/compare_components.{png,pdf}."""))
+            writes OUT/compare.csv, OUT/summary.json and OUT/compare_components.{png,pdf}."""),
+    )
     for name in ("a1", "b1", "a2", "b2"):
-        p.add_argument(name, help={"a1": "start of update 1", "b1": "end of update 1",
-                                   "a2": "start of update 2", "b2": "end of update 2"}[name])
+        p.add_argument(
+            name,
+            help={
+                "a1": "start of update 1",
+                "b1": "end of update 1",
+                "a2": "start of update 2",
+                "b2": "end of update 2",
+            }[name],
+        )
     p.add_argument("--out", help="output directory (written atomically); omit to only print")
     p.add_argument("--tau", type=float, default=0.01, help="threshold for changed masks (default 0.01 = 1%%)")
     p.add_argument("--labels", nargs=2, default=("U1", "U2"), metavar=("L1", "L2"), help="names for the figure")
@@ -224,8 +288,17 @@ def _add_compare(sub) -> None:
 
 def _run_compare(args) -> None:
     from .compare import compare_updates
-    res = compare_updates(args.a1, args.b1, args.a2, args.b2, tau=args.tau, device=args.device,
-                          progress=not args.quiet, labels=tuple(args.labels))
+
+    res = compare_updates(
+        args.a1,
+        args.b1,
+        args.a2,
+        args.b2,
+        tau=args.tau,
+        device=args.device,
+        progress=not args.quiet,
+        labels=tuple(args.labels),
+    )
     if args.out:
         res.save(args.out)
     print(res.format())
@@ -235,11 +308,13 @@ def _run_compare(args) -> None:
 
 def _add_interpolate(sub) -> None:
     p = sub.add_parser(
-        "interpolate", help="write W(a, b) = base + a (mid - base) + b (rl - mid) (PRISM Eq. 3)",
+        "interpolate",
+        help="write W(a, b) = base + a (mid - base) + b (rl - mid) (PRISM Eq. 3)",
         description="Write the interpolated weights W(a, b) = W_base + a (W_mid - W_base) + b (W_rl - W_mid) "
-                    "as a loadable Hugging Face checkpoint (stored dtype; config and tokenizer from base). "
-                    "W(0,0), W(1,0), W(1,1) reproduce base, mid and rl bit for bit. "
-                    "Example: prism interpolate base mid rl --a 1 --b 0.5 --out interp/a1_b0.5")
+        "as a loadable Hugging Face checkpoint (stored dtype; config and tokenizer from base). "
+        "W(0,0), W(1,0), W(1,1) reproduce base, mid and rl bit for bit. "
+        "Example: prism interpolate base mid rl --a 1 --b 0.5 --out interp/a1_b0.5",
+    )
     p.add_argument("base")
     p.add_argument("mid")
     p.add_argument("rl")
@@ -251,6 +326,7 @@ def _add_interpolate(sub) -> None:
 
 def _run_interpolate(args) -> None:
     from .interpolate import interpolate
+
     out = interpolate(args.base, args.mid, args.rl, args.a, args.b, args.out, progress=True)
     print(f"wrote {out} = W(a={args.a:g}, b={args.b:g})")
 
@@ -268,11 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
 
             Every command reads Hugging Face checkpoints (safetensors; pickle only with --allow-pickle),
             writes tidy tables (CSV/JSON) and figures, and prints a short summary."""),
-        epilog="Run 'prism COMMAND --help' for the options and examples of one command.")
+        epilog="Run 'prism COMMAND --help' for the options and examples of one command.",
+    )
     from . import __version__
+
     parser.add_argument("--version", action="version", version=f"prism {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from prism_train.cli import ADDERS as TRAIN_ADDERS
+
     for add in _ADDERS + TRAIN_ADDERS:
         add(sub)
     return parser

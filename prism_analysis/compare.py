@@ -15,6 +15,7 @@ group mixing dense and sparse tensors is not credited with overlap it gets from 
 Sums are float64; :class:`OverlapStats` follows update / compute / merge like
 :class:`prism_analysis.weights.UpdateStats`, which supplies the per-update L2 and fractions.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import align, check_same_architecture, default_device, iter_tensors, open_checkpoint
 from . import fused, weights
+from .checkpoint import align, check_same_architecture, default_device, iter_tensors, open_checkpoint
 from .errors import PrismError
 from .outputs import atomic_output_dir, write_json
 from .weights import CHUNK, DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, UpdateStats, group_stats, threshold_key
@@ -35,20 +36,24 @@ from .weights import CHUNK, DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, UpdateStats, 
 @dataclass
 class OverlapStats:
     """Streaming statistics of two updates d1 = b1 - a1 and d2 = b2 - a2 over tensor pairs."""
+
     tau: float = DEFAULT_THRESHOLD
     numel: int = 0
-    dot: float = 0.0          # <d1, d2>
-    sq1: float = 0.0          # ||d1||^2
-    sq2: float = 0.0          # ||d2||^2
-    n1: int = 0               # |M1|
-    n2: int = 0               # |M2|
-    n12: int = 0              # |M1 & M2|
+    dot: float = 0.0  # <d1, d2>
+    sq1: float = 0.0  # ||d1||^2
+    sq2: float = 0.0  # ||d2||^2
+    n1: int = 0  # |M1|
+    n2: int = 0  # |M2|
+    n12: int = 0  # |M1 & M2|
     expected_n12: float = 0.0  # sum over tensors of n_t p1_t p2_t
 
-    def update(self, a1, b1, a2, b2) -> "OverlapStats":
+    def update(self, a1, b1, a2, b2) -> OverlapStats:
         n = a1.numel()
-        if weights.USE_FUSED and fused.supports(a1) and all(t.dtype == a1.dtype and t.device == a1.device
-                                                            for t in (b1, a2, b2)):
+        if (
+            weights.USE_FUSED
+            and fused.supports(a1)
+            and all(t.dtype == a1.dtype and t.device == a1.device for t in (b1, a2, b2))
+        ):
             acc, cnt = fused.overlap_stats(a1, b1, a2, b2, self.tau)
         else:
             acc, cnt = self._torch_update(a1, b1, a2, b2)
@@ -70,7 +75,7 @@ class OverlapStats:
         acc = torch.zeros(3, dtype=torch.float64, device=a1.device)
         cnt = torch.zeros(3, dtype=torch.int64, device=a1.device)
         for s in range(0, n, CHUNK):
-            x1, y1, x2, y2 = (t[s:s + CHUNK].to(work) for t in flat)
+            x1, y1, x2, y2 = (t[s : s + CHUNK].to(work) for t in flat)
             d1, d2 = y1 - x1, y2 - x2
             m1 = d1.abs() > self.tau * x1.abs()
             m2 = d2.abs() > self.tau * x2.abs()
@@ -84,7 +89,7 @@ class OverlapStats:
             cnt[2] += (m1 & m2).sum()
         return acc.tolist(), cnt.tolist()
 
-    def merge(self, other: "OverlapStats") -> "OverlapStats":
+    def merge(self, other: OverlapStats) -> OverlapStats:
         if other.tau != self.tau:
             raise ValueError("cannot merge overlaps taken at different thresholds")
         for k in ("numel", "dot", "sq1", "sq2", "n1", "n2", "n12", "expected_n12"):
@@ -109,6 +114,7 @@ class OverlapStats:
 @dataclass
 class Comparison:
     """Result of :func:`compare_updates`: a tidy table and the summary record."""
+
     paths: dict
     tau: float
     table: pd.DataFrame  # one row per group ("total" and each component)
@@ -119,28 +125,48 @@ class Comparison:
 
     def save(self, out: str | os.PathLike) -> None:
         from .figures import plot_compare
+
         with atomic_output_dir(out) as tmp:
             self.table.to_csv(tmp / "compare.csv", index=False)
             write_json(tmp / "summary.json", self.summary_dict)
-            plot_compare(self.table, tmp / "compare_components", tau=self.tau,
-                         labels=(self.paths["label_1"], self.paths["label_2"]))
+            plot_compare(
+                self.table,
+                tmp / "compare_components",
+                tau=self.tau,
+                labels=(self.paths["label_1"], self.paths["label_2"]),
+            )
 
     def format(self) -> str:
         t = self.table
-        lines = [f"U1 = {self.paths['b1']} - {self.paths['a1']}", f"U2 = {self.paths['b2']} - {self.paths['a2']}",
-                 f"threshold tau = {100 * self.tau:g}%", "",
-                 f"{'group':<16}{'cosine':>9}{'L2 U1':>11}{'L2 U2':>11}{'%chg U1':>9}{'%chg U2':>9}"
-                 f"{'Jaccard':>9}{'chance':>9}"]
+        lines = [
+            f"U1 = {self.paths['b1']} - {self.paths['a1']}",
+            f"U2 = {self.paths['b2']} - {self.paths['a2']}",
+            f"threshold tau = {100 * self.tau:g}%",
+            "",
+            f"{'group':<16}{'cosine':>9}{'L2 U1':>11}{'L2 U2':>11}{'%chg U1':>9}{'%chg U2':>9}"
+            f"{'Jaccard':>9}{'chance':>9}",
+        ]
         for _, r in t.iterrows():
-            lines.append(f"{r['group']:<16}{r['cosine']:>9.4f}{r['normalized_l2_1']:>11.4g}{r['normalized_l2_2']:>11.4g}"
-                         f"{100 * r['fraction_changed_1']:>9.2f}{100 * r['fraction_changed_2']:>9.2f}"
-                         f"{r['jaccard']:>9.4f}{r['jaccard_chance']:>9.4f}")
+            lines.append(
+                f"{r['group']:<16}{r['cosine']:>9.4f}{r['normalized_l2_1']:>11.4g}{r['normalized_l2_2']:>11.4g}"
+                f"{100 * r['fraction_changed_1']:>9.2f}{100 * r['fraction_changed_2']:>9.2f}"
+                f"{r['jaccard']:>9.4f}{r['jaccard_chance']:>9.4f}"
+            )
         return "\n".join(lines)
 
 
-def compare_updates(a1, b1, a2, b2, tau: float = DEFAULT_THRESHOLD, thresholds=DEFAULT_THRESHOLDS,
-                    device=None, progress: bool = True, allow_pickle: bool = False,
-                    labels: tuple[str, str] = ("U1", "U2")) -> Comparison:
+def compare_updates(
+    a1,
+    b1,
+    a2,
+    b2,
+    tau: float = DEFAULT_THRESHOLD,
+    thresholds=DEFAULT_THRESHOLDS,
+    device=None,
+    progress: bool = True,
+    allow_pickle: bool = False,
+    labels: tuple[str, str] = ("U1", "U2"),
+) -> Comparison:
     """Compare U1 = b1 - a1 with U2 = b2 - a2, streaming the four checkpoints tensor by tensor."""
     ckpts = [open_checkpoint(p, allow_pickle) for p in (a1, b1, a2, b2)]
     check_same_architecture(ckpts)
@@ -165,25 +191,45 @@ def compare_updates(a1, b1, a2, b2, tau: float = DEFAULT_THRESHOLD, thresholds=D
     g1 = group_stats(s1, lambda: UpdateStats(thresholds))
     g2 = group_stats(s2, lambda: UpdateStats(thresholds))
     key = threshold_key(tau)
-    rows, summary = [], {"a1": str(a1), "b1": str(b1), "a2": str(a2), "b2": str(b2), "tau": tau,
-                         "labels": list(labels), "components": {}}
+    rows, summary = (
+        [],
+        {
+            "a1": str(a1),
+            "b1": str(b1),
+            "a2": str(a2),
+            "b2": str(b2),
+            "tau": tau,
+            "labels": list(labels),
+            "components": {},
+        },
+    )
 
     def record(group, o, u1, u2):
         m1, m2, mo = u1.compute(), u2.compute(), o.compute()
-        rec = {"cosine": mo["cosine"], "normalized_l2_1": m1["normalized_l2"], "normalized_l2_2": m2["normalized_l2"],
-               "l2_ratio_1_over_2": (m1["normalized_l2"] / m2["normalized_l2"]) if m2["normalized_l2"] else math.nan,
-               "fraction_changed_1": m1["fraction_changed"][key], "fraction_changed_2": m2["fraction_changed"][key],
-               "fraction_changed_diff_pp": 100 * (m1["fraction_changed"][key] - m2["fraction_changed"][key]),
-               "jaccard": mo["jaccard"], "jaccard_chance": mo["jaccard_chance"],
-               "jaccard_over_chance": mo["jaccard_over_chance"], "overlap_1_in_2": mo["overlap_1_in_2"],
-               "overlap_2_in_1": mo["overlap_2_in_1"], "numel": m1["numel"],
-               "fraction_changed_sweep_1": m1["fraction_changed"], "fraction_changed_sweep_2": m2["fraction_changed"]}
+        rec = {
+            "cosine": mo["cosine"],
+            "normalized_l2_1": m1["normalized_l2"],
+            "normalized_l2_2": m2["normalized_l2"],
+            "l2_ratio_1_over_2": (m1["normalized_l2"] / m2["normalized_l2"]) if m2["normalized_l2"] else math.nan,
+            "fraction_changed_1": m1["fraction_changed"][key],
+            "fraction_changed_2": m2["fraction_changed"][key],
+            "fraction_changed_diff_pp": 100 * (m1["fraction_changed"][key] - m2["fraction_changed"][key]),
+            "jaccard": mo["jaccard"],
+            "jaccard_chance": mo["jaccard_chance"],
+            "jaccard_over_chance": mo["jaccard_over_chance"],
+            "overlap_1_in_2": mo["overlap_1_in_2"],
+            "overlap_2_in_1": mo["overlap_2_in_1"],
+            "numel": m1["numel"],
+            "fraction_changed_sweep_1": m1["fraction_changed"],
+            "fraction_changed_sweep_2": m2["fraction_changed"],
+        }
         rows.append({"group": group, **{k: v for k, v in rec.items() if not k.startswith("fraction_changed_sweep")}})
         return rec
 
     summary["total"] = record("total", g_ov["total"], g1["total"], g2["total"])
     for comp in g_ov["components"]:
-        summary["components"][comp] = record(comp, g_ov["components"][comp], g1["components"][comp],
-                                             g2["components"][comp])
+        summary["components"][comp] = record(
+            comp, g_ov["components"][comp], g1["components"][comp], g2["components"][comp]
+        )
     paths = {"a1": str(a1), "b1": str(b1), "a2": str(a2), "b2": str(b2), "label_1": labels[0], "label_2": labels[1]}
     return Comparison(paths, tau, pd.DataFrame(rows), summary)

@@ -17,17 +17,31 @@ Examples of the names handled::
     model.norm_f.weight                        -> (None, "norm")
     lm_head.weight                             -> (None, "lm_head")
 """
+
 from __future__ import annotations
 
 import re
 
 #: Every component name this module can return, in display order.
 COMPONENTS = (
-    "embed", "lm_head",
-    "attn_q", "attn_k", "attn_v", "attn_o",
-    "mlp_gate", "mlp_up", "mlp_gate_up", "mlp_down", "mlp_router",
-    "mamba_in_proj", "mamba_out_proj", "mamba_conv1d", "mamba_ssm", "mamba_norm",
-    "norm", "other",
+    "embed",
+    "lm_head",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_o",
+    "mlp_gate",
+    "mlp_up",
+    "mlp_gate_up",
+    "mlp_down",
+    "mlp_router",
+    "mamba_in_proj",
+    "mamba_out_proj",
+    "mamba_conv1d",
+    "mamba_ssm",
+    "mamba_norm",
+    "norm",
+    "other",
 )
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|decoder_layers)\.(\d+)\.")
@@ -35,7 +49,8 @@ _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block|decoder_layers)\.(\d+)\."
 # Ordered: the first rule whose pattern matches the name wins. Mamba rules come before the
 # generic norm rule, since a Mamba mixer has its own gated norm ("mixer.norm.weight").
 _RULES: tuple[tuple[str, re.Pattern], ...] = tuple(
-    (component, re.compile(pattern)) for component, pattern in (
+    (component, re.compile(pattern))
+    for component, pattern in (
         ("embed", r"(embed_tokens|embeddings|wte|word_embeddings|tok_embeddings)\.weight$"),
         ("lm_head", r"(^|\.)(lm_head|output|embed_out)\.weight$"),
         ("attn_q", r"\.(q_proj|query|wq)\.(weight|bias)$"),

@@ -1,4 +1,5 @@
 """The one error type users see. The CLI prints it as a single line and exits with status 2."""
+
 from __future__ import annotations
 
 import os

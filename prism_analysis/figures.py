@@ -4,6 +4,7 @@ Every ``plot_*`` function takes pandas tables (as written by the analysis module
 ``<stem>.png`` and ``<stem>.pdf`` and returns the matplotlib Figure. Colours come from seaborn's
 colour-blind-safe palette.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,9 +14,9 @@ import matplotlib
 import matplotlib.ticker
 
 matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
 PALETTE = sns.color_palette("colorblind")
 
@@ -27,8 +28,7 @@ def _save(fig, stem: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def plot_audit(layers: pd.DataFrame, components: pd.DataFrame, stem, tau: float = 0.01,
-               title: str = "") -> plt.Figure:
+def plot_audit(layers: pd.DataFrame, components: pd.DataFrame, stem, tau: float = 0.01, title: str = "") -> plt.Figure:
     """F11: per-layer normalized L2 (top) and % of weights changed by component (bottom)."""
     col = f"fraction_changed_{float(tau)!r}"
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), constrained_layout=True)
@@ -108,9 +108,15 @@ def plot_compare(table: pd.DataFrame, stem, tau: float = 0.01, labels=("U1", "U2
     return fig
 
 
-def plot_trajectory(table: pd.DataFrame, stem, tau: float = 0.01, label: str = "run",
-                    compare: pd.DataFrame | None = None, compare_label: str | None = None,
-                    components: list[str] | None = None) -> plt.Figure:
+def plot_trajectory(
+    table: pd.DataFrame,
+    stem,
+    tau: float = 0.01,
+    label: str = "run",
+    compare: pd.DataFrame | None = None,
+    compare_label: str | None = None,
+    components: list[str] | None = None,
+) -> plt.Figure:
     """F16: cumulative normalized L2 (left) and % changed vs theta_0 (right) over steps, per
     component; the compared run (e.g. RL from base) dashed, the main run (RL from mid) solid."""
     key = f"fraction_changed_{float(tau)!r}"
@@ -124,16 +130,20 @@ def plot_trajectory(table: pd.DataFrame, stem, tau: float = 0.01, label: str = "
             for ax, metric, scale in ((left, "normalized_l2", 1.0), (right, key, 100.0)):
                 d = df[(df["component"] == comp) & (df["metric"] == metric)].sort_values("step")
                 if len(d):
-                    ax.plot(d["step"], scale * d["value"], ls=ls, color=color, lw=lw,
-                            label=f"{comp}" if ls == "-" else None)
+                    ax.plot(
+                        d["step"], scale * d["value"], ls=ls, color=color, lw=lw, label=f"{comp}" if ls == "-" else None
+                    )
     left.set_ylabel(r"cumulative normalized L2  $\|\theta_t-\theta_0\|/\|\theta_0\|$")
     right.set_ylabel(f"% of weights changed vs step 0 (> {100 * tau:g}%)")
     for ax in (left, right):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    fig.suptitle(f"F16: weight trajectory — {label} (solid)" + (f" vs {compare_label} (dashed)" if compare is not None else ""))
+    fig.suptitle(
+        f"F16: weight trajectory — {label} (solid)" + (f" vs {compare_label} (dashed)" if compare is not None else "")
+    )
     from matplotlib.lines import Line2D
+
     style = [Line2D([], [], color="k", ls="-", label=label)]
     if compare is not None:
         style.append(Line2D([], [], color="k", ls="--", label=compare_label or "compare"))
@@ -164,15 +174,21 @@ def plot_landscape(df: pd.DataFrame, stem, score_label: str = "score") -> plt.Fi
     return fig
 
 
-def plot_benchmarks(results: pd.DataFrame, stem, metrics=("math_easy", "math_hard", "code", "science", "macro")
-                    ) -> plt.Figure:
+def plot_benchmarks(
+    results: pd.DataFrame, stem, metrics=("math_easy", "math_hard", "code", "science", "macro")
+) -> plt.Figure:
     """Benchmark accuracy of every model (base, mid-trained, RL): grouped bars, one group per model."""
     fig, ax = plt.subplots(figsize=(12, 4.2), constrained_layout=True)
     models = list(results["model"])
     w = 0.8 / len(metrics)
     for i, m in enumerate(metrics):
-        ax.bar([j + (i - len(metrics) / 2 + 0.5) * w for j in range(len(models))], 100 * results[m], w,
-               label=m, color=PALETTE[i % len(PALETTE)])
+        ax.bar(
+            [j + (i - len(metrics) / 2 + 0.5) * w for j in range(len(models))],
+            100 * results[m],
+            w,
+            label=m,
+            color=PALETTE[i % len(PALETTE)],
+        )
     ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Benchmarks before/after mid-training and RL (greedy, format-gated)")

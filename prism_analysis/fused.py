@@ -16,6 +16,7 @@ Per element, with x = float64(a) and y = float64(b) (exact for bf16/fp16/fp32 in
 Used by :class:`prism_analysis.weights.UpdateStats` for CPU tensors of dtype bf16, fp16 and fp32;
 the torch path in ``weights.py`` handles GPU tensors and other dtypes with the same semantics.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 
 try:
     from numba import njit, prange
+
     AVAILABLE = True
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps the torch path usable
     AVAILABLE = False
@@ -31,6 +33,7 @@ BLOCK = 1 << 16
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 if AVAILABLE:
+
     @njit(parallel=True, cache=True, nogil=True)
     def _kernel(a, b, thresholds, bf16):  # pragma: no cover - compiled
         n = a.size
@@ -95,6 +98,7 @@ if AVAILABLE:
 
 
 if AVAILABLE:
+
     @njit(parallel=True, cache=True, nogil=True)
     def _overlap_kernel(a1, b1, a2, b2, tau, bf16):  # pragma: no cover - compiled
         n = a1.size

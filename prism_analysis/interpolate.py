@@ -8,14 +8,15 @@ dtype. :func:`interpolate` streams tensor by tensor and writes a loadable Huggin
 (sharded safetensors, config and tokenizer copied from base) atomically; memory is one shard.
 :func:`landscape` scores a 1-D path and an a x b grid with a caller-supplied function.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pandas as pd
 import torch
@@ -38,8 +39,7 @@ def _copy_side_files(src: Path, dst: Path) -> None:
             shutil.copy2(f, dst / f.name)
 
 
-def interpolate(base, mid, rl, a: float, b: float, out, progress: bool = False,
-                shard_bytes: int = SHARD_BYTES) -> Path:
+def interpolate(base, mid, rl, a: float, b: float, out, progress: bool = False, shard_bytes: int = SHARD_BYTES) -> Path:
     """Write W(a, b) (Eq. 3) to ``out`` as a Hugging Face checkpoint; returns ``out``."""
     ckpts = [open_checkpoint(p) for p in (base, mid, rl)]
     check_same_architecture(ckpts)
@@ -58,7 +58,7 @@ def interpolate(base, mid, rl, a: float, b: float, out, progress: bool = False,
                 fname = f"model-{len(files) + 1:05d}.safetensors"
                 save_file(shard, tmp / fname, metadata={"format": "pt"})
                 files.append(fname)
-                weight_map.update({k: fname for k in shard})
+                weight_map.update(dict.fromkeys(shard, fname))
                 shard, size = {}, 0
 
         total = sum(c.info(n).nbytes for c in ckpts for n in names)
@@ -81,17 +81,26 @@ def interpolate(base, mid, rl, a: float, b: float, out, progress: bool = False,
             os.replace(tmp / fname, tmp / new)
             final_map[fname] = new
         if len(files) > 1:
-            index = {"metadata": {"interpolation": {"a": a, "b": b}},
-                     "weight_map": {k: final_map[v] for k, v in weight_map.items()}}
+            index = {
+                "metadata": {"interpolation": {"a": a, "b": b}},
+                "weight_map": {k: final_map[v] for k, v in weight_map.items()},
+            }
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         _copy_side_files(ckpts[0].path, tmp)
     return out
 
 
-def landscape(base, mid, rl, score: Callable[[Path], float],
-              path: Iterable[tuple[float, float]] | None = None,
-              grid_a: Iterable[float] | None = None, grid_b: Iterable[float] | None = None,
-              workdir: str | os.PathLike | None = None, progress: bool = True) -> pd.DataFrame:
+def landscape(
+    base,
+    mid,
+    rl,
+    score: Callable[[Path], float],
+    path: Iterable[tuple[float, float]] | None = None,
+    grid_a: Iterable[float] | None = None,
+    grid_b: Iterable[float] | None = None,
+    workdir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Score W(a, b) at every point of a 1-D ``path`` and of the ``grid_a`` x ``grid_b`` grid.
 
     ``score(checkpoint_dir) -> float`` (e.g. math accuracy of that model). Each point is written to

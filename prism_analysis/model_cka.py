@@ -11,6 +11,7 @@ models run side by side; no bootstrap interval).
 
 Models are loaded one after the other for ``mean``/``last`` pooling, so only one is in memory.
 """
+
 from __future__ import annotations
 
 import gc
@@ -24,8 +25,8 @@ import pandas as pd
 import torch
 
 from .activations import collect_activations, find_modules, iter_activations, load_model
-from .cka import StreamingCKA, bootstrap_cka, cka_matrix
 from .checkpoint import Checkpoint
+from .cka import StreamingCKA, bootstrap_cka, cka_matrix
 from .errors import PrismError
 from .outputs import atomic_output_dir, write_json
 
@@ -59,6 +60,7 @@ def read_probe(path: str | os.PathLike) -> list[str]:
 @dataclass
 class ModelCKA:
     """Result of :func:`model_cka`: tidy per-layer table and optional all-pairs matrices."""
+
     a: str
     b: str
     pool: str
@@ -69,68 +71,102 @@ class ModelCKA:
         out = {}
         for probe, df in self.layers.groupby("probe", sort=False):
             i = int(df["cka"].values.argmin())
-            out[probe] = {"min_cka": float(df["cka"].iloc[i]), "argmin_layer": int(df["layer"].iloc[i]),
-                          "n": int(df["n"].iloc[0]), "layers": [float(v) for v in df["cka"]]}
+            out[probe] = {
+                "min_cka": float(df["cka"].iloc[i]),
+                "argmin_layer": int(df["layer"].iloc[i]),
+                "n": int(df["n"].iloc[0]),
+                "layers": [float(v) for v in df["cka"]],
+            }
         return out
 
     def save(self, out: str | os.PathLike) -> None:
         """Write cka.csv, summary.json, the F14 figure (and matrices) atomically."""
         from .figures import plot_cka_layers, plot_cka_matrix
+
         with atomic_output_dir(out) as tmp:
             self.layers.to_csv(tmp / "cka.csv", index=False)
-            write_json(tmp / "summary.json", {**self.summary(),
-                                              "_meta": {"a": self.a, "b": self.b, "pool": self.pool}})
+            write_json(tmp / "summary.json", {**self.summary(), "_meta": {"a": self.a, "b": self.b, "pool": self.pool}})
             plot_cka_layers(self.layers, tmp / "cka_by_layer", title=f"{Path(self.a).name} vs {Path(self.b).name}")
             for probe, m in self.matrices.items():
                 m.to_csv(tmp / f"cka_matrix_{probe}.csv")
                 plot_cka_matrix(m, tmp / f"cka_matrix_{probe}", title=f"{probe}: every layer pair")
 
     def format(self) -> str:
-        lines = [f"A: {self.a}", f"B: {self.b}", f"pooling: {self.pool}", "",
-                 f"{'probe (T14)':<20}{'n':>6}{'min CKA':>12}{'at layer':>10}"]
+        lines = [
+            f"A: {self.a}",
+            f"B: {self.b}",
+            f"pooling: {self.pool}",
+            "",
+            f"{'probe (T14)':<20}{'n':>6}{'min CKA':>12}{'at layer':>10}",
+        ]
         for probe, s in self.summary().items():
             lines.append(f"{probe:<20}{s['n']:>6}{s['min_cka']:>12.6f}{s['argmin_layer']:>10}")
         return "\n".join(lines)
 
 
-def _per_layer(probe: str, XA: torch.Tensor, XB: torch.Tensor, bootstrap: int, sample_size: int | None,
-               seed: int, debiased: bool) -> pd.DataFrame:
+def _per_layer(
+    probe: str, XA: torch.Tensor, XB: torch.Tensor, bootstrap: int, sample_size: int | None, seed: int, debiased: bool
+) -> pd.DataFrame:
     n = XA.shape[1]
     k = sample_size if sample_size is not None else max(n // 2, 4 if debiased else 2)
     if bootstrap and k < n:
         df = bootstrap_cka(XA, XB, n_resamples=bootstrap, sample_size=k, seed=seed, debiased=debiased)
     else:
         from .cka import layerwise_cka
+
         v = layerwise_cka(XA, XB, debiased=debiased).cpu().numpy()
-        df = pd.DataFrame({"layer": np.arange(len(v)), "cka": v, "mean": v, "std": np.nan,
-                           "ci_low": np.nan, "ci_high": np.nan})
+        df = pd.DataFrame(
+            {"layer": np.arange(len(v)), "cka": v, "mean": v, "std": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+        )
     df.insert(0, "probe", probe)
     df["n"] = n
     return df
 
 
-def model_cka(a, b, probes: dict[str, list[str]], pool: str = "mean", n: int | None = 200, bootstrap: int = 20,
-              sample_size: int | None = None, seed: int = 0, all_pairs: bool = False, debiased: bool = False,
-              device=None, dtype: str | None = None, batch_size: int = 1, max_length: int | None = 512,
-              tokenizer=None, trust_remote_code: bool = False, progress: bool = True) -> ModelCKA:
+def model_cka(
+    a,
+    b,
+    probes: dict[str, list[str]],
+    pool: str = "mean",
+    n: int | None = 200,
+    bootstrap: int = 20,
+    sample_size: int | None = None,
+    seed: int = 0,
+    all_pairs: bool = False,
+    debiased: bool = False,
+    device=None,
+    dtype: str | None = None,
+    batch_size: int = 1,
+    max_length: int | None = 512,
+    tokenizer=None,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> ModelCKA:
     """Per-layer CKA of checkpoints ``a`` and ``b`` on each probe set (first ``n`` prompts)."""
     probes = {name: list(texts)[:n] if n else list(texts) for name, texts in probes.items()}
     for name, texts in probes.items():
         if len(texts) < (4 if debiased else 2):
             raise PrismError(f"probe set {name!r} has {len(texts)} prompts; CKA needs more")
-    depth_a, depth_b = (Checkpoint(a).config or {}).get("num_hidden_layers"), (Checkpoint(b).config or {}).get("num_hidden_layers")
+    depth_a, depth_b = (
+        (Checkpoint(a).config or {}).get("num_hidden_layers"),
+        (Checkpoint(b).config or {}).get("num_hidden_layers"),
+    )
     if depth_a and depth_b and depth_a != depth_b and not all_pairs:
-        raise PrismError(f"models have different layer counts ({depth_a} blocks vs {depth_b}); "
-                         "use --all-pairs to compare every layer with every layer", b)
-    load = dict(device=device, dtype=dtype, tokenizer=tokenizer, trust_remote_code=trust_remote_code,
-                progress=progress)
+        raise PrismError(
+            f"models have different layer counts ({depth_a} blocks vs {depth_b}); "
+            "use --all-pairs to compare every layer with every layer",
+            b,
+        )
+    load = dict(device=device, dtype=dtype, tokenizer=tokenizer, trust_remote_code=trust_remote_code, progress=progress)
     if pool == "tokens":
         return _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress)
 
     def activations(path):
         model, tok = load_model(path, **load)
-        acts = {name: collect_activations(model, tok, texts, pool, batch_size, max_length, progress)
-                for name, texts in probes.items()}
+        acts = {
+            name: collect_activations(model, tok, texts, pool, batch_size, max_length, progress)
+            for name, texts in probes.items()
+        }
         del model
         gc.collect()
         return acts
@@ -139,8 +175,11 @@ def model_cka(a, b, probes: dict[str, list[str]], pool: str = "mean", n: int | N
     acts_b = activations(b)
     la, lb = next(iter(acts_a.values())).shape[0], next(iter(acts_b.values())).shape[0]
     if la != lb and not all_pairs:
-        raise PrismError(f"models have different layer counts ({la - 1} blocks vs {lb - 1}); "
-                         "use --all-pairs to compare every layer with every layer", b)
+        raise PrismError(
+            f"models have different layer counts ({la - 1} blocks vs {lb - 1}); "
+            "use --all-pairs to compare every layer with every layer",
+            b,
+        )
     tables, matrices = [], {}
     for name in probes:
         XA, XB = acts_a[name], acts_b[name]
@@ -148,8 +187,11 @@ def model_cka(a, b, probes: dict[str, list[str]], pool: str = "mean", n: int | N
             tables.append(_per_layer(name, XA, XB, bootstrap, sample_size, seed, debiased))
         if all_pairs:
             matrices[name] = cka_matrix(XA, XB, debiased=debiased, as_frame=True)
-    layers = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
-        columns=["probe", "layer", "cka", "mean", "std", "ci_low", "ci_high", "n"])
+    layers = (
+        pd.concat(tables, ignore_index=True)
+        if tables
+        else pd.DataFrame(columns=["probe", "layer", "cka", "mean", "std", "ci_low", "ci_high", "n"])
+    )
     return ModelCKA(str(a), str(b), pool, layers, matrices)
 
 
@@ -162,13 +204,29 @@ def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress) -
     for name, texts in probes.items():
         s = StreamingCKA(debiased=debiased)
         rows = 0
-        for xa, xb in zip(iter_activations(ma, ta, texts, "tokens", batch_size, max_length, progress),
-                          iter_activations(mb, tb, texts, "tokens", batch_size, max_length, progress)):
+        for xa, xb in zip(
+            iter_activations(ma, ta, texts, "tokens", batch_size, max_length, progress),
+            iter_activations(mb, tb, texts, "tokens", batch_size, max_length, progress),
+        ):
             if xa.shape[1] != xb.shape[1]:
-                raise PrismError("the two tokenizers split the probe differently; token-level CKA needs the same tokens")
+                raise PrismError(
+                    "the two tokenizers split the probe differently; token-level CKA needs the same tokens"
+                )
             s.update(xa, xb)
             rows += xa.shape[1]
         v = s.compute().cpu().numpy()
-        tables.append(pd.DataFrame({"probe": name, "layer": np.arange(len(v)), "cka": v, "mean": v, "std": np.nan,
-                                    "ci_low": np.nan, "ci_high": np.nan, "n": rows}))
+        tables.append(
+            pd.DataFrame(
+                {
+                    "probe": name,
+                    "layer": np.arange(len(v)),
+                    "cka": v,
+                    "mean": v,
+                    "std": np.nan,
+                    "ci_low": np.nan,
+                    "ci_high": np.nan,
+                    "n": rows,
+                }
+            )
+        )
     return ModelCKA(str(a), str(b), "tokens", pd.concat(tables, ignore_index=True))

@@ -1,4 +1,5 @@
 """Write results so that nothing half-written is ever left behind: temp path, then rename."""
+
 from __future__ import annotations
 
 import contextlib

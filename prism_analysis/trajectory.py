@@ -19,6 +19,7 @@ Inputs: a directory holding a ``trajectory.json`` manifest (written by ``prism t
 the parent is theta_0), or a directory of step directories (``step_000020``, ``checkpoint-20``,
 ``global_step20``, ...), or an explicit list of checkpoints.
 """
+
 from __future__ import annotations
 
 import json
@@ -101,6 +102,7 @@ def first_step_reaching(steps: list[int], values: list[float], fraction: float) 
 @dataclass
 class Trajectory:
     """Result of :func:`analyse_trajectory`: tidy table (step, component, metric, value) + summary."""
+
     name: str
     steps: list[int]
     paths: list[str]
@@ -118,15 +120,33 @@ class Trajectory:
         def block(comp):
             c = self.series(comp, "normalized_l2")
             f = self.series(comp, key)
-            return {"t50": first_step_reaching(self.steps, c, 0.5), "t80": first_step_reaching(self.steps, c, 0.8),
-                    "final_normalized_l2": c[-1], "final_fraction_changed": f[-1]}
+            return {
+                "t50": first_step_reaching(self.steps, c, 0.5),
+                "t80": first_step_reaching(self.steps, c, 0.8),
+                "final_normalized_l2": c[-1],
+                "final_fraction_changed": f[-1],
+            }
+
         comps = [c for c in self.table["component"].unique() if c != "total"]
-        return {"name": self.name, "steps": self.steps, "paths": self.paths, "tau": self.tau,
-                "total": block("total"), "components": {c: block(c) for c in comps}}
+        return {
+            "name": self.name,
+            "steps": self.steps,
+            "paths": self.paths,
+            "tau": self.tau,
+            "total": block("total"),
+            "components": {c: block(c) for c in comps},
+        }
 
 
-def analyse_trajectory(source, thresholds=DEFAULT_THRESHOLDS, tau: float = DEFAULT_THRESHOLD, device=None,
-                       progress: bool = True, allow_pickle: bool = False, name: str | None = None) -> Trajectory:
+def analyse_trajectory(
+    source,
+    thresholds=DEFAULT_THRESHOLDS,
+    tau: float = DEFAULT_THRESHOLD,
+    device=None,
+    progress: bool = True,
+    allow_pickle: bool = False,
+    name: str | None = None,
+) -> Trajectory:
     """Front-loading statistics of every checkpoint of ``source`` against the first and the last."""
     entries = discover(source)
     steps = [s for s, _ in entries]
@@ -143,8 +163,8 @@ def analyse_trajectory(source, thresholds=DEFAULT_THRESHOLDS, tau: float = DEFAU
     thresholds = tuple(sorted(set(thresholds) | {tau}))
     dev = torch.device(device) if device is not None else default_device()
     T = len(ckpts) - 1
-    upd = [dict() for _ in ckpts]   # step index -> name -> UpdateStats(theta_0, theta_t)
-    ovl = [dict() for _ in ckpts]   # step index -> name -> OverlapStats(t vs T)
+    upd = [dict() for _ in ckpts]  # step index -> name -> UpdateStats(theta_0, theta_t)
+    ovl = [dict() for _ in ckpts]  # step index -> name -> OverlapStats(t vs T)
     total = sum(c.info(n).nbytes for c in ckpts for n in names)
     with tqdm(total=total, unit="B", unit_scale=True, desc="trajectory", disable=not progress, leave=False) as bar:
         for name in names:
@@ -167,7 +187,8 @@ def analyse_trajectory(source, thresholds=DEFAULT_THRESHOLDS, tau: float = DEFAU
         gu = group_stats(upd[i], lambda: UpdateStats(thresholds))
         go = group_stats(ovl[i], lambda: OverlapStats(tau))
         for comp, u, o in [("total", gu["total"], go["total"])] + [
-                (c, gu["components"][c], go["components"][c]) for c in gu["components"]]:
+            (c, gu["components"][c], go["components"][c]) for c in gu["components"]
+        ]:
             m, mo = u.compute(), o.compute()
             rows.append((step, comp, "normalized_l2", m["normalized_l2"]))
             for k, v in m["fraction_changed"].items():
@@ -183,6 +204,7 @@ def analyse_trajectory(source, thresholds=DEFAULT_THRESHOLDS, tau: float = DEFAU
 def save_trajectory(out, main: Trajectory, compare: Trajectory | None = None) -> None:
     """Write trajectory.csv, summary.json and the F16 figure (and the compared run) atomically."""
     from .figures import plot_trajectory
+
     with atomic_output_dir(out) as tmp:
         main.table.to_csv(tmp / "trajectory.csv", index=False)
         summary = main.summary()
@@ -190,7 +212,11 @@ def save_trajectory(out, main: Trajectory, compare: Trajectory | None = None) ->
             compare.table.to_csv(tmp / "trajectory_compare.csv", index=False)
             summary["compare"] = compare.summary()
         write_json(tmp / "summary.json", summary)
-        plot_trajectory(main.table, tmp / "trajectory", tau=main.tau, label=main.name,
-                        compare=None if compare is None else compare.table,
-                        compare_label=None if compare is None else compare.name)
-
+        plot_trajectory(
+            main.table,
+            tmp / "trajectory",
+            tau=main.tau,
+            label=main.name,
+            compare=None if compare is None else compare.table,
+            compare_label=None if compare is None else compare.name,
+        )

@@ -23,6 +23,7 @@ tensor pairs with :meth:`~UpdateStats.update`, combine partial results (other te
 processes) with :meth:`~UpdateStats.merge`, read the metrics with :meth:`~UpdateStats.compute`.
 :func:`audit` runs it over two checkpoints and returns an :class:`Audit` of pandas tables.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,6 +64,7 @@ class UpdateStats:
     A*B and (B-A)^2, bitwise-equal count, changed count per threshold, non-finite count,
     max |B - A|.
     """
+
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     numel: int = 0
     sum_sq_a: float = 0.0
@@ -82,7 +84,7 @@ class UpdateStats:
             self.n_changed = [0] * len(self.thresholds)
 
     # -- update ----------------------------------------------------------------------------
-    def update(self, a: torch.Tensor, b: torch.Tensor) -> "UpdateStats":
+    def update(self, a: torch.Tensor, b: torch.Tensor) -> UpdateStats:
         """Add one tensor pair (same shape; any device). B is cast to A's dtype if they differ."""
         if a.shape != b.shape:
             raise ValueError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
@@ -104,7 +106,7 @@ class UpdateStats:
         return self
 
     # -- merge / compute ---------------------------------------------------------------------
-    def merge(self, other: "UpdateStats") -> "UpdateStats":
+    def merge(self, other: UpdateStats) -> UpdateStats:
         """Fold ``other`` (same thresholds) into this accumulator and return it."""
         if other.thresholds != self.thresholds:
             raise ValueError("cannot merge statistics taken at different thresholds")
@@ -162,10 +164,10 @@ def _torch_pair_stats(a: torch.Tensor, b: torch.Tensor, thresholds) -> tuple[lis
     acc = torch.zeros(5, dtype=torch.float64, device=a.device)  # a2, b2, ab, d2, max|d|
     counts = torch.zeros(len(thresholds) + 3, dtype=torch.int64, device=a.device)
     for start in range(0, a.numel(), CHUNK):
-        _update_chunk(a[start:start + CHUNK], b[start:start + CHUNK], work, bounds, acc, counts)
+        _update_chunk(a[start : start + CHUNK], b[start : start + CHUNK], work, bounds, acc, counts)
     acc, counts = acc.tolist(), counts.tolist()  # one device sync per tensor
     hist = counts[2:]  # buckets (<= t0], (t0, t1], ..., (t_last, inf)
-    return acc, counts[:2] + [sum(hist[k + 1:]) for k in range(len(thresholds))]
+    return acc, counts[:2] + [sum(hist[k + 1 :]) for k in range(len(thresholds))]
 
 
 def _update_chunk(a, b, work, bounds, acc, counts):
@@ -190,13 +192,13 @@ def _update_chunk(a, b, work, bounds, acc, counts):
     d.abs_()
     if d.numel():
         acc[4] = torch.maximum(acc[4], d.max().to(torch.float64))
-    rel = d.div_(a_w.abs())             # |d| / |a|: inf where a == 0 != d, nan where 0 / 0
-    zero = (rel != rel)                 # nan: 0/0 -> unchanged
+    rel = d.div_(a_w.abs())  # |d| / |a|: inf where a == 0 != d, nan where 0 / 0
+    zero = rel != rel  # nan: 0/0 -> unchanged
     rel.masked_fill_(zero, 0.0)
-    if not all_finite:                  # non-finite pairs: changed unless bitwise equal
+    if not all_finite:  # non-finite pairs: changed unless bitwise equal
         rel.masked_fill_(~finite & ~equal, math.inf)
         rel.masked_fill_(~finite & equal, 0.0)
-    bucket = torch.bucketize(rel, bounds)   # i: bounds[i-1] < rel <= bounds[i]
+    bucket = torch.bucketize(rel, bounds)  # i: bounds[i-1] < rel <= bounds[i]
     counts[2:] += torch.bincount(bucket, minlength=bounds.numel() + 1)
 
 
@@ -209,6 +211,7 @@ class Audit:
     component; ``total`` a one-row table. Every table has ``numel``, ``normalized_l2``,
     ``fraction_equal``, ``fraction_changed_<tau>`` and the raw sums it was computed from.
     """
+
     a: str
     b: str
     thresholds: tuple[float, ...]
@@ -223,10 +226,14 @@ class Audit:
 
     def summary(self) -> dict:
         """The ``summary.json`` record (T12/T22/T23 numbers for the whole model, components, layers)."""
+
         def brief(s: UpdateStats) -> dict:
             m = s.compute()
-            return {k: m[k] for k in ("numel", "normalized_l2", "fraction_equal", "fraction_changed",
-                                      "max_abs_diff", "nonfinite")}
+            return {
+                k: m[k]
+                for k in ("numel", "normalized_l2", "fraction_equal", "fraction_changed", "max_abs_diff", "nonfinite")
+            }
+
         return {
             "a": self.a,
             "b": self.b,
@@ -248,29 +255,45 @@ class Audit:
             self.components.to_csv(tmp / "components.csv", index=False)
             if figure:
                 from .figures import plot_audit
-                plot_audit(self.layers, self.components, tmp / "update_by_layer_and_component",
-                           title=f"{_short_name(self.a)} -> {_short_name(self.b)}")
+
+                plot_audit(
+                    self.layers,
+                    self.components,
+                    tmp / "update_by_layer_and_component",
+                    title=f"{_short_name(self.a)} -> {_short_name(self.b)}",
+                )
 
     def format(self, tau: float = DEFAULT_THRESHOLD) -> str:
         """A compact text summary in the style of PRISM Tables 12, 22 and 23."""
         total = self.stats["total"].compute()
         key = threshold_key(tau)
-        lines = [f"A: {self.a}", f"B: {self.b}",
-                 f"tensors compared: {len(self.tensors)}   elements: {total['numel']:,}"
-                 + (f"   non-finite: {total['nonfinite']:,}" if total["nonfinite"] else ""),
-                 f"normalized L2 (Eq. 1): {total['normalized_l2']:.6g}   "
-                 f"bitwise equal: {100 * total['fraction_equal']:.2f}%", "",
-                 "threshold sweep (T22)   " + "  ".join(f"{100 * t:>6g}%" for t in self.thresholds),
-                 "  % changed             " + "  ".join(f"{100 * v:>7.2f}" for v in total["fraction_changed"].values()),
-                 "  % unchanged           " + "  ".join(f"{100 - 100 * v:>7.2f}" for v in total["fraction_changed"].values()),
-                 "", f"{'component (T23)':<16}{'numel':>14}{'norm L2':>12}{'% changed@' + format(100 * tau, 'g') + '%':>16}{'% equal':>10}"]
+        lines = [
+            f"A: {self.a}",
+            f"B: {self.b}",
+            f"tensors compared: {len(self.tensors)}   elements: {total['numel']:,}"
+            + (f"   non-finite: {total['nonfinite']:,}" if total["nonfinite"] else ""),
+            f"normalized L2 (Eq. 1): {total['normalized_l2']:.6g}   "
+            f"bitwise equal: {100 * total['fraction_equal']:.2f}%",
+            "",
+            "threshold sweep (T22)   " + "  ".join(f"{100 * t:>6g}%" for t in self.thresholds),
+            "  % changed             " + "  ".join(f"{100 * v:>7.2f}" for v in total["fraction_changed"].values()),
+            "  % unchanged           "
+            + "  ".join(f"{100 - 100 * v:>7.2f}" for v in total["fraction_changed"].values()),
+            "",
+            f"{'component (T23)':<16}{'numel':>14}{'norm L2':>12}{'% changed@' + format(100 * tau, 'g') + '%':>16}{'% equal':>10}",
+        ]
         for comp, s in self.stats["components"].items():
             m = s.compute()
-            lines.append(f"{comp:<16}{m['numel']:>14,}{m['normalized_l2']:>12.4g}"
-                         f"{100 * m['fraction_changed'].get(key, float('nan')):>16.2f}{100 * m['fraction_equal']:>10.2f}")
+            lines.append(
+                f"{comp:<16}{m['numel']:>14,}{m['normalized_l2']:>12.4g}"
+                f"{100 * m['fraction_changed'].get(key, float('nan')):>16.2f}{100 * m['fraction_equal']:>10.2f}"
+            )
         if self.only_in_a or self.only_in_b:
-            lines += ["", f"only in A: {len(self.only_in_a)} tensors {self.only_in_a[:5]}",
-                      f"only in B: {len(self.only_in_b)} tensors {self.only_in_b[:5]}"]
+            lines += [
+                "",
+                f"only in A: {len(self.only_in_a)} tensors {self.only_in_a[:5]}",
+                f"only in B: {len(self.only_in_b)} tensors {self.only_in_b[:5]}",
+            ]
         return "\n".join(lines)
 
 
@@ -303,8 +326,15 @@ def group_stats(per_tensor: dict, make) -> dict:
     }
 
 
-def audit(a, b, thresholds=DEFAULT_THRESHOLDS, device: str | torch.device | None = None,
-          progress: bool = True, allow_pickle: bool = False, prefetch: int = 1) -> Audit:
+def audit(
+    a,
+    b,
+    thresholds=DEFAULT_THRESHOLDS,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    allow_pickle: bool = False,
+    prefetch: int = 1,
+) -> Audit:
     """Update statistics of checkpoint ``b`` relative to ``a``, streamed one tensor pair at a time.
 
     ``a``/``b``: paths (model directory, ``.safetensors`` file, shard index) or :class:`Checkpoint`.
@@ -318,23 +348,39 @@ def audit(a, b, thresholds=DEFAULT_THRESHOLDS, device: str | torch.device | None
     per_tensor: dict[str, UpdateStats] = {}
     rows = []
     total_bytes = sum(ca.info(n).nbytes + cb.info(n).nbytes for n in al.common)
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="audit", disable=not progress,
-              leave=False) as bar:
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="audit", disable=not progress, leave=False) as bar:
         for name, ta, tb in iter_pairs(ca, cb, al.common, prefetch=prefetch):
             if not (ta.is_floating_point() and tb.is_floating_point()):
                 ta, tb = ta.double(), tb.double()
             s = UpdateStats(thresholds).update(ta.to(dev, non_blocking=True), tb.to(dev, non_blocking=True))
             per_tensor[name] = s
             layer, comp = classify(name)
-            rows.append({"name": name, "layer": layer, "component": comp, "shape": "x".join(map(str, ta.shape)),
-                         "dtype": str(ta.dtype).replace("torch.", ""), **s.row()})
+            rows.append(
+                {
+                    "name": name,
+                    "layer": layer,
+                    "component": comp,
+                    "shape": "x".join(map(str, ta.shape)),
+                    "dtype": str(ta.dtype).replace("torch.", ""),
+                    **s.row(),
+                }
+            )
             bar.update(ta.nbytes + tb.nbytes)
             del ta, tb
     groups = group_stats(per_tensor, lambda: UpdateStats(thresholds))
     tensors = pd.DataFrame(rows)
     tensors["layer"] = tensors["layer"].astype("Int64")
     total = _table({"total": groups["total"]}, "group")
-    return Audit(a=str(ca.path), b=str(cb.path), thresholds=tuple(sorted(thresholds)), tensors=tensors,
-                 layers=_table(groups["layers"], "layer"), components=_table(groups["components"], "component"),
-                 total=total, only_in_a=al.only_in_a, only_in_b=al.only_in_b, tied=al.tied,
-                 stats=groups)
+    return Audit(
+        a=str(ca.path),
+        b=str(cb.path),
+        thresholds=tuple(sorted(thresholds)),
+        tensors=tensors,
+        layers=_table(groups["layers"], "layer"),
+        components=_table(groups["components"], "component"),
+        total=total,
+        only_in_a=al.only_in_a,
+        only_in_b=al.only_in_b,
+        tied=al.tied,
+        stats=groups,
+    )

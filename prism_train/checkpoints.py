@@ -11,6 +11,7 @@ A step directory is written under a temporary name and renamed when complete; th
 rewritten atomically after it, so a run killed at any moment (``kill -9`` mid-save included) leaves
 only complete steps listed, and leftovers named ``.step_*.tmp-*`` are ignored and cleaned.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,7 +57,9 @@ def clean_leftovers(out: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def save_step(out: Path, step: int, model, tokenizer, state: dict | None, save_dtype: torch.dtype = torch.float32) -> Path:
+def save_step(
+    out: Path, step: int, model, tokenizer, state: dict | None, save_dtype: torch.dtype = torch.float32
+) -> Path:
     """Write ``OUT/step_NNNNNN`` atomically: a complete HF checkpoint (+ training state)."""
     out = Path(out)
     final = out / step_name(step)
@@ -105,8 +108,11 @@ def resume_point(out: Path, config: dict, force: bool = False) -> tuple[dict | N
         return None, None
     if manifest.get("config_hash") != config_hash(config):
         if not force:
-            raise PrismError("output directory belongs to a run with a different configuration; "
-                             "pass --force to start over there, or pick another directory", out)
+            raise PrismError(
+                "output directory belongs to a run with a different configuration; "
+                "pass --force to start over there, or pick another directory",
+                out,
+            )
         return None, None
     for entry in reversed(manifest.get("steps", [])):
         d = out / entry["path"]

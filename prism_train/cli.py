@@ -1,4 +1,5 @@
 """``prism train``, ``prism eval`` (and ``prism rl``): the training half of the one ``prism`` command."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,8 @@ def _steps_list(text: str) -> list[int]:
 
 def add_train(sub) -> None:
     p = sub.add_parser(
-        "train", help="pre-train or mid-train a model on a data mix, saving a checkpoint trajectory",
+        "train",
+        help="pre-train or mid-train a model on a data mix, saving a checkpoint trajectory",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
             Packed next-token training (AdamW, betas 0.9/0.95, weight decay 0.1, warmup + cosine,
@@ -34,22 +36,32 @@ def add_train(sub) -> None:
             examples:
               prism train --phase pretrain --mix pretrain --init llama --out runs/base --steps 300
               prism train --phase mid --mix mcs --init runs/base/step_000300 --out runs/mid_mcs --steps 1000
-              accelerate launch --config_file configs/fsdp.yaml -m prism_analysis.cli train ...   # GPUs"""))
+              accelerate launch --config_file configs/fsdp.yaml -m prism_analysis.cli train ...   # GPUs"""),
+    )
     p.add_argument("--phase", choices=["pretrain", "mid"], default="pretrain")
     p.add_argument("--mix", default="pretrain", help="preset name or mix file (default: pretrain)")
-    p.add_argument("--init", default="llama",
-                   help="model family for a fresh model (llama, granite, mistral, nemotron_h) or a checkpoint path")
+    p.add_argument(
+        "--init",
+        default="llama",
+        help="model family for a fresh model (llama, granite, mistral, nemotron_h) or a checkpoint path",
+    )
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--save-steps", type=_steps_list, default=[], metavar="LIST", help="extra steps to save, e.g. 1,2,5,10")
+    p.add_argument(
+        "--save-steps", type=_steps_list, default=[], metavar="LIST", help="extra steps to save, e.g. 1,2,5,10"
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="dtype of saved weights (training keeps fp32 master weights; default float32)")
+    p.add_argument(
+        "--save-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="dtype of saved weights (training keeps fp32 master weights; default float32)",
+    )
     p.add_argument("--force", action="store_true", help="start over in a directory that holds another run")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_train)
@@ -57,21 +69,38 @@ def add_train(sub) -> None:
 
 def _run_train(args) -> None:
     from .lm import TrainConfig, train
-    cfg = TrainConfig(phase=args.phase, mix=args.mix, init=args.init, steps=args.steps, save_every=args.save_every,
-                      save_steps=args.save_steps, lr=args.lr, warmup=args.warmup, batch_size=args.batch_size,
-                      seq_len=args.seq_len, seed=args.seed, save_dtype=args.save_dtype)
+
+    cfg = TrainConfig(
+        phase=args.phase,
+        mix=args.mix,
+        init=args.init,
+        steps=args.steps,
+        save_every=args.save_every,
+        save_steps=args.save_steps,
+        lr=args.lr,
+        warmup=args.warmup,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        seed=args.seed,
+        save_dtype=args.save_dtype,
+    )
     m = train(cfg, args.out, force=args.force, progress=not args.quiet)
     last = m["steps"][-1]
-    print(f"{args.phase}: {last['step']} steps, {last['tokens']:,} tokens, loss {last['loss']:.4f}, "
-          f"{last['time']:.0f}s -> {args.out}/{last['path']}")
+    print(
+        f"{args.phase}: {last['step']} steps, {last['tokens']:,} tokens, loss {last['loss']:.4f}, "
+        f"{last['time']:.0f}s -> {args.out}/{last['path']}"
+    )
 
 
 def add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="accuracy on math/code/science benchmarks and general perplexity",
-                       description="Greedy accuracy (format-gated, as the RL reward) on held-out benchmarks "
-                                   "math_easy, math_hard, code, science; PRISM's macro average "
-                                   "mean(math avg, code, science); perplexity on held-out general prose. "
-                                   "Deterministic for a given seed. Example: prism eval runs/mid/step_001000 --out ev/")
+    p = sub.add_parser(
+        "eval",
+        help="accuracy on math/code/science benchmarks and general perplexity",
+        description="Greedy accuracy (format-gated, as the RL reward) on held-out benchmarks "
+        "math_easy, math_hard, code, science; PRISM's macro average "
+        "mean(math avg, code, science); perplexity on held-out general prose. "
+        "Deterministic for a given seed. Example: prism eval runs/mid/step_001000 --out ev/",
+    )
     p.add_argument("checkpoint")
     p.add_argument("--out", help="directory for eval.json and eval.csv")
     p.add_argument("--n", type=int, default=50, help="problems per benchmark (default 50)")
@@ -89,6 +118,7 @@ def _run_eval(args) -> None:
     from prism_analysis.outputs import atomic_output_dir, write_json
 
     from .evaluate import evaluate
+
     pass_k = None
     if args.pass_k:
         try:
@@ -108,7 +138,8 @@ def _run_eval(args) -> None:
 
 def add_rl(sub) -> None:
     p = sub.add_parser(
-        "rl", help="GRPO with verifiable rewards from a checkpoint, saving an RL trajectory",
+        "rl",
+        help="GRPO with verifiable rewards from a checkpoint, saving an RL trajectory",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
             GRPO: per prompt sample G completions, score them (format-gated 0/1 rewards: math exact,
@@ -126,7 +157,8 @@ def add_rl(sub) -> None:
 
             checkpoints from other RL stacks (TRL, open-instruct, verl merged to HF) feed the analysis
             as they are: prism trajectory on their checkpoint-N directories, or a trajectory.json
-            written by hand: {"parent": "<start>", "steps": [{"step": 0, "path": "..."}, ...]}."""))
+            written by hand: {"parent": "<start>", "steps": [{"step": 0, "path": "..."}, ...]}."""),
+    )
     p.add_argument("--init", required=True, help="checkpoint to start from (base or mid-trained)")
     p.add_argument("--mix", default="math", help="math, balanced, or a mix file of reasoning domains")
     p.add_argument("--out", required=True)
@@ -142,8 +174,11 @@ def add_rl(sub) -> None:
     p.add_argument("--kl-beta", type=float, default=0.0, help="KL penalty to the start (0: off, no reference model)")
     p.add_argument("--no-std-scaling", action="store_true", help="Dr. GRPO advantages (no division by group std)")
     p.add_argument("--ppo-epochs", type=int, default=1, help="optimizer steps per batch (ratio clipping applies)")
-    p.add_argument("--difficulty-filter", action="store_true",
-                   help="keep prompts the starting model solves sometimes but not always")
+    p.add_argument(
+        "--difficulty-filter",
+        action="store_true",
+        help="keep prompts the starting model solves sometimes but not always",
+    )
     p.add_argument("--eval-every", type=int, default=0, help="benchmark evaluation every M steps (0: never)")
     p.add_argument("--eval-n", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
@@ -154,19 +189,36 @@ def add_rl(sub) -> None:
 
 def _run_rl(args) -> None:
     from .rl import RLConfig, rl_train
-    cfg = RLConfig(init=args.init, mix=args.mix, steps=args.steps, save_every=args.save_every,
-                   save_steps=args.save_steps, group_size=args.group_size, prompts_per_step=args.prompts,
-                   temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, lr=args.lr,
-                   kl_beta=args.kl_beta, scale_std=not args.no_std_scaling, ppo_epochs=args.ppo_epochs,
-                   difficulty_filter=args.difficulty_filter, eval_every=args.eval_every, eval_n=args.eval_n,
-                   seed=args.seed)
+
+    cfg = RLConfig(
+        init=args.init,
+        mix=args.mix,
+        steps=args.steps,
+        save_every=args.save_every,
+        save_steps=args.save_steps,
+        group_size=args.group_size,
+        prompts_per_step=args.prompts,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        lr=args.lr,
+        kl_beta=args.kl_beta,
+        scale_std=not args.no_std_scaling,
+        ppo_epochs=args.ppo_epochs,
+        difficulty_filter=args.difficulty_filter,
+        eval_every=args.eval_every,
+        eval_n=args.eval_n,
+        seed=args.seed,
+    )
     m = rl_train(cfg, args.out, force=args.force, progress=not args.quiet)
     logs = m["log"]
     if logs:
-        first, last = logs[: max(1, len(logs) // 5)], logs[-max(1, len(logs) // 5):]
+        first, last = logs[: max(1, len(logs) // 5)], logs[-max(1, len(logs) // 5) :]
         mean = lambda xs: sum(x["reward"] for x in xs) / len(xs)  # noqa: E731
-        print(f"rl: {len(logs)} steps, mean reward {mean(first):.3f} (first fifth) -> {mean(last):.3f} (last fifth), "
-              f"{sum(x['skipped'] for x in logs)} steps without signal")
+        print(
+            f"rl: {len(logs)} steps, mean reward {mean(first):.3f} (first fifth) -> {mean(last):.3f} (last fifth), "
+            f"{sum(x['skipped'] for x in logs)} steps without signal"
+        )
     timing = m["steps"][-1].get("timing", {})
     if timing:
         tot = sum(timing.values()) or 1
@@ -175,7 +227,8 @@ def _run_rl(args) -> None:
 
 def add_reproduce(sub) -> None:
     p = sub.add_parser(
-        "reproduce", help="the miniature PRISM study end to end: train, RL, evaluate, analyse, report",
+        "reproduce",
+        help="the miniature PRISM study end to end: train, RL, evaluate, analyse, report",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.dedent("""\
             Pretrain a base model; mid-train it on math, math+code (MC) and math+code+science (MCS);
@@ -194,7 +247,8 @@ def add_reproduce(sub) -> None:
             examples:
               prism reproduce --out runs/tiny
               prism reproduce --preset smoke --out runs/smoke --family nemotron_h
-              prism reproduce --out runs/tiny --force report     # redraw figures and tables only"""))
+              prism reproduce --out runs/tiny --force report     # redraw figures and tables only"""),
+    )
     p.add_argument("--preset", default="tiny", help="smoke, tiny (default) or small")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--family", default=None, help="llama (default), granite, mistral or nemotron_h")
@@ -205,17 +259,21 @@ def add_reproduce(sub) -> None:
 
 def _run_reproduce(args) -> None:
     from .study import reproduce
+
     summary = reproduce(args.out, args.preset, args.family, args.force, progress=not args.quiet)
     for f in summary["findings"]:
         print(f"[{'yes' if f['reproduced'] else ' no'}] {f['claim']}: {f['ours']} (paper: {f['paper']})")
 
 
 def add_figures(sub) -> None:
-    p = sub.add_parser("figures", help="redraw a study's figures and tables from its saved tables (no retraining)",
-                       description="Copy the saved tables of a study run (no checkpoints) into INTO/run, redraw "
-                                   "every figure and table from them, and write INTO/*.png, INTO/*.md (tables and "
-                                   "report.md) and INTO/summary.json. Without a run directory, redraws from "
-                                   "INTO/run. Example: prism figures --run runs/tiny --into figures")
+    p = sub.add_parser(
+        "figures",
+        help="redraw a study's figures and tables from its saved tables (no retraining)",
+        description="Copy the saved tables of a study run (no checkpoints) into INTO/run, redraw "
+        "every figure and table from them, and write INTO/*.png, INTO/*.md (tables and "
+        "report.md) and INTO/summary.json. Without a run directory, redraws from "
+        "INTO/run. Example: prism figures --run runs/tiny --into figures",
+    )
     p.add_argument("--run", default="runs/tiny", help="study run directory (default runs/tiny)")
     p.add_argument("--into", default="figures", help="destination (default figures/)")
     p.set_defaults(func=_run_figures)
@@ -223,6 +281,7 @@ def add_figures(sub) -> None:
 
 def _run_figures(args) -> None:
     from .study_report import export
+
     summary = export(args.run, args.into)
     n = sum(f["reproduced"] for f in summary["findings"])
     print(f"redrew figures into {args.into}/ ({n} of {len(summary['findings'])} findings reproduced)")

@@ -6,6 +6,7 @@ Benchmarks (eval split, fixed seed, so every model sees the same problems):
 ``general_ppl``, the perplexity on held-out general prose. PRISM's macro average is
 mean(math average, code, science). Scoring uses :mod:`prism_train.rewards` (format-gated).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,8 +20,12 @@ from .data.general import corpus
 from .data.problems import in_split
 from .rewards import reward
 
-BENCHMARKS = {"math_easy": ("math", 1), "math_hard": ("math", 3), "code": ("code_reasoning", 1),
-              "science": ("science", 1)}
+BENCHMARKS = {
+    "math_easy": ("math", 1),
+    "math_hard": ("math", 3),
+    "code": ("code_reasoning", 1),
+    "science": ("science", 1),
+}
 EVAL_SEED = 2026
 
 
@@ -30,9 +35,18 @@ def benchmark(name: str, n: int, seed: int = EVAL_SEED):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 96, do_sample: bool = False,
-             temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
-             batch_size: int = 32, seed: int | None = None) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 96,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    num_return_sequences: int = 1,
+    batch_size: int = 32,
+    seed: int | None = None,
+) -> list[str]:
     """Completions (text after the prompt, up to EOS) for each prompt, batched with a KV cache.
     With ``num_return_sequences`` = k the result has k consecutive completions per prompt."""
     model.eval()
@@ -41,12 +55,19 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 96, do_
         torch.manual_seed(seed)
     out = []
     for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, padding_side="left").to(device)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                             temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
-                             top_k=None, num_return_sequences=num_return_sequences,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        new = gen[:, enc["input_ids"].shape[1]:]
+        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, padding_side="left").to(device)
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature if do_sample else None,
+            top_p=top_p if do_sample else None,
+            top_k=None,
+            num_return_sequences=num_return_sequences,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new = gen[:, enc["input_ids"].shape[1] :]
         out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     return out
 
@@ -73,8 +94,16 @@ def perplexity(model, tokenizer, docs: list[str], seq_len: int = 128) -> float:
     return math.exp(nll / max(count, 1))
 
 
-def evaluate(model, tokenizer, n: int = 50, seed: int = EVAL_SEED, pass_k: tuple[int, int] | None = None,
-             max_new_tokens: int = 96, n_ppl_docs: int = 40, batch_size: int = 32) -> dict:
+def evaluate(
+    model,
+    tokenizer,
+    n: int = 50,
+    seed: int = EVAL_SEED,
+    pass_k: tuple[int, int] | None = None,
+    max_new_tokens: int = 96,
+    n_ppl_docs: int = 40,
+    batch_size: int = 32,
+) -> dict:
     """Greedy accuracy per benchmark, macro average, general perplexity (and pass@k if asked)."""
     res = {}
     for name, (domain, _) in BENCHMARKS.items():
@@ -83,11 +112,20 @@ def evaluate(model, tokenizer, n: int = 50, seed: int = EVAL_SEED, pass_k: tuple
         res[name] = sum(reward(domain, o, p.answer) for o, p in zip(outs, probs)) / len(probs)
         if pass_k:
             k, m = pass_k
-            samples = generate(model, tokenizer, [p.prompt for p in probs], max_new_tokens, do_sample=True,
-                               temperature=1.0, num_return_sequences=m, batch_size=batch_size, seed=seed)
+            samples = generate(
+                model,
+                tokenizer,
+                [p.prompt for p in probs],
+                max_new_tokens,
+                do_sample=True,
+                temperature=1.0,
+                num_return_sequences=m,
+                batch_size=batch_size,
+                seed=seed,
+            )
             scores = []
             for j, p in enumerate(probs):
-                c = sum(reward(domain, s, p.answer) for s in samples[j * m:(j + 1) * m])
+                c = sum(reward(domain, s, p.answer) for s in samples[j * m : (j + 1) * m])
                 scores.append(pass_at_k(m, int(c), k))
             res[f"{name}_pass@{k}"] = sum(scores) / len(scores)
     res["math"] = (res["math_easy"] + res["math_hard"]) / 2

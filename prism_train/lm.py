@@ -10,6 +10,7 @@ Data position is a pure function of the step: the batch of step s is drawn from 
 (seed, s), so resuming needs no data-loader state and a resumed run equals an uninterrupted one
 bit for bit on the CPU (tested).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,13 +30,13 @@ from .data.mix import Mix, load_mix
 
 @dataclass
 class TrainConfig:
-    phase: str = "pretrain"              # pretrain | mid
-    mix: str = "pretrain"                # preset or mix file
-    init: str = "llama"                  # a family (fresh model) or a checkpoint path
+    phase: str = "pretrain"  # pretrain | mid
+    mix: str = "pretrain"  # preset or mix file
+    init: str = "llama"  # a family (fresh model) or a checkpoint path
     steps: int = 300
     save_every: int = 100
     save_steps: list[int] = field(default_factory=list)
-    lr: float = 1e-3                     # at 3e-3 the tiny base never learnt to copy numbers in mid-training
+    lr: float = 1e-3  # at 3e-3 the tiny base never learnt to copy numbers in mid-training
     min_lr_ratio: float = 0.1
     warmup: int = 30
     weight_decay: float = 0.1
@@ -44,8 +45,8 @@ class TrainConfig:
     batch_size: int = 16
     seq_len: int = 128
     seed: int = 0
-    save_dtype: str = "float32"          # float32 (default, exact resume) | bfloat16
-    model: dict = field(default_factory=dict)   # tiny_config overrides for a fresh model
+    save_dtype: str = "float32"  # float32 (default, exact resume) | bfloat16
+    model: dict = field(default_factory=dict)  # tiny_config overrides for a fresh model
     tokenizer_vocab: int = 1024
 
 
@@ -57,8 +58,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def batch_for_step(sample, tokenizer, step: int, seed, batch_size: int, seq_len: int, max_draws: int = 8
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_for_step(
+    sample, tokenizer, step: int, seed, batch_size: int, seq_len: int, max_draws: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, labels)``, each (batch_size, seq_len), for ``step``; a pure function of the step.
 
     Documents (+ EOS) are packed into rows first-fit, never cut unless longer than a row: a document
@@ -83,7 +85,7 @@ def batch_for_step(sample, tokenizer, step: int, seed, batch_size: int, seq_len:
                 break
             doc = tokenizer(sample(rng))["input_ids"] + [tokenizer.eos_token_id]
             for i in range(0, len(doc), seq_len):
-                piece = doc[i:i + seq_len]
+                piece = doc[i : i + seq_len]
                 if len(row) + len(piece) <= seq_len:
                     row += piece
                 else:
@@ -97,6 +99,7 @@ def batch_for_step(sample, tokenizer, step: int, seed, batch_size: int, seq_len:
 def _init_model(cfg: TrainConfig, mix: Mix):
     from prism_train.models import FAMILIES, build_model
     from prism_train.tokenizer import train_tokenizer
+
     if cfg.init in FAMILIES:
         # A general-purpose tokenizer: trained (fixed seed) on pretraining prose and code plus
         # reasoning problems, as real tokenizers see web text with math in it. Trained on prose
@@ -111,14 +114,21 @@ def _init_model(cfg: TrainConfig, mix: Mix):
         return model, tok, None
     path = Path(cfg.init)
     from prism_analysis.activations import load_model
+
     if not path.exists():
         raise PrismError(f"--init is neither a model family ({', '.join(FAMILIES)}) nor a checkpoint", path)
     model, tok = load_model(path, device="cpu", dtype="float32", progress=False)
     return model.train(), tok, str(path)
 
 
-def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool = True,
-          stop_after: int | None = None, log=print) -> dict:
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    force: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    log=print,
+) -> dict:
     """Run (or resume) next-token training; returns the manifest. ``stop_after`` ends the run early
     after that many steps of this invocation (tests use it to simulate an interruption)."""
     from accelerate import Accelerator
@@ -138,6 +148,7 @@ def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool
     set_seed(cfg.seed)
     if resume_dir is not None:
         from prism_analysis.activations import load_model
+
         model, tok = load_model(resume_dir, device="cpu", dtype="float32", progress=False)
         state = ckpt.load_state(resume_dir)
         if "model" in state:  # fp32 master weights when the checkpoint was saved in bf16
@@ -148,13 +159,22 @@ def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool
     else:
         model, tok, parent = _init_model(cfg, mix)
         state, start = None, 0
-        manifest = {"phase": cfg.phase, "parent": parent, "mix": mix.to_dict(), "config": config,
-                    "config_hash": ckpt.config_hash(config), "steps": []}
+        manifest = {
+            "phase": cfg.phase,
+            "parent": parent,
+            "mix": mix.to_dict(),
+            "config": config,
+            "config_hash": ckpt.config_hash(config),
+            "steps": [],
+        }
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+    )
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model, opt = accelerator.prepare(model, opt)
     if state is not None:
@@ -170,13 +190,25 @@ def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool
         full_state = accelerator.get_state_dict(model)  # gathers shards under FSDP; a no-op on one process
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
-            st = {"step": step, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                  "py_rng": list(_list_state(random.getstate()))}
+            st = {
+                "step": step,
+                "optimizer": opt.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "py_rng": list(_list_state(random.getstate())),
+            }
             if save_dtype != torch.float32:
                 st["model"] = {k: v.detach().clone() for k, v in full_state.items()}
             d = ckpt.save_step(out, step, unwrapped, tok, st, save_dtype)
-            manifest["steps"].append({"step": step, "path": d.name, "tokens": tokens, "loss": loss, "lr": lr,
-                                      "time": time.perf_counter() - t0})
+            manifest["steps"].append(
+                {
+                    "step": step,
+                    "path": d.name,
+                    "tokens": tokens,
+                    "loss": loss,
+                    "lr": lr,
+                    "time": time.perf_counter() - t0,
+                }
+            )
             ckpt.write_manifest(out, manifest)
             ckpt.drop_old_states(out, d)
         accelerator.wait_for_everyone()
@@ -185,8 +217,14 @@ def train(cfg: TrainConfig, out: str | Path, force: bool = False, progress: bool
         save(0, float("nan"), 0.0)
     loss_ema = None
     done_here = 0
-    bar = tqdm(range(start, cfg.steps), desc=f"{cfg.phase} {out.name}", disable=not progress, leave=False,
-               initial=start, total=cfg.steps)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc=f"{cfg.phase} {out.name}",
+        disable=not progress,
+        leave=False,
+        initial=start,
+        total=cfg.steps,
+    )
     for step in bar:
         lr = lr_at(step, cfg)
         for g in opt.param_groups:

@@ -10,6 +10,7 @@ Gated by format like PRISM's: reward 1 when the completion has a closed reasonin
 Only ASCII numerals count (``Answer: ４２`` with full-width digits is not the expected format); huge
 numbers are compared exactly without overflow. Model output is never executed.
 """
+
 from __future__ import annotations
 
 import re

@@ -18,6 +18,7 @@ signal, and the step is skipped entirely (no optimizer step), so the weights do 
 
 The sampling RNG of step s is seeded with (seed, s): a resumed run equals an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -35,13 +36,13 @@ from . import checkpoints as ckpt
 from .data.problems import REASONING_DOMAINS, Problem, generator, in_split
 from .rewards import reward
 
-RL_MIXES = {"math": {"math": 1.0}, "balanced": {d: 1.0 for d in REASONING_DOMAINS}}
+RL_MIXES = {"math": {"math": 1.0}, "balanced": dict.fromkeys(REASONING_DOMAINS, 1.0)}
 
 
 @dataclass
 class RLConfig:
     init: str = ""
-    mix: str = "math"                    # math | balanced | YAML/JSON file with reasoning-domain weights
+    mix: str = "math"  # math | balanced | YAML/JSON file with reasoning-domain weights
     steps: int = 40
     save_every: int = 10
     save_steps: list[int] = field(default_factory=list)
@@ -57,7 +58,7 @@ class RLConfig:
     ppo_epochs: int = 1
     grad_clip: float = 1.0
     difficulty: list[int] = field(default_factory=lambda: [1, 1, 2])
-    difficulty_filter: bool = False      # keep prompts the starting model solves sometimes, not always
+    difficulty_filter: bool = False  # keep prompts the starting model solves sometimes, not always
     eval_every: int = 0
     eval_n: int = 30
     seed: int = 0
@@ -66,16 +67,24 @@ class RLConfig:
 def group_advantages(rewards: torch.Tensor, scale_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """Group-relative advantages of a (groups x G) reward matrix; G = 1 is rejected."""
     if rewards.dim() != 2 or rewards.shape[1] < 2:
-        raise ValueError("GRPO needs at least 2 completions per prompt (group_size >= 2): "
-                         "the advantage is relative to the group")
+        raise ValueError(
+            "GRPO needs at least 2 completions per prompt (group_size >= 2): the advantage is relative to the group"
+        )
     adv = rewards - rewards.mean(dim=1, keepdim=True)
     if scale_std:
         adv = adv / (rewards.std(dim=1, keepdim=True, unbiased=False) + eps)
     return adv
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-                clip_eps: float = 0.2, ref_logp: torch.Tensor | None = None, kl_beta: float = 0.0):
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+    ref_logp: torch.Tensor | None = None,
+    kl_beta: float = 0.0,
+):
     """Token-level clipped surrogate (+ k3 KL). ``logp``, ``old_logp``, ``mask``: (B, T); ``adv``: (B,).
     Returns (loss, mean KL over completion tokens)."""
     ratio = torch.exp(logp - old_logp)
@@ -96,11 +105,13 @@ def load_rl_mix(spec: str) -> dict[str, float]:
     if spec in RL_MIXES:
         return dict(RL_MIXES[spec])
     from .data.mix import load_mix
+
     mix = load_mix(spec)
     bad = [d for d, w in mix.domains.items() if w > 0 and d not in REASONING_DOMAINS]
     if bad or mix.sources:
-        raise PrismError(f"an RL mix may only weight reasoning domains ({', '.join(REASONING_DOMAINS)}); got {bad}",
-                         spec)
+        raise PrismError(
+            f"an RL mix may only weight reasoning domains ({', '.join(REASONING_DOMAINS)}); got {bad}", spec
+        )
     return {d: w for d, w in mix.domains.items() if w > 0}
 
 
@@ -129,19 +140,21 @@ def filtered_pool(model, tok, weights, cfg: RLConfig, size: int, max_batches: in
         if len(pool) >= size:
             break
     if not pool:
-        raise PrismError("difficulty filter kept no prompt: the starting model solves none sometimes-but-not-always",
-                         cfg.init)
+        raise PrismError(
+            "difficulty filter kept no prompt: the starting model solves none sometimes-but-not-always", cfg.init
+        )
     return pool
 
 
 def _logprobs(model, ids: torch.Tensor, attn: torch.Tensor, n_prompt: int) -> torch.Tensor:
     """Log-probabilities of the tokens after position ``n_prompt`` (B, T_completion)."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, n_prompt - 1:-1].float()
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, n_prompt - 1 : -1].float()
     return torch.log_softmax(logits, -1).gather(-1, ids[:, n_prompt:, None]).squeeze(-1)
 
 
-def rl_train(cfg: RLConfig, out: str | Path, force: bool = False, progress: bool = True,
-             stop_after: int | None = None, log=print) -> dict:
+def rl_train(
+    cfg: RLConfig, out: str | Path, force: bool = False, progress: bool = True, stop_after: int | None = None, log=print
+) -> dict:
     """Run (or resume) GRPO from ``cfg.init``; returns the manifest (``phase`` = ``rl``)."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -149,6 +162,7 @@ def rl_train(cfg: RLConfig, out: str | Path, force: bool = False, progress: bool
     from prism_analysis.activations import load_model
 
     from .evaluate import evaluate
+
     if cfg.group_size < 2:
         raise PrismError("group_size must be at least 2: GRPO's advantage is relative to the group")
     if not cfg.init or not Path(cfg.init).exists():
@@ -179,8 +193,16 @@ def rl_train(cfg: RLConfig, out: str | Path, force: bool = False, progress: bool
         start = state["step"]
         log(f"resuming {out} from step {start}")
     else:
-        manifest = {"phase": "rl", "parent": str(cfg.init), "mix": {"name": cfg.mix, "domains": weights},
-                    "config": config, "config_hash": ckpt.config_hash(config), "steps": [], "evals": [], "log": []}
+        manifest = {
+            "phase": "rl",
+            "parent": str(cfg.init),
+            "mix": {"name": cfg.mix, "domains": weights},
+            "config": config,
+            "config_hash": ckpt.config_hash(config),
+            "steps": [],
+            "evals": [],
+            "log": [],
+        }
     manifest["steps"] = [e for e in manifest["steps"] if e["step"] <= start]
     manifest["log"] = [e for e in manifest.get("log", []) if e["step"] <= start]
     manifest["evals"] = [e for e in manifest.get("evals", []) if e["step"] <= start]
@@ -201,20 +223,38 @@ def rl_train(cfg: RLConfig, out: str | Path, force: bool = False, progress: bool
     def save(step, stats):
         unwrapped = accelerator.unwrap_model(model)
         d = ckpt.save_step(out, step, unwrapped, tok, {"step": step, "optimizer": opt.state_dict()})
-        manifest["steps"].append({"step": step, "path": d.name, "tokens": tokens, "loss": stats.get("loss", 0.0),
-                                  "lr": lr_at(step), "time": time.perf_counter() - t0,
-                                  "reward": stats.get("reward"), "timing": dict(timing)})
+        manifest["steps"].append(
+            {
+                "step": step,
+                "path": d.name,
+                "tokens": tokens,
+                "loss": stats.get("loss", 0.0),
+                "lr": lr_at(step),
+                "time": time.perf_counter() - t0,
+                "reward": stats.get("reward"),
+                "timing": dict(timing),
+            }
+        )
         ckpt.write_manifest(out, manifest)
         ckpt.drop_old_states(out, d)
 
     if start == 0 and not manifest["steps"]:
         maybe_eval(0)
         save(0, {})
-    pool = filtered_pool(accelerator.unwrap_model(model), tok, weights, cfg, 4 * cfg.prompts_per_step) \
-        if cfg.difficulty_filter else None
+    pool = (
+        filtered_pool(accelerator.unwrap_model(model), tok, weights, cfg, 4 * cfg.prompts_per_step)
+        if cfg.difficulty_filter
+        else None
+    )
     done_here = 0
-    bar = tqdm(range(start, cfg.steps), desc=f"rl {out.name}", disable=not progress, leave=False,
-               initial=start, total=cfg.steps)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc=f"rl {out.name}",
+        disable=not progress,
+        leave=False,
+        initial=start,
+        total=cfg.steps,
+    )
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -228,9 +268,16 @@ def rl_train(cfg: RLConfig, out: str | Path, force: bool = False, progress: bool
         t = time.perf_counter()
         adv = group_advantages(rewards.view(len(probs), cfg.group_size), cfg.scale_std).view(-1)
         mask = attn[:, n_prompt:].float()
-        stats = {"step": step + 1, "reward": float(rewards.mean()), "accuracy": float((rewards == 1).float().mean()),
-                 "response_length": float(mask.sum(1).mean()), "lr": lr_at(step), "kl": 0.0, "loss": 0.0,
-                 "skipped": False}
+        stats = {
+            "step": step + 1,
+            "reward": float(rewards.mean()),
+            "accuracy": float((rewards == 1).float().mean()),
+            "response_length": float(mask.sum(1).mean()),
+            "lr": lr_at(step),
+            "kl": 0.0,
+            "loss": 0.0,
+            "skipped": False,
+        }
         if bool((adv == 0).all()) and cfg.kl_beta == 0:
             stats["skipped"] = True  # no signal: leave the weights exactly as they are
         else:
@@ -266,9 +313,17 @@ def _rollout(model, tok, probs: list[Problem], cfg: RLConfig, step: int):
     model.eval()
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # not hash(): salted per process
     enc = tok([p.prompt for p in probs], return_tensors="pt", padding=True, padding_side="left")
-    gen = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=None,
-                         max_new_tokens=cfg.max_new_tokens, num_return_sequences=cfg.group_size,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    gen = model.generate(
+        **enc,
+        do_sample=True,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=None,
+        max_new_tokens=cfg.max_new_tokens,
+        num_return_sequences=cfg.group_size,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     n_prompt = enc["input_ids"].shape[1]
     completion = gen[:, n_prompt:]
     # attention: prompt mask repeated per sample; completion tokens up to and including the first EOS

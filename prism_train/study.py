@@ -14,6 +14,7 @@ is skipped when that record matches; training stages resume from their last comp
 ``force=[stage, ...]`` reruns stages. A RUN directory made with another configuration is refused
 unless forced.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,11 +30,25 @@ from prism_analysis.outputs import write_json
 
 from .checkpoints import config_hash, read_manifest
 
-MODELS = ("base", "mid_math", "mid_mc", "mid_mcs", "rl_base", "rl_mid_math", "rl_mid_mc", "rl_mid_mcs",
-          "rl_mid_mcs_balanced")
+MODELS = (
+    "base",
+    "mid_math",
+    "mid_mc",
+    "mid_mcs",
+    "rl_base",
+    "rl_mid_math",
+    "rl_mid_mc",
+    "rl_mid_mcs",
+    "rl_mid_mcs_balanced",
+)
 MIDS = {"mid_math": "math", "mid_mc": "math_code", "mid_mcs": "math_code_science"}
-RLS = {"rl_base": ("base", "math"), "rl_mid_math": ("mid_math", "math"), "rl_mid_mc": ("mid_mc", "math"),
-       "rl_mid_mcs": ("mid_mcs", "math"), "rl_mid_mcs_balanced": ("mid_mcs", "balanced")}
+RLS = {
+    "rl_base": ("base", "math"),
+    "rl_mid_math": ("mid_math", "math"),
+    "rl_mid_mc": ("mid_mc", "math"),
+    "rl_mid_mcs": ("mid_mcs", "math"),
+    "rl_mid_mcs_balanced": ("mid_mcs", "balanced"),
+}
 
 
 @dataclass
@@ -62,23 +77,60 @@ class Preset:
 
 
 PRESETS = {
-    "smoke": Preset(model={"hidden_size": 64, "num_layers": 2}, batch_size=4, seq_len=64, pretrain_steps=6,
-                    mid_steps=6, rl_steps=2, rl_save_every=1, group_size=2, prompts_per_step=2, max_new_tokens=16,
-                    rl_eval_every=2, eval_n=3, cka_n=12, bootstrap=3, landscape_n=3, landscape_grid=2),
+    "smoke": Preset(
+        model={"hidden_size": 64, "num_layers": 2},
+        batch_size=4,
+        seq_len=64,
+        pretrain_steps=6,
+        mid_steps=6,
+        rl_steps=2,
+        rl_save_every=1,
+        group_size=2,
+        prompts_per_step=2,
+        max_new_tokens=16,
+        rl_eval_every=2,
+        eval_n=3,
+        cka_n=12,
+        bootstrap=3,
+        landscape_n=3,
+        landscape_grid=2,
+    ),
     "tiny": Preset(),
-    "small": Preset(model={"hidden_size": 256, "num_layers": 8}, batch_size=32, seq_len=256, pretrain_steps=2000,
-                    mid_steps=4000, rl_steps=200, rl_save_every=10, group_size=16, prompts_per_step=16,
-                    max_new_tokens=96, rl_eval_every=20, eval_n=200, cka_n=200, landscape_n=100, landscape_grid=5),
+    "small": Preset(
+        model={"hidden_size": 256, "num_layers": 8},
+        batch_size=32,
+        seq_len=256,
+        pretrain_steps=2000,
+        mid_steps=4000,
+        rl_steps=200,
+        rl_save_every=10,
+        group_size=16,
+        prompts_per_step=16,
+        max_new_tokens=96,
+        rl_eval_every=20,
+        eval_n=200,
+        cka_n=200,
+        landscape_n=100,
+        landscape_grid=5,
+    ),
 }
 STAGES = ("pretrain", "mid", "rl", "eval", "analyse", "report")
 
 
 class Study:
-    def __init__(self, out: str | Path, preset: str = "tiny", family: str | None = None,
-                 force: list[str] | None = None, progress: bool = True, log=print):
+    def __init__(
+        self,
+        out: str | Path,
+        preset: str = "tiny",
+        family: str | None = None,
+        force: list[str] | None = None,
+        progress: bool = True,
+        log=print,
+    ):
         if preset not in PRESETS:
             raise PrismError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         from .models import FAMILIES
+
         if family is not None and family not in FAMILIES:
             raise PrismError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
         self.p = Preset(**{**asdict(PRESETS[preset]), **({"family": family} if family else {})})
@@ -99,9 +151,11 @@ class Study:
         if rec.is_file():
             old = json.loads(rec.read_text())
             if old.get("config_hash") != config_hash(self.config) and "all" not in self.force:
-                raise PrismError("this run directory belongs to a different configuration "
-                                 f"(preset {old.get('config', {}).get('preset')}); pass --force all or pick another",
-                                 self.out)
+                raise PrismError(
+                    "this run directory belongs to a different configuration "
+                    f"(preset {old.get('config', {}).get('preset')}); pass --force all or pick another",
+                    self.out,
+                )
             if old.get("config_hash") != config_hash(self.config):
                 shutil.rmtree(self.out)
         elif self.out.exists() and any(self.out.iterdir()):
@@ -115,12 +169,18 @@ class Study:
 
     def _done(self, stage: str) -> bool:
         f = self.out / "stages" / f"{stage}.json"
-        return (stage not in self.force and "all" not in self.force and f.is_file()
-                and json.loads(f.read_text()).get("config_hash") == config_hash(self.config))
+        return (
+            stage not in self.force
+            and "all" not in self.force
+            and f.is_file()
+            and json.loads(f.read_text()).get("config_hash") == config_hash(self.config)
+        )
 
     def _mark(self, stage: str, info: dict | None = None) -> None:
-        write_json(self.out / "stages" / f"{stage}.json",
-                   {"config_hash": config_hash(self.config), "time": time.perf_counter() - self.t0, **(info or {})})
+        write_json(
+            self.out / "stages" / f"{stage}.json",
+            {"config_hash": config_hash(self.config), "time": time.perf_counter() - self.t0, **(info or {})},
+        )
 
     def _stage(self, i: int, name: str) -> None:
         elapsed = time.perf_counter() - self.t0
@@ -149,51 +209,85 @@ class Study:
         return json.loads((self.out / "summary.json").read_text())
 
     def _clear(self, stage: str) -> None:
-        dirs = {"pretrain": ["models/base"], "mid": [f"models/{m}" for m in MIDS],
-                "rl": [f"models/{r}" for r in RLS], "eval": ["eval"], "analyse": ["analysis"],
-                "report": ["figures", "tables"]}[stage]
+        dirs = {
+            "pretrain": ["models/base"],
+            "mid": [f"models/{m}" for m in MIDS],
+            "rl": [f"models/{r}" for r in RLS],
+            "eval": ["eval"],
+            "analyse": ["analysis"],
+            "report": ["figures", "tables"],
+        }[stage]
         for d in dirs:
             shutil.rmtree(self.out / d, ignore_errors=True)
         (self.out / "stages" / f"{stage}.json").unlink(missing_ok=True)
 
     def _train_cfg(self, **kw):
         from .lm import TrainConfig
+
         p = self.p
         return TrainConfig(init=p.family, model=p.model, batch_size=p.batch_size, seq_len=p.seq_len, seed=p.seed, **kw)
 
     def _run_pretrain(self) -> None:
         from .lm import train
+
         p = self.p
-        train(self._train_cfg(phase="pretrain", mix="pretrain", steps=p.pretrain_steps, lr=p.pretrain_lr,
-                              save_every=max(1, p.pretrain_steps // 2)), self.out / "models" / "base",
-              progress=self.progress, log=self.log)
+        train(
+            self._train_cfg(
+                phase="pretrain",
+                mix="pretrain",
+                steps=p.pretrain_steps,
+                lr=p.pretrain_lr,
+                save_every=max(1, p.pretrain_steps // 2),
+            ),
+            self.out / "models" / "base",
+            progress=self.progress,
+            log=self.log,
+        )
 
     def _run_mid(self) -> None:
         from .lm import train
+
         p = self.p
         base = str(self.model_path("base"))
         for name, mix in MIDS.items():
             self.log(f"  mid-training {name} ({mix})")
-            cfg = self._train_cfg(phase="mid", mix=mix, steps=p.mid_steps, lr=p.mid_lr,
-                                  save_every=max(1, p.mid_steps // 4), warmup=max(1, min(30, p.mid_steps // 10)))
+            cfg = self._train_cfg(
+                phase="mid",
+                mix=mix,
+                steps=p.mid_steps,
+                lr=p.mid_lr,
+                save_every=max(1, p.mid_steps // 4),
+                warmup=max(1, min(30, p.mid_steps // 10)),
+            )
             cfg.init = base
             train(cfg, self.out / "models" / name, progress=self.progress, log=self.log)
 
     def _run_rl(self) -> None:
         from .rl import RLConfig, rl_train
+
         p = self.p
         for name, (start, mix) in RLS.items():
             self.log(f"  RL {name} (from {start}, {mix} mix)")
-            cfg = RLConfig(init=str(self.model_path(start)), mix=mix, steps=p.rl_steps, save_every=p.rl_save_every,
-                           group_size=p.group_size, prompts_per_step=p.prompts_per_step,
-                           max_new_tokens=p.max_new_tokens, lr=p.rl_lr, eval_every=p.rl_eval_every,
-                           eval_n=p.eval_n, seed=p.seed)
+            cfg = RLConfig(
+                init=str(self.model_path(start)),
+                mix=mix,
+                steps=p.rl_steps,
+                save_every=p.rl_save_every,
+                group_size=p.group_size,
+                prompts_per_step=p.prompts_per_step,
+                max_new_tokens=p.max_new_tokens,
+                lr=p.rl_lr,
+                eval_every=p.rl_eval_every,
+                eval_n=p.eval_n,
+                seed=p.seed,
+            )
             rl_train(cfg, self.out / "models" / name, progress=self.progress, log=self.log)
 
     def _run_eval(self) -> None:
         from prism_analysis.activations import load_model
 
         from .evaluate import evaluate
+
         (self.out / "eval").mkdir(exist_ok=True)
         for name in MODELS:
             model, tok = load_model(self.model_path(name), device="cpu", progress=False)
@@ -202,10 +296,12 @@ class Study:
 
     def _run_analyse(self) -> None:
         from .study_analysis import analyse
+
         analyse(self)
 
     def _run_report(self) -> None:
         from .study_report import report
+
         report(self.out)
 
 

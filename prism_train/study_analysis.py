@@ -1,4 +1,5 @@
 """Stage 5 of the study: every PRISM analysis, through the prism_analysis APIs, into RUN/analysis/."""
+
 from __future__ import annotations
 
 import itertools
@@ -15,9 +16,17 @@ from .data import problems
 from .data.general import corpus
 from .data.problems import in_split
 
-AUDITS = [("base", "mid_math"), ("base", "mid_mc"), ("base", "mid_mcs"),
-          ("mid_math", "rl_mid_math"), ("mid_mc", "rl_mid_mc"), ("mid_mcs", "rl_mid_mcs"),
-          ("mid_mcs", "rl_mid_mcs_balanced"), ("base", "rl_base"), ("base", "rl_mid_mcs")]
+AUDITS = [
+    ("base", "mid_math"),
+    ("base", "mid_mc"),
+    ("base", "mid_mcs"),
+    ("mid_math", "rl_mid_math"),
+    ("mid_mc", "rl_mid_mc"),
+    ("mid_mcs", "rl_mid_mcs"),
+    ("mid_mcs", "rl_mid_mcs_balanced"),
+    ("base", "rl_base"),
+    ("base", "rl_mid_mcs"),
+]
 CKA_PAIRS = [("base", "mid_mcs"), ("mid_mcs", "rl_mid_mcs")]
 
 
@@ -41,12 +50,14 @@ def math_scorer(n: int):
 
     from .evaluate import benchmark, generate
     from .rewards import reward
+
     probs = benchmark("math_easy", n)
 
     def score(path) -> float:
         model, tok = load_model(path, device="cpu", progress=False)
         outs = generate(model, tok, [p.prompt for p in probs])
         return sum(reward("math", o, p.answer) for o, p in zip(outs, probs)) / len(probs)
+
     return score
 
 
@@ -64,10 +75,24 @@ def analyse(study) -> None:
         save_trajectory(out / "trajectories" / run, trajs[run])
     save_trajectory(out / "trajectories" / "f16_mid_vs_base", trajs["rl_mid_mcs"], trajs["rl_base"])
     log("  update comparisons (F12/T13, F26)")
-    compare_updates(path("base"), path("mid_mc"), path("base"), path("mid_mcs"), progress=prog, device="cpu",
-                    labels=("base->MC", "base->MCS")).save(out / "compare" / "mc_vs_mcs")
-    compare_updates(path("base"), path("rl_base"), path("mid_mcs"), path("rl_mid_mcs"), progress=prog, device="cpu",
-                    labels=("RL from base", "RL from mid")).save(out / "compare" / "rl_from_base_vs_mid")
+    compare_updates(
+        path("base"),
+        path("mid_mc"),
+        path("base"),
+        path("mid_mcs"),
+        progress=prog,
+        device="cpu",
+        labels=("base->MC", "base->MCS"),
+    ).save(out / "compare" / "mc_vs_mcs")
+    compare_updates(
+        path("base"),
+        path("rl_base"),
+        path("mid_mcs"),
+        path("rl_mid_mcs"),
+        progress=prog,
+        device="cpu",
+        labels=("RL from base", "RL from mid"),
+    ).save(out / "compare" / "rl_from_base_vs_mid")
     log("  CKA on three probe sets (F14, T14)")
     probes = probe_sets(p.cka_n)
     for a, b in CKA_PAIRS:
@@ -75,8 +100,9 @@ def analyse(study) -> None:
         res.save(out / "cka" / f"{a}__{b}")
     log("  interpolation landscape (F13)")
     g = [i / (p.landscape_grid - 1) for i in range(p.landscape_grid)]
-    df = landscape(path("base"), path("mid_mcs"), path("rl_mid_mcs"), math_scorer(p.landscape_n),
-                   grid_a=g, grid_b=g, progress=prog)
+    df = landscape(
+        path("base"), path("mid_mcs"), path("rl_mid_mcs"), math_scorer(p.landscape_n), grid_a=g, grid_b=g, progress=prog
+    )
     (out / "landscape").mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "landscape" / "landscape.csv", index=False)
     plot_landscape(df, out / "landscape" / "landscape", score_label="math_easy accuracy")

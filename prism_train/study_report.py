@@ -1,5 +1,6 @@
 """Stage 6 of the study: figures, tables, summary.json and report.md, drawn from the saved tables
 of RUN/analysis and RUN/eval only (so `make figures` redraws without retraining)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,17 @@ import pandas as pd
 from prism_analysis import figures
 from prism_analysis.outputs import write_json
 
-MODELS = ("base", "mid_math", "mid_mc", "mid_mcs", "rl_base", "rl_mid_math", "rl_mid_mc", "rl_mid_mcs",
-          "rl_mid_mcs_balanced")
+MODELS = (
+    "base",
+    "mid_math",
+    "mid_mc",
+    "mid_mcs",
+    "rl_base",
+    "rl_mid_math",
+    "rl_mid_mc",
+    "rl_mid_mcs",
+    "rl_mid_mcs_balanced",
+)
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
@@ -21,6 +31,7 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
         if isinstance(v, float):
             return "" if math.isnan(v) else format(v, floatfmt)
         return str(v)
+
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     sep = "| " + " | ".join("---" for _ in df.columns) + " |"
     rows = ["| " + " | ".join(cell(v) for v in r) + " |" for r in df.itertuples(index=False)]
@@ -53,35 +64,86 @@ def report(out: str | Path) -> dict:
     mds.append(_save_table(results[cols], tables, "benchmarks", "Benchmarks (accuracy; perplexity on held-out prose)"))
     # -- audits: T12, T22, T23, F11 -----------------------------------------------------------
     audits = {d.name.replace("__", "->"): _json(d / "summary.json") for d in sorted((an / "audits").iterdir())}
-    t12 = pd.DataFrame([{"transition": k, "normalized_l2": s["total"]["normalized_l2"],
-                         "%changed@1%": 100 * s["total"]["fraction_changed"]["0.01"],
-                         "%bitwise_equal": 100 * s["total"]["fraction_equal"]} for k, s in audits.items()])
+    t12 = pd.DataFrame(
+        [
+            {
+                "transition": k,
+                "normalized_l2": s["total"]["normalized_l2"],
+                "%changed@1%": 100 * s["total"]["fraction_changed"]["0.01"],
+                "%bitwise_equal": 100 * s["total"]["fraction_equal"],
+            }
+            for k, s in audits.items()
+        ]
+    )
     mds.append(_save_table(t12, tables, "T12_divergence", "T12: divergence summary"))
     sweep_rows = []
     for k in ("base->mid_mcs", "mid_mcs->rl_mid_mcs", "base->rl_base"):
         fc = audits[k]["total"]["fraction_changed"]
-        sweep_rows.append({"transition": k, **{f"%unchanged@{100 * float(t):g}%": 100 * (1 - v) for t, v in fc.items()}})
-    mds.append(_save_table(pd.DataFrame(sweep_rows), tables, "T22_threshold_sweep",
-                           "T22: % of weights unchanged at each threshold"))
-    comps = sorted(set(audits["base->mid_mcs"]["components"]), key=lambda c: list(audits["base->mid_mcs"]["components"]).index(c))
-    t23 = pd.DataFrame([{"component": c, **{k: 100 * audits[k]["components"][c]["fraction_changed"]["0.01"]
-                                            for k in ("base->mid_mcs", "mid_mcs->rl_mid_mcs", "base->rl_base")}}
-                        for c in comps])
+        sweep_rows.append(
+            {"transition": k, **{f"%unchanged@{100 * float(t):g}%": 100 * (1 - v) for t, v in fc.items()}}
+        )
+    mds.append(
+        _save_table(
+            pd.DataFrame(sweep_rows), tables, "T22_threshold_sweep", "T22: % of weights unchanged at each threshold"
+        )
+    )
+    comps = sorted(
+        set(audits["base->mid_mcs"]["components"]), key=lambda c: list(audits["base->mid_mcs"]["components"]).index(c)
+    )
+    t23 = pd.DataFrame(
+        [
+            {
+                "component": c,
+                **{
+                    k: 100 * audits[k]["components"][c]["fraction_changed"]["0.01"]
+                    for k in ("base->mid_mcs", "mid_mcs->rl_mid_mcs", "base->rl_base")
+                },
+            }
+            for c in comps
+        ]
+    )
     mds.append(_save_table(t23, tables, "T23_components", "T23: % of weights changed at 1%, per component"))
     for k in ("base__mid_mcs", "mid_mcs__rl_mid_mcs"):
         d = an / "audits" / k
-        figures.plot_audit(pd.read_csv(d / "layers.csv"), pd.read_csv(d / "components.csv"),
-                           figs / f"F11_{k}", title=k.replace("__", " -> "))
+        figures.plot_audit(
+            pd.read_csv(d / "layers.csv"),
+            pd.read_csv(d / "components.csv"),
+            figs / f"F11_{k}",
+            title=k.replace("__", " -> "),
+        )
     # -- comparisons: F12, T13, F26 -----------------------------------------------------------
     mc = pd.read_csv(an / "compare" / "mc_vs_mcs" / "compare.csv")
     figures.plot_compare(mc, figs / "F12_mc_vs_mcs", labels=("base->MC", "base->MCS"))
-    mds.append(_save_table(mc[["group", "cosine", "normalized_l2_1", "normalized_l2_2", "jaccard", "jaccard_chance"]],
-                           tables, "T13_mc_vs_mcs", "T13: MC vs MCS mid-training updates (cosine, Eq. 2)"))
+    mds.append(
+        _save_table(
+            mc[["group", "cosine", "normalized_l2_1", "normalized_l2_2", "jaccard", "jaccard_chance"]],
+            tables,
+            "T13_mc_vs_mcs",
+            "T13: MC vs MCS mid-training updates (cosine, Eq. 2)",
+        )
+    )
     rs = pd.read_csv(an / "compare" / "rl_from_base_vs_mid" / "compare.csv")
     figures.plot_compare(rs, figs / "F26_rl_from_base_vs_mid", labels=("RL from base", "RL from mid"))
-    mds.append(_save_table(rs[["group", "fraction_changed_1", "fraction_changed_2", "fraction_changed_diff_pp",
-                               "normalized_l2_1", "normalized_l2_2", "cosine", "jaccard", "jaccard_chance"]],
-                           tables, "F26_rl_start", "F26: RL from base (1) vs RL from mid (2)"))
+    mds.append(
+        _save_table(
+            rs[
+                [
+                    "group",
+                    "fraction_changed_1",
+                    "fraction_changed_2",
+                    "fraction_changed_diff_pp",
+                    "normalized_l2_1",
+                    "normalized_l2_2",
+                    "cosine",
+                    "jaccard",
+                    "jaccard_chance",
+                ]
+            ],
+            tables,
+            "F26_rl_start",
+            "F26: RL from base (1) vs RL from mid (2)",
+        )
+    )
     # -- CKA: F14, T14 -------------------------------------------------------------------------
     t14 = []
     cka_summ = {}
@@ -90,37 +152,72 @@ def report(out: str | Path) -> dict:
         figures.plot_cka_layers(df, figs / f"F14_{d.name}", title=d.name.replace("__", " vs "))
         s = _json(d / "summary.json")
         key = d.name.replace("__", "_vs_")
-        cka_summ[key] = {probe: {"min_cka": v["min_cka"], "argmin_layer": v["argmin_layer"]}
-                         for probe, v in s.items() if not probe.startswith("_")}
+        cka_summ[key] = {
+            probe: {"min_cka": v["min_cka"], "argmin_layer": v["argmin_layer"]}
+            for probe, v in s.items()
+            if not probe.startswith("_")
+        }
         for probe, v in cka_summ[key].items():
             t14.append({"pair": key, "probe": probe, **v})
     mds.append(_save_table(pd.DataFrame(t14), tables, "T14_min_cka", "T14: minimum linear CKA over layers"))
     # -- trajectories: F16 ---------------------------------------------------------------------
     f16 = an / "trajectories" / "f16_mid_vs_base"
-    figures.plot_trajectory(pd.read_csv(f16 / "trajectory.csv"), figs / "F16_rl_trajectory", label="RL from mid (MCS)",
-                            compare=pd.read_csv(f16 / "trajectory_compare.csv"), compare_label="RL from base")
+    figures.plot_trajectory(
+        pd.read_csv(f16 / "trajectory.csv"),
+        figs / "F16_rl_trajectory",
+        label="RL from mid (MCS)",
+        compare=pd.read_csv(f16 / "trajectory_compare.csv"),
+        compare_label="RL from base",
+    )
     trajs = {}
     for d in sorted((an / "trajectories").iterdir()):
         if d.name.startswith("rl_"):
             s = _json(d / "summary.json")
-            trajs[d.name] = {"t50": s["total"]["t50"], "t80": s["total"]["t80"], "steps": s["steps"][-1],
-                             "final_normalized_l2": s["total"]["final_normalized_l2"],
-                             "final_fraction_changed": s["total"]["final_fraction_changed"]}
-    mds.append(_save_table(pd.DataFrame([{"run": k, **v} for k, v in trajs.items()]), tables, "F16_trajectories",
-                           "F16: RL trajectories (t50/t80: first step reaching 50%/80% of the final L2)"))
+            trajs[d.name] = {
+                "t50": s["total"]["t50"],
+                "t80": s["total"]["t80"],
+                "steps": s["steps"][-1],
+                "final_normalized_l2": s["total"]["final_normalized_l2"],
+                "final_fraction_changed": s["total"]["final_fraction_changed"],
+            }
+    mds.append(
+        _save_table(
+            pd.DataFrame([{"run": k, **v} for k, v in trajs.items()]),
+            tables,
+            "F16_trajectories",
+            "F16: RL trajectories (t50/t80: first step reaching 50%/80% of the final L2)",
+        )
+    )
     # -- landscape: F13 --------------------------------------------------------------------------
     land = pd.read_csv(an / "landscape" / "landscape.csv")
     figures.plot_landscape(land, figs / "F13_landscape", score_label="math_easy accuracy")
-    mds.append(_save_table(land, tables, "F13_landscape", "F13: W(a, b) = base + a(mid-base) + b(rl-mid), math_easy accuracy"))
+    mds.append(
+        _save_table(land, tables, "F13_landscape", "F13: W(a, b) = base + a(mid-base) + b(rl-mid), math_easy accuracy")
+    )
     # -- summary and findings --------------------------------------------------------------------
-    models = {m: {"path": r["path"], **{k: r[k] for k in ("math_easy", "math_hard", "code", "science", "macro",
-                                                           "general_ppl")}} for m, r in zip(results["model"],
-                                                                                            results.to_dict("records"))}
-    audit_summ = {k: {"normalized_l2": s["total"]["normalized_l2"], "fraction_changed": s["total"]["fraction_changed"],
-                      "fraction_equal": s["total"]["fraction_equal"]} for k, s in audits.items()}
-    summary = {"models": models, "audits": audit_summ, "cka": cka_summ, "trajectories": trajs,
-               "compare": {"mc_vs_mcs_cosine": float(mc[mc["group"] == "total"]["cosine"].iloc[0])},
-               "findings": findings(models, audit_summ, cka_summ, trajs, mc, rs)}
+    models = {
+        m: {
+            "path": r["path"],
+            **{k: r[k] for k in ("math_easy", "math_hard", "code", "science", "macro", "general_ppl")},
+        }
+        for m, r in zip(results["model"], results.to_dict("records"))
+    }
+    audit_summ = {
+        k: {
+            "normalized_l2": s["total"]["normalized_l2"],
+            "fraction_changed": s["total"]["fraction_changed"],
+            "fraction_equal": s["total"]["fraction_equal"],
+        }
+        for k, s in audits.items()
+    }
+    summary = {
+        "models": models,
+        "audits": audit_summ,
+        "cka": cka_summ,
+        "trajectories": trajs,
+        "compare": {"mc_vs_mcs_cosine": float(mc[mc["group"] == "total"]["cosine"].iloc[0])},
+        "findings": findings(models, audit_summ, cka_summ, trajs, mc, rs),
+    }
     write_json(out / "summary.json", summary)
     (out / "report.md").write_text(render_report(out, summary, mds))
     return summary
@@ -132,73 +229,126 @@ def findings(models, audits, cka, trajs, mc, rs) -> list[dict]:
 
     def add(claim, paper, ours, ok):
         f.append({"claim": claim, "paper": paper, "ours": ours, "reproduced": bool(ok)})
+
     base_mid = audits["base->mid_mcs"]["fraction_changed"]["0.01"]
-    add("Mid-training changes most weights (dense update)", ">90% changed at 1% (Granite-3.3: 96.5%)",
-        f"{100 * base_mid:.1f}% changed (base->mid_mcs)", base_mid > 0.9)
+    add(
+        "Mid-training changes most weights (dense update)",
+        ">90% changed at 1% (Granite-3.3: 96.5%)",
+        f"{100 * base_mid:.1f}% changed (base->mid_mcs)",
+        base_mid > 0.9,
+    )
     mid_rl = audits["mid_mcs->rl_mid_mcs"]["fraction_changed"]["0.01"]
     l2m, l2r = audits["base->mid_mcs"]["normalized_l2"], audits["mid_mcs->rl_mid_mcs"]["normalized_l2"]
     # claims about RL's update are vacuous when RL changed nothing (every batch without reward signal)
     moved = l2r > 0
     still = " (RL changed no weight: no reward signal, so this says nothing)" if not moved else ""
-    add("RL changes a small subset of weights (sparse update)", "~5% changed at 1%",
-        f"{100 * mid_rl:.1f}% changed (mid_mcs->rl_mid_mcs){still}", moved and mid_rl < 0.2)
+    add(
+        "RL changes a small subset of weights (sparse update)",
+        "~5% changed at 1%",
+        f"{100 * mid_rl:.1f}% changed (mid_mcs->rl_mid_mcs){still}",
+        moved and mid_rl < 0.2,
+    )
     ratio = l2m / l2r if l2r else math.inf
-    add("RL's update is far smaller than mid-training's", "normalized L2 0.175 vs 0.0003 (370-580x)",
-        f"{l2m:.4g} vs {l2r:.4g}" + (f" ({ratio:.0f}x)" if moved else still), moved and ratio > 10)
+    add(
+        "RL's update is far smaller than mid-training's",
+        "normalized L2 0.175 vs 0.0003 (370-580x)",
+        f"{l2m:.4g} vs {l2r:.4g}" + (f" ({ratio:.0f}x)" if moved else still),
+        moved and ratio > 10,
+    )
     t = trajs.get("rl_mid_mcs", {})
     if t.get("t50") is not None and t.get("steps"):
-        add("RL's weight change is front-loaded", "most movement in the first 200-400 of 1000 steps (t50 <= 40%)",
-            f"t50 = {t['t50']} of {t['steps']} steps{still}", moved and t["t50"] <= 0.4 * t["steps"])
+        add(
+            "RL's weight change is front-loaded",
+            "most movement in the first 200-400 of 1000 steps (t50 <= 40%)",
+            f"t50 = {t['t50']} of {t['steps']} steps{still}",
+            moved and t["t50"] <= 0.4 * t["steps"],
+        )
     mr = cka.get("mid_mcs_vs_rl_mid_mcs", {})
     if mr:
         m = min(v["min_cka"] for v in mr.values())
-        add("RL keeps representations (CKA mid vs RL at every layer)", "min CKA 0.9993-0.9999 (> 0.998)",
-            f"min CKA {m:.4f} over layers and probe sets{still}", moved and m > 0.998)
+        add(
+            "RL keeps representations (CKA mid vs RL at every layer)",
+            "min CKA 0.9993-0.9999 (> 0.998)",
+            f"min CKA {m:.4f} over layers and probe sets{still}",
+            moved and m > 0.998,
+        )
     bm = cka.get("base_vs_mid_mcs", {})
     if bm:
         m = min(v["min_cka"] for v in bm.values())
-        add("Mid-training changes representations", "CKA base vs mid falls to 0.41-0.63 (GSM8K, last layers)",
-            f"min CKA {m:.4f}", m < 0.9)
+        add(
+            "Mid-training changes representations",
+            "CKA base vs mid falls to 0.41-0.63 (GSM8K, last layers)",
+            f"min CKA {m:.4f}",
+            m < 0.9,
+        )
     math_avg = {m: (models[m]["math_easy"] + models[m]["math_hard"]) / 2 for m in ("base", "mid_mcs")}
     dm = math_avg["mid_mcs"] - math_avg["base"]
     add("Mid-training lifts math", "+15..40 points", f"{100 * dm:+.1f} points (base -> mid_mcs)", dm > 0.05)
-    add("RL after mid-training beats RL on the base model", "macro 29-42 vs weak (AIME near zero)",
+    add(
+        "RL after mid-training beats RL on the base model",
+        "macro 29-42 vs weak (AIME near zero)",
         f"macro {100 * models['rl_mid_mcs']['macro']:.1f} vs {100 * models['rl_base']['macro']:.1f}",
-        models["rl_mid_mcs"]["macro"] > models["rl_base"]["macro"])
-    add("RL straight on the base model stays weak", "near zero on hard math",
-        f"macro {100 * models['rl_base']['macro']:.1f}", models["rl_base"]["macro"] < 0.05)
+        models["rl_mid_mcs"]["macro"] > models["rl_base"]["macro"],
+    )
+    add(
+        "RL straight on the base model stays weak",
+        "near zero on hard math",
+        f"macro {100 * models['rl_base']['macro']:.1f}",
+        models["rl_base"]["macro"] < 0.05,
+    )
     d_mix = abs(models["rl_mid_mcs"]["macro"] - models["rl_mid_mcs_balanced"]["macro"])
     signal = models["rl_mid_mcs"]["macro"] > 0 or models["rl_mid_mcs_balanced"]["macro"] > 0
-    add("Changing the RL data mix matters little", "< 2 points", f"{100 * d_mix:.1f} points (math vs balanced)"
-        + ("" if signal else " (both zero: says nothing)"), signal and d_mix < 0.02)
+    add(
+        "Changing the RL data mix matters little",
+        "< 2 points",
+        f"{100 * d_mix:.1f} points (math vs balanced)" + ("" if signal else " (both zero: says nothing)"),
+        signal and d_mix < 0.02,
+    )
     sci = models["rl_mid_mcs"]["science"] - models["rl_mid_mc"]["science"]
-    add("Science in the mid-training mix unlocks science after RL", "+17..28 GPQA-Diamond",
-        f"{100 * sci:+.1f} points (MCS vs MC, after RL)", sci > 0)
+    add(
+        "Science in the mid-training mix unlocks science after RL",
+        "+17..28 GPQA-Diamond",
+        f"{100 * sci:+.1f} points (MCS vs MC, after RL)",
+        sci > 0,
+    )
     cos = float(mc[mc["group"] == "total"]["cosine"].iloc[0])
-    add("MC and MCS mid-training move weights in related directions", "cosine 0.52 (Granite), 0.62 (Nemotron-H)",
-        f"cosine {cos:.3f}", 0.3 < cos < 0.95)
+    add(
+        "MC and MCS mid-training move weights in related directions",
+        "cosine 0.52 (Granite), 0.62 (Nemotron-H)",
+        f"cosine {cos:.3f}",
+        0.3 < cos < 0.95,
+    )
     tot = rs[rs["group"] == "total"].iloc[0]
     r = tot["normalized_l2_1"] / tot["normalized_l2_2"] if tot["normalized_l2_2"] else math.inf
     base_moved = tot["normalized_l2_1"] > 0
-    add("RL's update looks alike from base or mid-trained start", "total L2 within 20%, fraction changed within 1 pp",
+    add(
+        "RL's update looks alike from base or mid-trained start",
+        "total L2 within 20%, fraction changed within 1 pp",
         f"L2 ratio {r:.2f}, fraction changed diff {tot['fraction_changed_diff_pp']:+.1f} pp"
         + ("" if base_moved else " (RL from base got no reward and never updated: nothing to compare)"),
-        base_moved and 0.8 <= r <= 1.25 and abs(tot["fraction_changed_diff_pp"]) <= 1.0)
+        base_moved and 0.8 <= r <= 1.25 and abs(tot["fraction_changed_diff_pp"]) <= 1.0,
+    )
     return f
 
 
 def render_report(out: Path, summary: dict, tables: list[str]) -> str:
     cfg = _json(out / "study.json")["config"]
-    lines = [f"# Miniature PRISM study (`{cfg['preset']}` preset, {cfg['family']} family)", "",
-             "Every number below was measured in this run; the paper's numbers are from PRISM (arXiv 2603.17074) "
-             "at 3-24B scale with ~27B mid-training tokens. A finding counts as reproduced only when our number "
-             "meets the stated criterion; at this scale many do not, and the table says so.", "",
-             "## Findings", "", "| claim | paper | ours | reproduced |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"# Miniature PRISM study (`{cfg['preset']}` preset, {cfg['family']} family)",
+        "",
+        "Every number below was measured in this run; the paper's numbers are from PRISM (arXiv 2603.17074) "
+        "at 3-24B scale with ~27B mid-training tokens. A finding counts as reproduced only when our number "
+        "meets the stated criterion; at this scale many do not, and the table says so.",
+        "",
+        "## Findings",
+        "",
+        "| claim | paper | ours | reproduced |",
+        "| --- | --- | --- | --- |",
+    ]
     for f in summary["findings"]:
         lines.append(f"| {f['claim']} | {f['paper']} | {f['ours']} | {'yes' if f['reproduced'] else 'no'} |")
     n_ok = sum(f["reproduced"] for f in summary["findings"])
-    lines += ["", f"{n_ok} of {len(summary['findings'])} findings reproduced at this scale.", "",
-              "## Figures", ""]
+    lines += ["", f"{n_ok} of {len(summary['findings'])} findings reproduced at this scale.", "", "## Figures", ""]
     for p in sorted((out / "figures").glob("*.png")):
         lines.append(f"![{p.stem}](figures/{p.name})")
     lines += ["", "## Tables", ""] + tables
@@ -214,13 +364,18 @@ def export(run: str | Path, into: str | Path) -> dict:
     if run.is_dir() and (run / "study.json").is_file():
         if data.exists():
             shutil.rmtree(data)
-        for f in [run / "study.json", *run.glob("eval/*.json"), *run.glob("analysis/**/*.csv"),
-                  *run.glob("analysis/**/*.json")]:
+        for f in [
+            run / "study.json",
+            *run.glob("eval/*.json"),
+            *run.glob("analysis/**/*.csv"),
+            *run.glob("analysis/**/*.json"),
+        ]:
             dest = data / f.relative_to(run)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dest)
     elif not (data / "study.json").is_file():
         from prism_analysis.errors import PrismError
+
         raise PrismError("no study run here and no exported tables to redraw from; run prism reproduce first", run)
     summary = report(data)
     for old in list(into.glob("*.png")) + list(into.glob("*.md")):

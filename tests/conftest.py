@@ -1,4 +1,5 @@
 """Shared fixtures. Helpers that build checkpoints live in helpers.py."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Test helpers: tiny random checkpoints written to disk, as users' checkpoints are."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ def save_state(state: dict, path: Path, config: dict | None = None, shards: int 
             fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
             part = {n: state[n] for n in names[i::shards]}
             save_file(part, path / fname)
-            weight_map.update({n: fname for n in part})
+            weight_map.update(dict.fromkeys(part, fname))
         (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     if config is not None:
         (path / "config.json").write_text(json.dumps(config))
@@ -31,6 +32,7 @@ def save_state(state: dict, path: Path, config: dict | None = None, shards: int 
 def model_state(family: str = "llama", seed: int = 0, dtype=torch.float32, **overrides) -> tuple[dict, dict]:
     """(state dict, config dict) of a tiny random-init model of ``family``."""
     from prism_train.models import build_model
+
     model = build_model(family, seed=seed, dtype=dtype, **overrides)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return state, model.config.to_dict()
@@ -54,16 +56,20 @@ def tiny_tokenizer():
     global _TOKENIZER
     if _TOKENIZER is None:
         import pydoc_data.topics as topics
+
         from prism_train.tokenizer import train_tokenizer
+
         _TOKENIZER = train_tokenizer(list(topics.topics.values()) + PROSE, vocab_size=512)
     return _TOKENIZER
 
 
-def save_model(path: Path, family: str = "llama", seed: int = 0, perturb: float = 0.0, dtype=torch.float32,
-               **overrides) -> Path:
+def save_model(
+    path: Path, family: str = "llama", seed: int = 0, perturb: float = 0.0, dtype=torch.float32, **overrides
+) -> Path:
     """A complete HF checkpoint (config, safetensors, tokenizer) of a tiny random model of ``family``;
     ``perturb`` > 0 adds seeded relative noise of that size to every weight."""
     from prism_train.models import build_model
+
     model = build_model(family, seed=seed, **overrides)
     if perturb:
         g = torch.Generator().manual_seed(seed + 1000)

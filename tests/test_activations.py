@@ -1,11 +1,11 @@
 """Activations captured with nnsight: every layer, every family, pooling and padding."""
+
 import pytest
 import torch
+from helpers import PROSE, save_model
 
 from prism_analysis.activations import _unwrap, collect_activations, find_modules, load_model
 from prism_train.models import FAMILIES
-
-from helpers import PROSE, save_model
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -52,6 +52,7 @@ def test_unwrap_never_takes_batch_element_zero_of_a_tensor():
 
 def test_load_errors_are_one_line(tmp):
     from prism_analysis.errors import PrismError
+
     with pytest.raises(PrismError, match="no such file"):
         load_model(tmp / "missing")
     path = save_model(tmp / "m", "llama")

@@ -1,4 +1,5 @@
 """Reading, aligning and streaming checkpoints; every bad input is a PrismError naming the file."""
+
 import json
 import threading
 import time
@@ -6,13 +7,12 @@ import time
 import psutil
 import pytest
 import torch
+from helpers import model_state, save_state
 from safetensors.torch import save_file
 
 from prism_analysis.checkpoint import Checkpoint, align, iter_pairs
 from prism_analysis.errors import PrismError
 from prism_analysis.weights import audit
-
-from helpers import model_state, save_state
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def expect_error(fn, path_part, problem_part):
 
 
 def test_bad_inputs(tmp, pair):
-    a, b, state = pair
+    a, b, _ = pair
     expect_error(lambda: Checkpoint(tmp / "nope"), "nope", "no such file")
     (tmp / "empty_dir").mkdir()
     expect_error(lambda: Checkpoint(tmp / "empty_dir"), "empty_dir", "no model.safetensors")
@@ -131,6 +131,7 @@ def test_pickle_refused_by_default_and_weights_only_when_allowed(tmp):
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
+
     torch.save({"w": torch.ones(2), "evil": Evil()}, tmp / "evil.bin")
     expect_error(lambda: Checkpoint(tmp / "evil.bin", allow_pickle=True), "evil.bin", "cannot load pickle")
 

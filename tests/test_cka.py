@@ -1,4 +1,7 @@
 """CKA kernels against published values, independent formulas and properties."""
+
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -30,8 +33,11 @@ def hsic1_song(K, L):
     np.fill_diagonal(Kt, 0)
     np.fill_diagonal(Lt, 0)
     one = np.ones(n)
-    return (np.trace(Kt @ Lt) + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
-            - 2 / (n - 2) * one @ Kt @ Lt @ one) / (n * (n - 3))
+    return (
+        np.trace(Kt @ Lt)
+        + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
+        - 2 / (n - 2) * one @ Kt @ Lt @ one
+    ) / (n * (n - 3))
 
 
 def cka_reference(X, Y, debiased):
@@ -56,7 +62,7 @@ def test_feature_and_gram_forms_match_the_textbook_formula(n, d, debiased):
 def matrices(draw):
     """Gaussian rows with hypothesis-chosen shape, per-column scales (1e-2..1e2) and offsets."""
     n, d = draw(st.integers(6, 40)), draw(st.integers(2, 6))
-    rng = np.random.default_rng(draw(st.integers(0, 2 ** 31 - 1)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
     scales = np.array(draw(st.lists(st.floats(1e-2, 1e2), min_size=d, max_size=d)))
     offsets = np.array(draw(st.lists(st.floats(-1e3, 1e3), min_size=d, max_size=d)))
     return rng.standard_normal((n, d)) * scales + offsets
@@ -73,7 +79,7 @@ def _well_conditioned(X):
 
 
 @settings(max_examples=60, deadline=None)
-@given(matrices(), st.integers(0, 2 ** 31 - 1), st.floats(1e-3, 1e3), st.booleans())
+@given(matrices(), st.integers(0, 2**31 - 1), st.floats(1e-3, 1e3), st.booleans())
 def test_properties(X, seed, scale, debiased):
     assume(_well_conditioned(X))
     # the unbiased HSIC at tiny n is a difference of terms ~1e8 larger than itself: keep n >= 12
@@ -86,12 +92,12 @@ def test_properties(X, seed, scale, debiased):
     except ValueError:  # debiased self-HSIC not positive on tiny degenerate samples: a clear error
         assert debiased
         return
-    assert cka.linear_cka(Y, X, debiased=debiased) == pytest.approx(v, abs=tol)                # symmetry
-    assert cka.linear_cka(X, X, debiased=debiased) == pytest.approx(1.0, abs=tol)              # self = 1
+    assert cka.linear_cka(Y, X, debiased=debiased) == pytest.approx(v, abs=tol)  # symmetry
+    assert cka.linear_cka(X, X, debiased=debiased) == pytest.approx(1.0, abs=tol)  # self = 1
     Q, _ = np.linalg.qr(rng.standard_normal((X.shape[1], X.shape[1])))
-    assert cka.linear_cka(X @ Q, Y, debiased=debiased) == pytest.approx(v, abs=tol)            # orthogonal
-    assert cka.linear_cka(scale * X, Y, debiased=debiased) == pytest.approx(v, abs=tol)        # isotropic scale
-    assert cka.linear_cka(X + 7.0, Y - 3.0, debiased=debiased) == pytest.approx(v, abs=tol)    # translation
+    assert cka.linear_cka(X @ Q, Y, debiased=debiased) == pytest.approx(v, abs=tol)  # orthogonal
+    assert cka.linear_cka(scale * X, Y, debiased=debiased) == pytest.approx(v, abs=tol)  # isotropic scale
+    assert cka.linear_cka(X + 7.0, Y - 3.0, debiased=debiased) == pytest.approx(v, abs=tol)  # translation
     if not debiased:
         assert -1e-12 <= v <= 1 + 1e-12
 
@@ -145,8 +151,9 @@ def test_cka_matrix_equals_pairwise(debiased):
     for i, X in enumerate(Xs):
         for j, Y in enumerate(Ys):
             assert M[i, j] == pytest.approx(cka.linear_cka(X, Y, debiased=debiased), abs=1e-6)
-    exact = cka.cka_matrix(torch.tensor(np.stack(Xs)), torch.tensor(np.stack(Ys)), debiased=debiased,
-                           gram_dtype=torch.float64)
+    exact = cka.cka_matrix(
+        torch.tensor(np.stack(Xs)), torch.tensor(np.stack(Ys)), debiased=debiased, gram_dtype=torch.float64
+    )
     assert torch.is_tensor(exact)
     np.testing.assert_allclose(exact.numpy(), M, atol=1e-6)
     df = cka.cka_matrix(Xs, Ys, as_frame=True)
@@ -160,12 +167,15 @@ def test_streaming_equals_full_data_and_merge_is_exact(n, cuts, debiased, seed):
     L, d1, d2 = 2, 5, 4
     X = rng.standard_normal((L, n, d1)) * rng.uniform(0.1, 50, d1) + rng.uniform(-20, 20, d1)
     Y = X[..., :d2] * 0.7 + rng.standard_normal((L, n, d2))
-    expected = np.array([cka.linear_cka(X[l], Y[l], debiased=debiased) for l in range(L)])
+    expected = np.array([cka.linear_cka(X[i], Y[i], debiased=debiased) for i in range(L)])
     bounds = sorted({min(c, n - 1) for c in np.cumsum(cuts)} | {0, n})
-    parts = [cka.StreamingCKA(debiased=debiased, dtype=torch.float64).update(X[:, a:b], Y[:, a:b])
-             for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    parts = [
+        cka.StreamingCKA(debiased=debiased, dtype=torch.float64).update(X[:, a:b], Y[:, a:b])
+        for a, b in itertools.pairwise(bounds)
+        if b > a
+    ]
     one = cka.StreamingCKA(debiased=debiased, dtype=torch.float64)
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         one.update(X[:, a:b], Y[:, a:b])
     np.testing.assert_allclose(one.compute().numpy(), expected, atol=1e-9)
     merged = parts[0]
@@ -198,12 +208,21 @@ def test_minibatch_cka():
     # several batches: ratio of summed unbiased HSICs (checked with the textbook formula)
     mb, other = cka.MinibatchCKA(), cka.MinibatchCKA()
     for k, b in enumerate(range(0, 64, 16)):
-        (mb if k < 2 else other).update(X[:, b:b + 16], Y[:, b:b + 16])
+        (mb if k < 2 else other).update(X[:, b : b + 16], Y[:, b : b + 16])
     mb.merge(other)
     assert mb.batches == 4
-    hxy = sum(hsic1_song(X[0, b:b + 16] @ X[0, b:b + 16].T, Y[1, b:b + 16] @ Y[1, b:b + 16].T) for b in range(0, 64, 16))
-    hxx = sum(hsic1_song(X[0, b:b + 16] @ X[0, b:b + 16].T, X[0, b:b + 16] @ X[0, b:b + 16].T) for b in range(0, 64, 16))
-    hyy = sum(hsic1_song(Y[1, b:b + 16] @ Y[1, b:b + 16].T, Y[1, b:b + 16] @ Y[1, b:b + 16].T) for b in range(0, 64, 16))
+    hxy = sum(
+        hsic1_song(X[0, b : b + 16] @ X[0, b : b + 16].T, Y[1, b : b + 16] @ Y[1, b : b + 16].T)
+        for b in range(0, 64, 16)
+    )
+    hxx = sum(
+        hsic1_song(X[0, b : b + 16] @ X[0, b : b + 16].T, X[0, b : b + 16] @ X[0, b : b + 16].T)
+        for b in range(0, 64, 16)
+    )
+    hyy = sum(
+        hsic1_song(Y[1, b : b + 16] @ Y[1, b : b + 16].T, Y[1, b : b + 16] @ Y[1, b : b + 16].T)
+        for b in range(0, 64, 16)
+    )
     assert mb.compute()[0, 1].item() == pytest.approx(hxy / np.sqrt(hxx * hyy), abs=1e-12)
 
 
@@ -243,10 +262,15 @@ def test_precision_on_llm_like_activations():
     s = cka.StreamingCKA()  # fp32 products, float64 accumulation
     Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
     for i in range(0, len(X), 8192):
-        s.update(Xt[None, i:i + 8192], Yt[None, i:i + 8192])
+        s.update(Xt[None, i : i + 8192], Yt[None, i : i + 8192])
     assert abs(s.compute().item() - ref) < 1e-7
-    assert abs(cka.linear_cka(X[:20_000], Y[:20_000]) - cka_reference(X[:20_000].astype(np.float64),
-                                                                     Y[:20_000].astype(np.float64), False)) < 1e-10
+    assert (
+        abs(
+            cka.linear_cka(X[:20_000], Y[:20_000])
+            - cka_reference(X[:20_000].astype(np.float64), Y[:20_000].astype(np.float64), False)
+        )
+        < 1e-10
+    )
 
 
 @pytest.mark.parametrize("debiased", [False, True])

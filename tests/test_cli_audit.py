@@ -1,4 +1,5 @@
 """`prism audit` end to end: outputs, summary.json schema, one-line errors with exit code 2."""
+
 import json
 import subprocess
 import sys
@@ -6,10 +7,9 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from helpers import model_state, save_state
 
 from prism_analysis.cli import main
-
-from helpers import model_state, save_state
 
 
 @pytest.fixture
@@ -27,8 +27,14 @@ def test_audit_writes_every_output(ckpts, capsys):
     assert main(["audit", str(ckpts / "a"), str(ckpts / "b"), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "normalized L2" in printed and "mlp_up" in printed
-    for f in ["summary.json", "tensors.csv", "layers.csv", "components.csv",
-              "update_by_layer_and_component.png", "update_by_layer_and_component.pdf"]:
+    for f in [
+        "summary.json",
+        "tensors.csv",
+        "layers.csv",
+        "components.csv",
+        "update_by_layer_and_component.png",
+        "update_by_layer_and_component.pdf",
+    ]:
         assert (out / f).is_file(), f
     s = json.loads((out / "summary.json").read_text())
     keys = ["0.001", "0.005", "0.01", "0.02", "0.05", "0.1"]
@@ -46,8 +52,22 @@ def test_audit_writes_every_output(ckpts, capsys):
 
 def test_custom_thresholds_in_percent(ckpts, capsys):
     out = ckpts / "o2"
-    assert main(["audit", str(ckpts / "a"), str(ckpts / "b"), "--out", str(out), "--quiet",
-                 "--thresholds", "1%,4%", "--no-figure"]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                str(ckpts / "a"),
+                str(ckpts / "b"),
+                "--out",
+                str(out),
+                "--quiet",
+                "--thresholds",
+                "1%,4%",
+                "--no-figure",
+            ]
+        )
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())
     assert list(s["total"]["fraction_changed"]) == ["0.01", "0.04"]
     assert s["total"]["fraction_changed"]["0.04"] == 0.0
@@ -93,8 +113,11 @@ def test_bad_input_exit_2_one_line_no_output(tmp, ckpts, capsys, case):
 
 
 def test_console_script_exit_code_and_help():
-    r = subprocess.run([sys.executable, "-m", "prism_analysis.cli", "audit", "/nonexistent/a", "/nonexistent/b"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "prism_analysis.cli", "audit", "/nonexistent/a", "/nonexistent/b"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert r.stderr.strip() == "prism: error: /nonexistent/a: no such file or directory"
     h = subprocess.run([sys.executable, "-m", "prism_analysis.cli", "audit", "--help"], capture_output=True, text=True)

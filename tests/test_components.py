@@ -51,18 +51,32 @@ def test_known_names(name, layer, comp):
 def test_every_parameter_of_every_family_is_classified(family):
     model = build_model(family)
     names = [n for n, _ in model.named_parameters()]
-    assert all(component(n) in COMPONENTS and component(n) != "other" for n in names), \
-        [n for n in names if component(n) == "other"]
+    assert all(component(n) in COMPONENTS and component(n) != "other" for n in names), [
+        n for n in names if component(n) == "other"
+    ]
     n_layers = model.config.num_hidden_layers
     assert {layer_index(n) for n in names} - {None} == set(range(n_layers))
 
 
 def test_granite4_hybrid_parameters_are_classified():
     from transformers import AutoModelForCausalLM, GraniteMoeHybridConfig
-    cfg = GraniteMoeHybridConfig(vocab_size=64, hidden_size=32, intermediate_size=64, shared_intermediate_size=64,
-                                 num_hidden_layers=2, layer_types=["mamba", "attention"], num_attention_heads=2,
-                                 num_key_value_heads=1, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8,
-                                 mamba_n_groups=1, mamba_chunk_size=16, num_local_experts=0)
+
+    cfg = GraniteMoeHybridConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        shared_intermediate_size=64,
+        num_hidden_layers=2,
+        layer_types=["mamba", "attention"],
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        mamba_n_heads=4,
+        mamba_d_head=16,
+        mamba_d_state=8,
+        mamba_n_groups=1,
+        mamba_chunk_size=16,
+        num_local_experts=0,
+    )
     model = AutoModelForCausalLM.from_config(cfg)
     others = [n for n, _ in model.named_parameters() if component(n) == "other"]
     assert others == []

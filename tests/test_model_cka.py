@@ -1,14 +1,14 @@
 """`prism cka` end to end on tiny checkpoints: identical models, perturbed models, bad input."""
+
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import PROSE, save_model
 
 from prism_analysis.cli import main
 from prism_analysis.model_cka import model_cka, read_probe
-
-from helpers import PROSE, save_model
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,27 @@ def test_identical_models_have_cka_one_and_perturbation_lowers_it(models):
 
 def test_cli_writes_outputs(models, capsys):
     out = models / "out"
-    code = main(["cka", str(models / "base"), str(models / "near"), "--probe", str(models / "wiki.txt"),
-                 "--probe", str(models / "gsm8k.jsonl"), "--n", "10", "--bootstrap", "4", "--out", str(out),
-                 "--all-pairs", "--quiet", "--device", "cpu"])
+    code = main(
+        [
+            "cka",
+            str(models / "base"),
+            str(models / "near"),
+            "--probe",
+            str(models / "wiki.txt"),
+            "--probe",
+            str(models / "gsm8k.jsonl"),
+            "--n",
+            "10",
+            "--bootstrap",
+            "4",
+            "--out",
+            str(out),
+            "--all-pairs",
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     df = pd.read_csv(out / "cka.csv")
     assert {"probe", "layer", "cka", "ci_low", "ci_high"} <= set(df.columns)

@@ -1,4 +1,5 @@
 """GRPO: advantage and loss math by hand, the no-signal step, smoke run, resume equivalence."""
+
 import json
 
 import pytest
@@ -20,7 +21,7 @@ def test_group_advantages_by_hand():
     # group 1: std 0.5 -> +-1; group 3: std = sqrt(3)/4
     assert torch.allclose(g[0], torch.tensor([1.0, -1, -1, 1]), atol=1e-5)
     assert torch.equal(g[1], torch.zeros(4))  # all equal: zero advantage, not NaN
-    assert torch.allclose(g[2], torch.tensor([-0.25, -0.25, -0.25, 0.75]) / (3 ** 0.5 / 4), atol=1e-5)
+    assert torch.allclose(g[2], torch.tensor([-0.25, -0.25, -0.25, 0.75]) / (3**0.5 / 4), atol=1e-5)
     with pytest.raises(ValueError, match="at least 2"):
         group_advantages(torch.ones(3, 1))
 
@@ -30,16 +31,18 @@ def test_policy_loss_by_hand():
     old = torch.log(torch.tensor([[0.25, 0.25], [0.5, 0.25]]))
     adv = torch.tensor([1.0, -1.0])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    loss, kl = policy_loss(logp, old, adv, mask, clip_eps=0.2)
+    loss, _ = policy_loss(logp, old, adv, mask, clip_eps=0.2)
     # ratios: [[2, 1], [1, 2]]; seq 0 (A=+1): -min(2, 1.2) = -1.2, -min(1, 1) = -1; seq 1 (A=-1): -min(-1,-1) = 1
     # (the masked token is ignored); token-level mean over 3 tokens
     assert loss.item() == pytest.approx((-1.2 - 1.0 + 1.0) / 3)
     ref = torch.log(torch.tensor([[0.5, 0.5], [0.25, 0.5]]))
     loss2, kl2 = policy_loss(logp, old, adv, mask, 0.2, ref_logp=ref, kl_beta=0.5)
     d = ref - logp
-    k3 = (torch.exp(d) - d - 1)
+    k3 = torch.exp(d) - d - 1
     expected_kl = (k3 * mask).sum() / 3
-    assert kl2.item() == pytest.approx(expected_kl.item()) and loss2.item() == pytest.approx(loss.item() + 0.5 * expected_kl.item())
+    assert kl2.item() == pytest.approx(expected_kl.item()) and loss2.item() == pytest.approx(
+        loss.item() + 0.5 * expected_kl.item()
+    )
 
 
 SMALL_RL = dict(steps=4, save_every=2, group_size=2, prompts_per_step=2, max_new_tokens=12, lr=1e-3)
@@ -48,8 +51,11 @@ SMALL_RL = dict(steps=4, save_every=2, group_size=2, prompts_per_step=2, max_new
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
     root = tmp_path_factory.mktemp("rlstart")
-    train(TrainConfig(steps=2, save_every=2, batch_size=2, seq_len=32, model={"hidden_size": 64, "num_layers": 2}),
-          root / "base", progress=False)
+    train(
+        TrainConfig(steps=2, save_every=2, batch_size=2, seq_len=32, model={"hidden_size": 64, "num_layers": 2}),
+        root / "base",
+        progress=False,
+    )
     return root / "base" / "step_000002"
 
 
@@ -85,6 +91,7 @@ def test_smoke_run_saves_trajectory_and_resumes_exactly(start, tmp, monkeypatch)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert full["log"][-1]["reward"] == json.loads((tmp / "cut" / "trajectory.json").read_text())["log"][-1]["reward"]
     from transformers import AutoModelForCausalLM
+
     AutoModelForCausalLM.from_pretrained(tmp / "full" / "step_000002")
 
 

@@ -1,4 +1,5 @@
 """The miniature study end to end on the smoke preset, its caching and errors, and the notebooks."""
+
 import json
 import os
 import shutil
@@ -29,8 +30,15 @@ def test_smoke_study_artefacts_exist_and_parse(smoke_run):
         assert all({"min_cka", "argmin_layer"} <= set(v) for v in probes.values())
     assert {"t50", "t80"} <= set(s["trajectories"]["rl_mid_mcs"])
     assert all({"claim", "paper", "ours", "reproduced"} <= set(f) for f in s["findings"]) and len(s["findings"]) >= 10
-    for fig in ["F11_base__mid_mcs", "F12_mc_vs_mcs", "F13_landscape", "F14_base__mid_mcs", "F16_rl_trajectory",
-                "F26_rl_from_base_vs_mid", "benchmarks"]:
+    for fig in [
+        "F11_base__mid_mcs",
+        "F12_mc_vs_mcs",
+        "F13_landscape",
+        "F14_base__mid_mcs",
+        "F16_rl_trajectory",
+        "F26_rl_from_base_vs_mid",
+        "benchmarks",
+    ]:
         assert (smoke_run / "figures" / f"{fig}.png").is_file() and (smoke_run / "figures" / f"{fig}.pdf").is_file()
     for t in ["T12_divergence", "T13_mc_vs_mcs", "T14_min_cka", "T22_threshold_sweep", "T23_components", "benchmarks"]:
         assert (smoke_run / "tables" / f"{t}.csv").is_file() and (smoke_run / "tables" / f"{t}.md").is_file()
@@ -68,6 +76,7 @@ def test_bad_input(smoke_run, tmp, capsys):
 def test_notebooks_run_top_to_bottom(smoke_run, name, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
+
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     nb = nbformat.read(os.path.join(here, "notebooks", f"{name}.ipynb"), as_version=4)
     monkeypatch.setenv("PRISM_RUN", str(smoke_run))

@@ -1,4 +1,5 @@
 """prism_train data, mixes, tokenizer and rewards."""
+
 import itertools
 import json
 
@@ -44,6 +45,7 @@ def test_math_answers_follow_from_the_worked_solution():
 def test_code_answers_match_the_program_run_by_the_test():
     import contextlib
     import io
+
     for p in itertools.islice(problems("code_reasoning", "train", seed=2), 200):
         program = p.question.split("\n", 1)[1]
         buf = io.StringIO()
@@ -64,10 +66,13 @@ def test_presets_and_mix_files(tmp):
     pre = load_mix("pretrain").domains
     assert sum(pre.get(d, 0) for d in REASONING_DOMAINS) == 0
     (tmp / "corpus.jsonl").write_text("\n".join(json.dumps({"text": f"my document number {i}"}) for i in range(60)))
-    (tmp / "mix.yaml").write_text("name: mine\ndomains: {math: 1, general: 0.5}\nsources:\n  - {path: corpus.jsonl, weight: 2}\n")
+    (tmp / "mix.yaml").write_text(
+        "name: mine\ndomains: {math: 1, general: 0.5}\nsources:\n  - {path: corpus.jsonl, weight: 2}\n"
+    )
     mix = load_mix(str(tmp / "mix.yaml"))
     sample = mix.sampler("train")
     import random
+
     rng = random.Random(0)
     docs = [sample(rng) for _ in range(300)]
     assert any(d.startswith("my document") for d in docs) and any(d.startswith("Question:") for d in docs)
@@ -77,7 +82,9 @@ def test_mix_weights_are_text_shares():
     """Prose documents are ~10x longer than problems; weights 1:1 must still give ~half the text each
     (drawing documents with probability = weight gave prose most of the tokens)."""
     import random
+
     from prism_train.data.mix import Mix
+
     sample = Mix("half", {"general": 1.0, "math": 1.0}).sampler("train")
     rng = random.Random(1)
     chars = {"problem": 0, "prose": 0}
@@ -87,14 +94,17 @@ def test_mix_weights_are_text_shares():
     assert chars["prose"] / sum(chars.values()) == pytest.approx(0.5, abs=0.08)
 
 
-@pytest.mark.parametrize("content,problem", [
-    ("domains: {math: 1\n", "cannot parse"),
-    ("domains: {algebra: 1}\n", "unknown domain"),
-    ("domains: {math: 0, general: 0}\n", "positive"),
-    ("domains: {math: -1}\n", "non-negative"),
-    ("sources: [{path: missing.jsonl}]\n", "not found"),
-    ("- just a list\n", "mapping"),
-])
+@pytest.mark.parametrize(
+    "content,problem",
+    [
+        ("domains: {math: 1\n", "cannot parse"),
+        ("domains: {algebra: 1}\n", "unknown domain"),
+        ("domains: {math: 0, general: 0}\n", "positive"),
+        ("domains: {math: -1}\n", "non-negative"),
+        ("sources: [{path: missing.jsonl}]\n", "not found"),
+        ("- just a list\n", "mapping"),
+    ],
+)
 def test_bad_mix_files(tmp, content, problem):
     f = tmp / "bad.yaml"
     f.write_text(content)
@@ -107,30 +117,34 @@ def test_bad_mix_files(tmp, content, problem):
 
 def test_tokenizer_splits_digits():
     from helpers import tiny_tokenizer
+
     tok = tiny_tokenizer()
     assert [t for t in tok.tokenize("12345") if t.strip("Ġ")] == list("12345")
     assert tok.decode(tok("Answer: 42")["input_ids"]) == "Answer: 42"
 
 
-@pytest.mark.parametrize("completion,domain,ref,expected", [
-    ("<think>\n3 + 4 = 7\n</think>\nAnswer: 7", "math", "7", 1.0),
-    ("<think>3 + 4 = 7</think> Answer: 7.0", "math", "7", 1.0),
-    ("<think>\n3 + 4 = 7\n</think>\nAnswer: 8", "math", "7", 0.0),
-    ("Answer: 7", "math", "7", 0.0),                                        # no reasoning block
-    ("<think>\n3 + 4 = 7\nAnswer: 7", "math", "7", 0.0),                    # unclosed
-    ("<think>x</think>\nAnswer: 7\nAnswer: 7", "math", "7", 0.0),           # multiple answers
-    ("<think>x</think>\nAnswer: 7 or 8", "math", "7", 0.0),
-    ("<think>x</think>\nAnswer: \uff17", "math", "7", 0.0),                # full-width unicode digit
-    ("<think>x</think>\nAnswer: \u0667", "math", "7", 0.0),                # Arabic-Indic digit
-    ("<think>x</think>\nAnswer: " + "9" * 5000, "math", "9" * 5000, 1.0),   # huge, exact, no overflow
-    ("<think>x</think>\nAnswer: " + "9" * 5000, "math", "9" * 4999 + "8", 0.0),
-    ("<think>x</think>\nAnswer: 1e400", "math", "1", 0.0),
-    ("<think>x</think>\nAnswer: 101", "science", "100", 1.0),             # within 1%
-    ("<think>x</think>\nAnswer: 102", "science", "100", 0.0),
-    ("<think>x</think>\nAnswer: -3", "code_reasoning", "-3", 1.0),
-    ("<think>x</think>\nAnswer: -3.0", "code_reasoning", "-3", 0.0),       # exact output string
-    ("<think><think>x</think>\nAnswer: 7", "math", "7", 0.0),
-])
+@pytest.mark.parametrize(
+    "completion,domain,ref,expected",
+    [
+        ("<think>\n3 + 4 = 7\n</think>\nAnswer: 7", "math", "7", 1.0),
+        ("<think>3 + 4 = 7</think> Answer: 7.0", "math", "7", 1.0),
+        ("<think>\n3 + 4 = 7\n</think>\nAnswer: 8", "math", "7", 0.0),
+        ("Answer: 7", "math", "7", 0.0),  # no reasoning block
+        ("<think>\n3 + 4 = 7\nAnswer: 7", "math", "7", 0.0),  # unclosed
+        ("<think>x</think>\nAnswer: 7\nAnswer: 7", "math", "7", 0.0),  # multiple answers
+        ("<think>x</think>\nAnswer: 7 or 8", "math", "7", 0.0),
+        ("<think>x</think>\nAnswer: \uff17", "math", "7", 0.0),  # full-width unicode digit
+        ("<think>x</think>\nAnswer: \u0667", "math", "7", 0.0),  # Arabic-Indic digit
+        ("<think>x</think>\nAnswer: " + "9" * 5000, "math", "9" * 5000, 1.0),  # huge, exact, no overflow
+        ("<think>x</think>\nAnswer: " + "9" * 5000, "math", "9" * 4999 + "8", 0.0),
+        ("<think>x</think>\nAnswer: 1e400", "math", "1", 0.0),
+        ("<think>x</think>\nAnswer: 101", "science", "100", 1.0),  # within 1%
+        ("<think>x</think>\nAnswer: 102", "science", "100", 0.0),
+        ("<think>x</think>\nAnswer: -3", "code_reasoning", "-3", 1.0),
+        ("<think>x</think>\nAnswer: -3.0", "code_reasoning", "-3", 0.0),  # exact output string
+        ("<think><think>x</think>\nAnswer: 7", "math", "7", 0.0),
+    ],
+)
 def test_rewards(completion, domain, ref, expected):
     assert reward(domain, completion, ref) == expected
 

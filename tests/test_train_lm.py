@@ -1,4 +1,5 @@
 """Next-token training: saved trajectories, manifest, resume (bit-exact, also after kill -9), errors."""
+
 import json
 import os
 import signal
@@ -13,8 +14,9 @@ from safetensors.torch import load_file
 from prism_analysis.cli import main
 from prism_train.lm import TrainConfig, batch_for_step, lr_at, train
 
-SMALL = dict(steps=12, save_every=4, batch_size=4, seq_len=32, warmup=3, lr=3e-3,
-             model={"hidden_size": 64, "num_layers": 2})
+SMALL = dict(
+    steps=12, save_every=4, batch_size=4, seq_len=32, warmup=3, lr=3e-3, model={"hidden_size": 64, "num_layers": 2}
+)
 
 
 def weights(step_dir):
@@ -29,6 +31,7 @@ def test_lr_schedule():
 
 class DocTokenizer:
     """Document "k,n" -> n copies of token 10+k: each document is a run of one token, easy to find."""
+
     eos_token_id, pad_token_id = 2, 0
 
     def __call__(self, text):
@@ -77,6 +80,7 @@ def test_packing_never_cuts_a_document_that_fits(step):
 
 def test_train_saves_a_loadable_trajectory(tmp):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     m = train(TrainConfig(**SMALL, save_steps=[1, 2]), tmp / "run", progress=False)
     assert [s["step"] for s in m["steps"]] == [0, 1, 2, 4, 8, 12]
     man = json.loads((tmp / "run" / "trajectory.json").read_text())
@@ -92,18 +96,21 @@ def test_train_saves_a_loadable_trajectory(tmp):
     assert 0.9 * 12 * 4 * 32 < m["steps"][-1]["tokens"] <= 12 * 4 * 32  # trained tokens, padding not counted
     # the analysis side reads the manifest directly
     from prism_analysis.trajectory import analyse_trajectory
+
     traj = analyse_trajectory(tmp / "run", progress=False, device="cpu")
     assert traj.steps == [0, 1, 2, 4, 8, 12]
     # mid-training from a saved step records its parent
-    mid = train(TrainConfig(**{**SMALL, "steps": 4}, phase="mid", mix="mcs", init=str(last)), tmp / "mid", progress=False)
+    mid = train(
+        TrainConfig(**{**SMALL, "steps": 4}, phase="mid", mix="mcs", init=str(last)), tmp / "mid", progress=False
+    )
     assert mid["parent"] == str(last) and mid["mix"]["name"] == "math_code_science"
 
 
 def test_resume_is_bit_exact(tmp):
     train(TrainConfig(**SMALL), tmp / "full", progress=False)
-    train(TrainConfig(**SMALL), tmp / "cut", progress=False, stop_after=6)   # stops after step 6; last save 4
+    train(TrainConfig(**SMALL), tmp / "cut", progress=False, stop_after=6)  # stops after step 6; last save 4
     assert not (tmp / "cut" / "step_000012").exists()
-    m = train(TrainConfig(**SMALL), tmp / "cut", progress=False)             # resumes from step 4
+    m = train(TrainConfig(**SMALL), tmp / "cut", progress=False)  # resumes from step 4
     assert [s["step"] for s in m["steps"]] == [0, 4, 8, 12]
     a, b = weights(tmp / "full" / "step_000012"), weights(tmp / "cut" / "step_000012")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -120,8 +127,24 @@ def test_bf16_saves_resume_exactly_from_fp32_master(tmp):
 
 
 def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp):
-    args = ["train", "--phase", "pretrain", "--mix", "pretrain", "--init", "llama", "--steps", "40",
-            "--save-every", "5", "--batch-size", "4", "--seq-len", "32", "--quiet"]
+    args = [
+        "train",
+        "--phase",
+        "pretrain",
+        "--mix",
+        "pretrain",
+        "--init",
+        "llama",
+        "--steps",
+        "40",
+        "--save-every",
+        "5",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--quiet",
+    ]
     cmd = [sys.executable, "-m", "prism_analysis.cli", *args, "--out", str(tmp / "killed")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     manifest = tmp / "killed" / "trajectory.json"
@@ -141,10 +164,13 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp):
     assert not list((tmp / "killed").glob(".step_*"))
 
 
-@pytest.mark.parametrize("extra,problem", [
-    (["--mix", "nonsense"], "not a preset"),
-    (["--init", "/no/such/checkpoint"], "neither a model family"),
-])
+@pytest.mark.parametrize(
+    "extra,problem",
+    [
+        (["--mix", "nonsense"], "not a preset"),
+        (["--init", "/no/such/checkpoint"], "neither a model family"),
+    ],
+)
 def test_cli_bad_input(tmp, capsys, extra, problem):
     code = main(["train", "--out", str(tmp / "r"), "--steps", "2", "--quiet", *extra])
     err = capsys.readouterr().err.strip()
@@ -166,13 +192,17 @@ def test_eval_cli(tmp, capsys):
     for k in ("math_easy", "math_hard", "code", "science", "macro", "general_ppl", "math_easy_pass@1"):
         assert k in res
     assert res["macro"] == pytest.approx((res["math"] + res["code"] + res["science"]) / 3)
-    again = subprocess.run([sys.executable, "-m", "prism_analysis.cli", "eval", str(tmp / "r" / "step_000002"),
-                            "--n", "4"], capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, "-m", "prism_analysis.cli", "eval", str(tmp / "r" / "step_000002"), "--n", "4"],
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0 and f"{res['general_ppl']:.4f}" in again.stdout  # deterministic
 
 
 def test_pass_at_k():
     from prism_train.evaluate import pass_at_k
+
     assert pass_at_k(10, 0, 1) == 0 and pass_at_k(10, 10, 1) == 1
     assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
     assert pass_at_k(4, 1, 2) == pytest.approx(0.5)

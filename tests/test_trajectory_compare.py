@@ -1,17 +1,17 @@
 """Trajectories, update comparisons and interpolation against planted answers."""
+
 import json
 import math
 
 import pandas as pd
 import pytest
 import torch
+from helpers import model_state, save_model, save_state
 
 from prism_analysis.cli import main
 from prism_analysis.compare import OverlapStats, compare_updates
 from prism_analysis.interpolate import interpolate, landscape
 from prism_analysis.trajectory import analyse_trajectory, discover, first_step_reaching
-
-from helpers import model_state, save_model, save_state
 
 STEPS = [0, 10, 20, 40, 80, 160, 320]
 TAU_DECAY = 60.0
@@ -19,7 +19,7 @@ R = 0.04  # planted relative change on the support at the end of the run (before
 
 
 def f(t, T=STEPS[-1]):
-    return (1 - math.exp(-t / TAU_DECAY))
+    return 1 - math.exp(-t / TAU_DECAY)
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,16 @@ def planted_run(tmp_path_factory):
         mask = torch.rand(state[name].shape, generator=g) < 0.05
         mask &= state[name] != 0
         support[name] = mask
-    D = {k: torch.where(support[k], R * state[k].abs() * torch.sign(torch.randn(state[k].shape, generator=g)),
-                        torch.zeros_like(state[k])) if k in support else torch.zeros_like(v)
-         for k, v in state.items()}
+    D = {
+        k: torch.where(
+            support[k],
+            R * state[k].abs() * torch.sign(torch.randn(state[k].shape, generator=g)),
+            torch.zeros_like(state[k]),
+        )
+        if k in support
+        else torch.zeros_like(v)
+        for k, v in state.items()
+    }
     steps = []
     for t in STEPS:
         theta = {k: v + f(t) * D[k] for k, v in state.items()}
@@ -44,8 +51,8 @@ def planted_run(tmp_path_factory):
     (root / "trajectory.json").write_text(json.dumps({"phase": "rl", "parent": None, "mix": "planted", "steps": steps}))
     n_support = sum(int(m.sum()) for m in support.values())
     numel = sum(v.numel() for v in state.values())
-    norm0 = math.sqrt(sum(float((v ** 2).sum()) for v in state.values()))
-    normD = math.sqrt(sum(float((d ** 2).sum()) for d in D.values()))
+    norm0 = math.sqrt(sum(float((v**2).sum()) for v in state.values()))
+    normD = math.sqrt(sum(float((d**2).sum()) for d in D.values()))
     return root, {"n_support": n_support, "numel": numel, "norm0": norm0, "normD": normD}
 
 
@@ -110,10 +117,13 @@ def test_trajectory_cli_with_compare(planted_run, tmp, capsys):
 
 def test_trajectory_reads_each_checkpoint_once(planted_run, monkeypatch):
     from prism_analysis import checkpoint as ck
+
     root, _ = planted_run
     reads = []
     original = ck.Checkpoint.get
-    monkeypatch.setattr(ck.Checkpoint, "get", lambda self, name: reads.append((str(self.path), name)) or original(self, name))
+    monkeypatch.setattr(
+        ck.Checkpoint, "get", lambda self, name: reads.append((str(self.path), name)) or original(self, name)
+    )
     analyse_trajectory(root, progress=False, device="cpu")
     assert len(reads) == len(set(reads))  # no tensor of any checkpoint read twice
     assert len(reads) == len(STEPS) * len(model_state("llama")[0])
@@ -122,6 +132,7 @@ def test_trajectory_reads_each_checkpoint_once(planted_run, monkeypatch):
 @pytest.mark.parametrize("case", ["missing_step", "mixed_arch", "corrupt_middle"])
 def test_trajectory_bad_input(planted_run, tmp, capsys, case):
     import shutil
+
     root, _ = planted_run
     run = tmp / "bad_run"
     shutil.copytree(root, run)
@@ -150,11 +161,11 @@ def test_overlap_stats_planted_cosine_and_masks():
     a = torch.ones(n, dtype=torch.float64) * 2.0
     m1 = torch.zeros(n, dtype=torch.bool)
     m2 = torch.zeros(n, dtype=torch.bool)
-    m1[:1000] = True          # |M1| = 1000
-    m2[500:2500] = True       # |M2| = 2000, |M1 & M2| = 500
-    d1 = torch.where(m1, 0.125, 0.0).double()   # dyadic: a + d - a == d exactly
+    m1[:1000] = True  # |M1| = 1000
+    m2[500:2500] = True  # |M2| = 2000, |M1 & M2| = 500
+    d1 = torch.where(m1, 0.125, 0.0).double()  # dyadic: a + d - a == d exactly
     d2 = torch.where(m2, 0.125, 0.0).double()
-    d2[500:750] = -0.125      # half of the shared support points the other way
+    d2[500:750] = -0.125  # half of the shared support points the other way
     s = OverlapStats(0.01).update(a, a + d1, a, a + d2).compute()
     assert s["jaccard"] == 500 / 2500
     assert s["jaccard_chance"] == pytest.approx((1000 * 2000 / n) / (3000 - 1000 * 2000 / n))
@@ -174,7 +185,7 @@ def test_compare_updates_end_to_end(tmp, capsys):
     u = 0.05 * torch.randn(state[name].shape, generator=g, dtype=torch.float64) * state[name]
     v = 0.05 * torch.randn(state[name].shape, generator=g, dtype=torch.float64) * state[name]
     b1 = dict(base, **{name: base[name] + u})
-    b2 = dict(base, **{name: base[name] + 0.6 * u + 0.8 * v})   # cosine ~ 0.6 by construction
+    b2 = dict(base, **{name: base[name] + 0.6 * u + 0.8 * v})  # cosine ~ 0.6 by construction
     for n_, st in (("a", base), ("b1", b1), ("b2", b2)):
         save_state(st, tmp / n_, config)
     res = compare_updates(tmp / "a", tmp / "b1", tmp / "a", tmp / "b2", progress=False, device="cpu")
@@ -186,11 +197,33 @@ def test_compare_updates_end_to_end(tmp, capsys):
     assert comp["cosine"] == pytest.approx(expected, rel=1e-12)
     assert math.isnan(res.summary()["components"]["attn_q"]["cosine"])  # no update there: undefined, not 0
     out = tmp / "cmp"
-    assert main(["compare", str(tmp / "a"), str(tmp / "b1"), str(tmp / "a"), str(tmp / "b2"), "--out", str(out),
-                 "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(tmp / "a"),
+                str(tmp / "b1"),
+                str(tmp / "a"),
+                str(tmp / "b2"),
+                "--out",
+                str(out),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())
-    for key in ("cosine", "normalized_l2_1", "normalized_l2_2", "fraction_changed_1", "fraction_changed_2",
-                "jaccard", "jaccard_chance"):
+    for key in (
+        "cosine",
+        "normalized_l2_1",
+        "normalized_l2_2",
+        "fraction_changed_1",
+        "fraction_changed_2",
+        "jaccard",
+        "jaccard_chance",
+    ):
         assert key in s["total"] and key in s["components"]["mlp_down"]
     assert (out / "compare.csv").is_file() and (out / "compare_components.png").is_file()
 
@@ -198,13 +231,18 @@ def test_compare_updates_end_to_end(tmp, capsys):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_interpolation_corners_are_bit_exact_and_loadable(tmp, dtype):
     from transformers import AutoModelForCausalLM
-    paths = [save_model(tmp / n, "llama", seed=0, perturb=p, dtype=dtype) for n, p in (("base", 0), ("mid", 0.2), ("rl", 0.25))]
+
+    paths = [
+        save_model(tmp / n, "llama", seed=0, perturb=p, dtype=dtype)
+        for n, p in (("base", 0), ("mid", 0.2), ("rl", 0.25))
+    ]
     from safetensors.torch import load_file
+
     ref = [load_file(p / "model.safetensors") for p in paths]
     for (a, b), expect in (((0, 0), 0), ((1, 0), 1), ((1, 1), 2)):
         out = interpolate(*paths, a, b, tmp / f"w_{a}_{b}", shard_bytes=400_000)
         model = AutoModelForCausalLM.from_pretrained(out)
-        got = {k: v for k, v in model.state_dict().items()}
+        got = model.state_dict()
         for k, v in ref[expect].items():
             assert got[k].dtype == dtype and torch.equal(got[k], v), (a, b, k)
         assert (out / "tokenizer.json").is_file() and (out / "model.safetensors.index.json").is_file()
@@ -212,13 +250,15 @@ def test_interpolation_corners_are_bit_exact_and_loadable(tmp, dtype):
     w = load_file(half / "model.safetensors")
     k = "model.layers.0.mlp.up_proj.weight"
     mid_point = (ref[0][k].double() + ref[1][k].double()) / 2
-    assert torch.allclose(w[k].double(), mid_point, rtol=2 ** -7 if dtype == torch.bfloat16 else 1e-6)
+    assert torch.allclose(w[k].double(), mid_point, rtol=2**-7 if dtype == torch.bfloat16 else 1e-6)
 
 
 def test_landscape_and_figure(tmp):
     from prism_analysis.figures import plot_landscape
+
     paths = [save_model(tmp / n, "llama", seed=0, perturb=p) for n, p in (("base", 0), ("mid", 0.2), ("rl", 0.3))]
     from safetensors.torch import load_file
+
     k = "model.layers.0.mlp.up_proj.weight"
     w = [load_file(p / "model.safetensors")[k].double() for p in paths]
 
@@ -239,6 +279,7 @@ def test_landscape_and_figure(tmp):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_overlap_fused_and_torch_paths_agree(dtype, monkeypatch):
     from prism_analysis import weights
+
     g = torch.Generator().manual_seed(7)
     n = 150_001
     a1 = torch.randn(n, generator=g).to(dtype)

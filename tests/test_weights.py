@@ -1,16 +1,16 @@
 """Update statistics against closed forms, planted perturbations and an independent numpy reference."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
+from helpers import model_state, save_state
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prism_analysis import weights
 from prism_analysis.weights import DEFAULT_THRESHOLDS, UpdateStats, audit, normalized_l2
-
-from helpers import model_state, save_state
 
 
 def reference(a: torch.Tensor, b: torch.Tensor, thresholds=DEFAULT_THRESHOLDS):
@@ -22,10 +22,12 @@ def reference(a: torch.Tensor, b: torch.Tensor, thresholds=DEFAULT_THRESHOLDS):
     for t in thresholds:
         c = np.where(a64 == 0, b64 != 0, np.abs(d) > t * np.abs(a64))
         changed[repr(float(t))] = c.mean()
-    norm_a = math.sqrt((a64 ** 2).sum())
-    return {"normalized_l2": math.sqrt((d ** 2).sum()) / norm_a if norm_a else float("nan"),
-            "fraction_changed": changed,
-            "numel": a64.size}
+    norm_a = math.sqrt((a64**2).sum())
+    return {
+        "normalized_l2": math.sqrt((d**2).sum()) / norm_a if norm_a else float("nan"),
+        "fraction_changed": changed,
+        "numel": a64.size,
+    }
 
 
 def test_closed_form_uniform_scaling():
@@ -41,7 +43,7 @@ def test_closed_form_uniform_scaling():
 def test_threshold_is_strict_at_an_exact_tie():
     # |d| = tau * |a| exactly (dyadic numbers): not changed ("> tau", not ">=")
     a = torch.tensor([4.0, 4.0], dtype=torch.float64)
-    b = torch.tensor([4.5, 4.5 + 2 ** -20], dtype=torch.float64)
+    b = torch.tensor([4.5, 4.5 + 2**-20], dtype=torch.float64)
     m = UpdateStats(thresholds=(0.125,)).update(a, b).compute()
     assert m["fraction_changed"]["0.125"] == 0.5
 
@@ -84,8 +86,10 @@ def test_matches_numpy_reference_on_random_updates(dtype):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.floats(-1e3, 1e3, width=32), st.floats(-0.25, 0.25, width=32)), min_size=1, max_size=200),
-       st.integers(1, 5))
+@given(
+    st.lists(st.tuples(st.floats(-1e3, 1e3, width=32), st.floats(-0.25, 0.25, width=32)), min_size=1, max_size=200),
+    st.integers(1, 5),
+)
 def test_property_reference_and_merge(pairs, n_parts):
     a = torch.tensor([p[0] for p in pairs], dtype=torch.float32)
     b = (a.double() * (1 + torch.tensor([p[1] for p in pairs], dtype=torch.float64))).float()
@@ -132,8 +136,11 @@ def test_group_l2_is_over_the_concatenation_not_a_mean_of_ratios():
 def test_planted_perturbation_gives_exact_counts(tmp, dtype, shards):
     """Change exactly k elements by +3% in chosen tensors: the audit reports exactly those counts."""
     state, config = model_state("llama", dtype=dtype)
-    planted = {"model.layers.1.mlp.up_proj.weight": 100, "model.layers.2.self_attn.q_proj.weight": 37,
-               "model.embed_tokens.weight": 5}
+    planted = {
+        "model.layers.1.mlp.up_proj.weight": 100,
+        "model.layers.2.self_attn.q_proj.weight": 37,
+        "model.embed_tokens.weight": 5,
+    }
     new = {k: v.clone() for k, v in state.items()}
     for name, k in planted.items():
         flat = new[name].view(-1)
@@ -208,8 +215,12 @@ def test_fused_and_torch_paths_agree_with_reference(path, dtype):
     ref = reference(a[finite], b[finite])
     assert m["nonfinite"] == 4
     assert m["normalized_l2"] == pytest.approx(ref["normalized_l2"], rel=1e-12)
-    n_eq = int((a.view(torch.int16 if dtype != torch.float32 else torch.int32)
-                == b.view(torch.int16 if dtype != torch.float32 else torch.int32)).sum())
+    n_eq = int(
+        (
+            a.view(torch.int16 if dtype != torch.float32 else torch.int32)
+            == b.view(torch.int16 if dtype != torch.float32 else torch.int32)
+        ).sum()
+    )
     assert m["fraction_equal"] == n_eq / n
     # non-finite: 200, 300 changed; 301 (nan, nan: same bits) and 302 (inf, inf) unchanged
     for k, v in ref["fraction_changed"].items():

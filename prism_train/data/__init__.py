@@ -16,6 +16,7 @@ block and the final answer::
 Train and eval never overlap: an item belongs to the eval split iff a hash of its text lands in
 the eval bucket, and each split's generator only keeps its own items.
 """
-from .problems import Problem, in_split, problems, documents, DOMAINS, REASONING_DOMAINS
 
-__all__ = ["Problem", "in_split", "problems", "documents", "DOMAINS", "REASONING_DOMAINS"]
+from .problems import DOMAINS, REASONING_DOMAINS, Problem, documents, in_split, problems
+
+__all__ = ["DOMAINS", "REASONING_DOMAINS", "Problem", "documents", "in_split", "problems"]

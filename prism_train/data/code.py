@@ -1,5 +1,6 @@
 """Python: real standard-library source for next-token training, and small generated programs
 ("what does this print?") whose output the generator computes itself. Model output is never run."""
+
 from __future__ import annotations
 
 import functools
@@ -9,9 +10,27 @@ import sysconfig
 
 from .problems import Problem
 
-STDLIB_FILES = ("textwrap.py", "string.py", "heapq.py", "bisect.py", "fnmatch.py", "colorsys.py",
-                "shlex.py", "glob.py", "keyword.py", "numbers.py", "queue.py", "sched.py", "calendar.py",
-                "difflib.py", "fractions.py", "statistics.py", "copy.py", "operator.py", "random.py")
+STDLIB_FILES = (
+    "textwrap.py",
+    "string.py",
+    "heapq.py",
+    "bisect.py",
+    "fnmatch.py",
+    "colorsys.py",
+    "shlex.py",
+    "glob.py",
+    "keyword.py",
+    "numbers.py",
+    "queue.py",
+    "sched.py",
+    "calendar.py",
+    "difflib.py",
+    "fractions.py",
+    "statistics.py",
+    "copy.py",
+    "operator.py",
+    "random.py",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,5 +78,6 @@ def make_reasoning(rng: random.Random, difficulty: int) -> Problem:
     shown = rng.choice(sorted(env))
     lines.append(f"print({shown})")
     program = "\n".join(lines)
-    return Problem("code_reasoning", difficulty, f"What does this program print?\n{program}",
-                   "\n".join(trace), str(env[shown]))
+    return Problem(
+        "code_reasoning", difficulty, f"What does this program print?\n{program}", "\n".join(trace), str(env[shown])
+    )

@@ -1,15 +1,57 @@
 """Real English prose available offline: the Python reference manual topics shipped with the
 standard library (``pydoc_data.topics``) and the docstrings of standard-library modules."""
+
 from __future__ import annotations
 
 import functools
 import importlib
 
-MODULES = ("abc", "argparse", "bisect", "calendar", "collections", "contextlib", "copy", "csv", "dataclasses",
-           "datetime", "decimal", "difflib", "enum", "fractions", "functools", "glob", "heapq", "inspect", "json",
-           "logging", "math", "operator", "os", "pathlib", "pickle", "queue", "random", "re", "shlex", "shutil",
-           "statistics", "string", "struct", "subprocess", "tempfile", "textwrap", "threading", "time", "typing",
-           "unittest", "uuid", "warnings", "weakref", "zipfile")
+MODULES = (
+    "abc",
+    "argparse",
+    "bisect",
+    "calendar",
+    "collections",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "enum",
+    "fractions",
+    "functools",
+    "glob",
+    "heapq",
+    "inspect",
+    "json",
+    "logging",
+    "math",
+    "operator",
+    "os",
+    "pathlib",
+    "pickle",
+    "queue",
+    "random",
+    "re",
+    "shlex",
+    "shutil",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "time",
+    "typing",
+    "unittest",
+    "uuid",
+    "warnings",
+    "weakref",
+    "zipfile",
+)
 
 
 def _paragraphs(text: str, chunk_chars: int):
@@ -29,6 +71,7 @@ def _paragraphs(text: str, chunk_chars: int):
 @functools.lru_cache(maxsize=1)
 def corpus(chunk_chars: int = 1000) -> tuple[str, ...]:
     from pydoc_data.topics import topics
+
     docs = []
     for key in sorted(topics):
         docs.extend(_paragraphs(topics[key], chunk_chars))

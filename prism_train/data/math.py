@@ -1,5 +1,6 @@
 """Multi-step arithmetic word problems with worked solutions (GSM8K/MATH500-like easy levels,
 AIME-like hard levels). Difficulty = number of operations and size of the numbers."""
+
 from __future__ import annotations
 
 import random

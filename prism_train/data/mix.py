@@ -15,6 +15,7 @@ probability = weight gave prose and code, whose documents are 5-10x longer than 
 52% of the MCS tokens instead of 20%.) Weights need not sum to 1; they must be non-negative with a
 positive sum.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,10 @@ class Mix:
         entries = [(d, w) for d, w in self.domains.items() if w > 0]
         entries += [(f"source:{i}", float(s.get("weight", 1.0))) for i, s in enumerate(self.sources)]
         names = [e[0] for e in entries]
-        corpora = {"general": [d for d in general.corpus() if in_split(d, split)],
-                   "code": [d for d in code.corpus() if in_split(d, split)]}
+        corpora = {
+            "general": [d for d in general.corpus() if in_split(d, split)],
+            "code": [d for d in code.corpus() if in_split(d, split)],
+        }
         for i, s in enumerate(self.sources):
             docs = [d for d in _read_source(s) if in_split(d, split)]
             if not docs:
@@ -68,6 +71,7 @@ class Mix:
             if name in REASONING_DOMAINS:
                 return draw_problem(name, rng, split).text
             return rng.choice(corpora[name])
+
         return sample
 
 
@@ -99,6 +103,7 @@ def _read_source(s: dict) -> list[str]:
         return out
     if path.suffix == ".parquet":
         import pandas as pd
+
         try:
             return [str(x) for x in pd.read_parquet(path)[fld]]
         except ImportError:
@@ -121,6 +126,7 @@ def load_mix(spec: str) -> Mix:
         text = path.read_text(encoding="utf-8")
         if path.suffix in (".yaml", ".yml"):
             import yaml
+
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)

@@ -1,10 +1,11 @@
 """Problems and documents of every domain, split into train and eval by a hash of the text."""
+
 from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 EVAL_BUCKETS = 10  # 1 in 10 texts is eval-only
 
@@ -15,6 +16,7 @@ REASONING_DOMAINS = ("math", "code_reasoning", "science")
 @dataclass(frozen=True)
 class Problem:
     """A reasoning problem: ``prompt`` (question + newline), ``completion`` (reasoning + answer)."""
+
     domain: str
     difficulty: int
     question: str
@@ -49,6 +51,7 @@ LEVELS = (1, 1, 2, 3)
 def generator(domain: str):
     """The problem maker of a reasoning domain: ``make(rng, difficulty) -> Problem``."""
     from . import code, math, science
+
     return {"math": math.make, "code_reasoning": code.make_reasoning, "science": science.make}[domain]
 
 
@@ -78,6 +81,7 @@ def documents(domain: str, split: str = "train", seed: int = 0) -> Iterator[str]
             yield p.text
         return
     from . import code, general
+
     corpus = {"general": general.corpus, "code": code.corpus}.get(domain)
     if corpus is None:
         raise ValueError(f"unknown domain {domain!r}; domains: {', '.join(DOMAINS)}")
