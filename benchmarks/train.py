@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from prism_train.config import TrainConfig
 from prism_train.data.mix import load_mix
-from prism_train.lm import TrainConfig, batch_for_step, lr_at, train
+from prism_train.lm import batch_for_step, lr_at, train
 from prism_train.models import build_model
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from prism_analysis import checkpoint as ck
+from prism_analysis import checkpoint_reader as ck
 from prism_analysis.trajectory import analyse_trajectory
 from prism_analysis.weights import audit
 

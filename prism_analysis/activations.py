@@ -21,7 +21,6 @@ batch gives the same result as one prompt at a time (causal models: real tokens 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -38,9 +37,9 @@ def find_modules(model: nn.Module) -> tuple[str, str, int]:
     embed = names.get(id(model.get_input_embeddings()))
     best = None
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "blocks", "block"):
-            if best is None or len(mod) > len(best[1]):
-                best = (name, mod)
+        is_blocks = isinstance(mod, nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "blocks", "block")
+        if is_blocks and (best is None or len(mod) > len(best[1])):
+            best = (name, mod)
     if embed is None or best is None:
         raise PrismError(f"cannot find the embedding and decoder blocks of {type(model).__name__}")
     return embed, best[0], len(best[1])
@@ -99,7 +98,8 @@ def iter_activations(
     if pool not in POOLS:
         raise ValueError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLS)}")
     from nnsight import NNsight
-    from tqdm.auto import tqdm
+
+    from .progress import progress_bar
 
     embed_path, layers_path, n_layers = find_modules(model)
     nn_model = NNsight(model)
@@ -107,7 +107,7 @@ def iter_activations(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    for start in tqdm(range(0, len(texts), batch_size), desc="activations", disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(texts), batch_size), desc="activations", enabled=progress):
         batch = list(texts[start : start + batch_size])
         enc = tokenizer(
             batch,
@@ -135,40 +135,3 @@ def collect_activations(
 ) -> torch.Tensor:
     """All prompts at once: (L + 1, n, d) float32 (``tokens``: n = total real tokens)."""
     return torch.cat(list(iter_activations(model, tokenizer, texts, pool, batch_size, max_length, progress)), dim=1)
-
-
-def load_model(
-    path: str | os.PathLike,
-    device: str | torch.device | None = None,
-    dtype: str | None = None,
-    tokenizer: str | os.PathLike | None = None,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-    progress: bool = True,
-):
-    """``(model, tokenizer)`` from a local checkpoint, safetensors only unless ``allow_pickle``.
-
-    ``dtype``: ``"float32"``, ``"bfloat16"``, ``"float16"`` or None (the checkpoint's).
-    Raises :class:`PrismError` naming the path when it cannot be loaded.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from .checkpoint import Checkpoint, default_device
-
-    if not progress:
-        hf_logging.disable_progress_bar()
-    Checkpoint(path, allow_pickle=allow_pickle)  # validates files with a one-line error first
-    dev = torch.device(device) if device is not None else default_device()
-    torch_dtype = getattr(torch, dtype) if dtype else "auto"
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle
-        )
-    except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError, ...)
-        raise PrismError(f"cannot load model: {' '.join(str(e).split())[:300]}", path) from None
-    try:
-        tok = AutoTokenizer.from_pretrained(tokenizer or path, trust_remote_code=trust_remote_code)
-    except Exception:
-        raise PrismError("no loadable tokenizer here; pass --tokenizer PATH", tokenizer or path) from None
-    return model.to(dev).eval(), tok

@@ -1,7 +1,13 @@
-"""The ``prism`` command line. Each subcommand is a thin layer over the Python API.
+"""The analysis commands of ``prism``: audit, cka, trajectory, compare, interpolate.
 
-Errors in the input (missing files, corrupt checkpoints, mismatched models) print one line
-``prism: error: <file>: <problem>`` and exit with status 2, with no traceback and no partial output.
+Each subcommand is a thin layer over the Python API. :data:`COMMANDS` is this package's command
+table; the ``prism`` entry point (:mod:`prism_cli`) joins it with the training commands, and
+``python -m prism_analysis.cli`` runs the analysis commands alone.
+
+Errors in the input (missing files, corrupt checkpoints, mismatched models, bad options) print one
+line ``prism: error: <file or option>: <problem>`` and exit with status 2, with no traceback and no
+partial output. An ``--out`` that would overwrite an input or a directory the command did not write
+is refused before any work starts.
 """
 
 from __future__ import annotations
@@ -11,68 +17,93 @@ import os
 import sys
 import textwrap
 
-from .errors import PrismError
+from .errors import PrismError, from_os_error
+from .metrics import DEFAULT_THRESHOLD
+from .options import nonempty, number, number_list
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+THRESHOLD_LIST = number_list(float, percent=True, low=0)
+TAU = number(float, low=0)
+POSITIVE = number(int, low=1)
 
 
-def _thresholds(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(
-            float(x.strip().rstrip("%")) / (100 if x.strip().endswith("%") else 1) for x in text.split(",") if x.strip()
-        )
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError("thresholds must be non-negative, e.g. 0.001,0.01 or 0.1%,1%")
-    return values
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line (``prism CMD: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
-def _add_audit(sub) -> None:
-    p = sub.add_parser(
-        "audit",
-        help="update size and sparsity between two checkpoints (PRISM T12/T22/T23, F11)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=textwrap.dedent("""\
-            Compare checkpoint B (later) against checkpoint A (earlier), tensor by tensor, streaming
-            one pair at a time (memory stays at a few tensors, whatever the model size).
-
-            Reports, per tensor, layer, component and for the whole model:
-              normalized L2      ||W_B - W_A||_F / ||W_A||_F  (groups: over the concatenation)
-              fraction changed   share of elements with |w_B - w_A| > tau * |w_A|, for every tau
-              fraction equal     share of elements bitwise equal in the stored dtype
-            A and B may be model directories (single or sharded safetensors) or .safetensors files."""),
-        epilog=textwrap.dedent("""\
-            examples:
-              prism audit runs/base runs/mid --out audits/base_to_mid
-              prism audit mid/model.safetensors rl/model.safetensors --thresholds 0.1%,1%,10%
-              prism audit base/ mid/ --out out/ --device cuda     # statistics on the GPU
-
-            writes OUT/summary.json, OUT/tensors.csv, OUT/layers.csv, OUT/components.csv and
-            OUT/update_by_layer_and_component.{png,pdf} (F11); OUT appears only when complete."""),
+def add_checkpoint_options(p, device: bool = True) -> None:
+    """Options every command that reads checkpoints has."""
+    if device:
+        p.add_argument("--device", default=None, help="where the work runs: cpu, cuda, cuda:N (default: cuda if any)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also read .bin/.pt checkpoints, with torch.load(weights_only=True); off by default (pickle can run code)",
     )
-    p.add_argument("a", help="earlier checkpoint (e.g. base)")
-    p.add_argument("b", help="later checkpoint (e.g. mid-trained)")
-    p.add_argument("--out", help="output directory (written atomically); omit to only print")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parser(sub, name: str, help: str, description: str, epilog: str):
+    return sub.add_parser(
+        name,
+        help=help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent(description),
+        epilog=textwrap.dedent(epilog),
+    )
+
+
+# -- audit ------------------------------------------------------------------------------------------
+def _add_audit(sub) -> None:
+    p = _parser(
+        sub,
+        "audit",
+        "update size and sparsity between two checkpoints (PRISM T12/T22/T23, F11)",
+        """\
+        Compare checkpoint B (later) against checkpoint A (earlier), tensor by tensor, streaming
+        one pair at a time (memory stays at a few tensors, whatever the model size).
+
+        Reports, per tensor, layer, component and for the whole model:
+          normalized L2      ||W_B - W_A||_F / ||W_A||_F  (groups: over the concatenation)
+          fraction changed   share of elements with |w_B - w_A| > tau * |w_A|, for every tau
+          fraction equal     share of elements bitwise equal in the stored dtype
+        A and B may be model directories (single or sharded safetensors) or .safetensors files.""",
+        """\
+        examples:
+          prism audit runs/base runs/mid --out audits/base_to_mid
+          prism audit mid/model.safetensors rl/model.safetensors --thresholds 0.1%,1%,10%
+          prism audit base/ mid/ --out out/ --device cuda     # statistics on the GPU
+
+        writes OUT/summary.json, OUT/tensors.csv, OUT/layers.csv, OUT/components.csv and
+        OUT/update_by_layer_and_component.{png,pdf} (F11); OUT appears only when complete.""",
+    )
+    p.add_argument("a", type=nonempty, help="earlier checkpoint (e.g. base)")
+    p.add_argument("b", type=nonempty, help="later checkpoint (e.g. mid-trained)")
+    p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
     p.add_argument(
         "--thresholds",
-        type=_thresholds,
+        type=THRESHOLD_LIST,
         default=None,
         metavar="LIST",
         help="relative-change thresholds, fractions or percents (default 0.1%%,0.5%%,1%%,2%%,5%%,10%%)",
     )
-    p.add_argument("--device", default=None, help="where statistics run (default: cuda if available, else cpu)")
-    p.add_argument(
-        "--allow-pickle", action="store_true", help="allow .bin checkpoints, loaded with torch.load(weights_only=True)"
-    )
     p.add_argument("--no-figure", action="store_true", help="skip the F11 figure")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_checkpoint_options(p)
     p.set_defaults(func=_run_audit)
 
 
 def _run_audit(args) -> None:
-    from .weights import DEFAULT_THRESHOLDS, audit
+    from .metrics import DEFAULT_THRESHOLDS
+    from .outputs import check_destination
+    from .weights import audit
 
+    if args.out:
+        check_destination(args.out, "audit", [args.a, args.b])
     result = audit(
         args.a,
         args.b,
@@ -81,42 +112,40 @@ def _run_audit(args) -> None:
         progress=not args.quiet,
         allow_pickle=args.allow_pickle,
     )
+    print(result.format(), flush=True)
     if args.out:
         result.save(args.out, figure=not args.no_figure)
-    print(result.format())
-    if args.out:
-        print(
-            f"\nwrote {args.out}/summary.json, tensors.csv, layers.csv, components.csv"
-            + ("" if args.no_figure else ", update_by_layer_and_component.png/.pdf")
-        )
+        figure = "" if args.no_figure else ", update_by_layer_and_component.png/.pdf"
+        print(f"\nwrote {args.out}/summary.json, tensors.csv, layers.csv, components.csv{figure}")
 
 
+# -- cka ----------------------------------------------------------------------------------------------
 def _add_cka(sub) -> None:
-    p = sub.add_parser(
+    p = _parser(
+        sub,
         "cka",
-        help="layer-by-layer CKA between two checkpoints on probe prompts (PRISM F14/T14)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=textwrap.dedent("""\
-            Run both checkpoints on the prompts of each probe file (one prompt per forward pass),
-            pool every layer's hidden states (embedding output and every block), and compute the
-            linear CKA of layer l of A with layer l of B over the prompts:
+        "layer-by-layer CKA between two checkpoints on probe prompts (PRISM F14/T14)",
+        """\
+        Run both checkpoints on the prompts of each probe file (one prompt per forward pass),
+        pool every layer's hidden states (embedding output and every block), and compute the
+        linear CKA of layer l of A with layer l of B over the prompts:
 
-              CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F),  X, Y column-centred   (Eq. 4)
+          CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F),  X, Y column-centred   (Eq. 4)
 
-            with PRISM's bootstrap interval (random subsets of half the prompts, 20 times).
-            The number PRISM reports (T14) is the minimum over layers."""),
-        epilog=textwrap.dedent("""\
-            examples:
-              prism cka runs/mid runs/rl --probe wiki.txt --probe gsm8k.jsonl --out cka/mid_vs_rl
-              prism cka base/ mid/ --probe c4.txt --pool tokens          # every token a row, streamed
-              prism cka base/ other/ --probe p.txt --all-pairs           # + L x L heatmap
+        with PRISM's bootstrap interval (random subsets of half the prompts, 20 times).
+        The number PRISM reports (T14) is the minimum over layers.""",
+        """\
+        examples:
+          prism cka runs/mid runs/rl --probe wiki.txt --probe gsm8k.jsonl --out cka/mid_vs_rl
+          prism cka base/ mid/ --probe c4.txt --pool tokens          # every token a row, streamed
+          prism cka base/ other/ --probe p.txt --all-pairs           # + L x L heatmap
 
-            probe files: .txt (one prompt per line) or .jsonl (field "text").
-            writes OUT/cka.csv (probe, layer, cka, ci_low, ci_high, ...), OUT/summary.json
-            ({probe: {min_cka, argmin_layer, layers}}) and OUT/cka_by_layer.{png,pdf} (F14)."""),
+        probe files: .txt (one prompt per line) or .jsonl (field "text").
+        writes OUT/cka.csv (probe, layer, cka, ci_low, ci_high, ...), OUT/summary.json
+        ({probe: {min_cka, argmin_layer, layers}}) and OUT/cka_by_layer.{png,pdf} (F14).""",
     )
-    p.add_argument("a", help="first checkpoint (e.g. mid-trained)")
-    p.add_argument("b", help="second checkpoint (e.g. after RL)")
+    p.add_argument("a", type=nonempty, help="first checkpoint (e.g. mid-trained)")
+    p.add_argument("b", type=nonempty, help="second checkpoint (e.g. after RL)")
     p.add_argument(
         "--probe",
         action="append",
@@ -124,31 +153,34 @@ def _add_cka(sub) -> None:
         metavar="FILE",
         help="probe prompts (.txt or .jsonl); repeat for several probe sets",
     )
-    p.add_argument("--out", help="output directory (written atomically); omit to only print")
+    p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
     p.add_argument(
         "--pool",
         choices=["mean", "last", "tokens"],
         default="mean",
         help="pooling over a prompt's tokens (default: mean, as PRISM)",
     )
-    p.add_argument("--n", type=int, default=200, help="prompts per probe set (default 200, as PRISM)")
-    p.add_argument("--bootstrap", type=int, default=20, help="resamples for the interval (default 20; 0: none)")
-    p.add_argument("--sample", type=int, default=None, help="prompts per resample (default: half of n)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=POSITIVE, default=200, help="prompts per probe set (default 200, as PRISM)")
+    p.add_argument(
+        "--bootstrap", type=number(int, low=0), default=20, help="resamples for the interval (default 20; 0: none)"
+    )
+    p.add_argument("--sample", type=POSITIVE, default=None, help="prompts per resample (default: half of n)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     p.add_argument("--debiased", action="store_true", help="debiased CKA (unbiased HSIC)")
     p.add_argument("--all-pairs", action="store_true", help="also every layer of A vs every layer of B (heatmap)")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument(
         "--dtype",
         choices=["float32", "bfloat16", "float16"],
         default=None,
         help="model dtype (default: the checkpoint's)",
     )
-    p.add_argument("--batch-size", type=int, default=1, help="prompts per forward pass (pads are masked)")
-    p.add_argument("--max-length", type=int, default=512, help="truncate prompts to this many tokens")
-    p.add_argument("--tokenizer", default=None, help="tokenizer path when the checkpoints have none")
+    p.add_argument("--batch-size", type=POSITIVE, default=1, help="prompts per forward pass (pads are masked)")
+    p.add_argument(
+        "--max-length", type=number(int, low=2), default=512, help="truncate prompts to this many tokens (>= 2)"
+    )
+    p.add_argument("--tokenizer", type=nonempty, default=None, help="tokenizer path when the checkpoints have none")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_checkpoint_options(p)
     p.set_defaults(func=_run_cka)
 
 
@@ -156,7 +188,10 @@ def _run_cka(args) -> None:
     from pathlib import Path
 
     from .model_cka import model_cka, read_probe
+    from .outputs import check_destination
 
+    if args.out:
+        check_destination(args.out, "cka", [args.a, args.b, *args.probe])
     probes = {}
     for f in args.probe:
         name = Path(f).stem
@@ -180,115 +215,119 @@ def _run_cka(args) -> None:
         max_length=args.max_length,
         tokenizer=args.tokenizer,
         trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
         progress=not args.quiet,
     )
+    print(result.format(), flush=True)
     if args.out:
         result.save(args.out)
-    print(result.format())
-    if args.out:
         print(f"\nwrote {args.out}/cka.csv, summary.json, cka_by_layer.png/.pdf")
 
 
+# -- trajectory -------------------------------------------------------------------------------------
 def _add_trajectory(sub) -> None:
-    p = sub.add_parser(
+    p = _parser(
+        sub,
         "trajectory",
-        help="front-loading over a checkpoint sequence (PRISM F16)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=textwrap.dedent("""\
-            For every checkpoint theta_t of a run, against the first (theta_0) and the last (theta_T),
-            per component and for the whole model:
-              C(t)                       cumulative normalized L2 ||theta_t - theta_0|| / ||theta_0||
-              fraction changed           vs theta_0, at every threshold of the sweep
-              cosine_to_final            cosine(theta_t - theta_0, theta_T - theta_0)
-              share_of_final_changed     share of the final changed set (at --tau) already changed at t
-            and t50 / t80: the first step where C(t) reaches 50% / 80% of C(T).
-            Each checkpoint file is read once."""),
-        epilog=textwrap.dedent("""\
-            RUN is a directory with a trajectory.json manifest (written by prism train / prism rl),
-            a directory of step directories (step_000020/, checkpoint-20/, global_step20/, ...),
-            or two or more checkpoint paths in order.
+        "front-loading over a checkpoint sequence (PRISM F16)",
+        """\
+        For every checkpoint theta_t of a run, against the first (theta_0) and the last (theta_T),
+        per component and for the whole model:
+          C(t)                       cumulative normalized L2 ||theta_t - theta_0|| / ||theta_0||
+          fraction changed           vs theta_0, at every threshold of the sweep
+          cosine_to_final            cosine(theta_t - theta_0, theta_T - theta_0)
+          share_of_final_changed     share of the final changed set (at --tau) already changed at t
+        and t50 / t80: the first step where C(t) reaches 50% / 80% of C(T).
+        Each checkpoint file is read once.""",
+        """\
+        RUN is a directory with a trajectory.json manifest (written by prism train / prism rl),
+        a directory of step directories (step_000020/, checkpoint-20/, global_step20/, ...),
+        or two or more checkpoint paths in order.
 
-            examples:
-              prism trajectory runs/rl_mid --out traj/rl_mid
-              prism trajectory runs/rl_mid --compare runs/rl_base --out traj/f16   # F16 overlay
-              prism trajectory ckpt/step_0 ckpt/step_100 ckpt/step_200 --out traj/x
+        examples:
+          prism trajectory runs/rl_mid --out traj/rl_mid
+          prism trajectory runs/rl_mid --compare runs/rl_base --out traj/f16   # F16 overlay
+          prism trajectory ckpt/step_0 ckpt/step_100 ckpt/step_200 --out traj/x
 
-            writes OUT/trajectory.csv (step, component, metric, value), OUT/summary.json and
-            OUT/trajectory.{png,pdf} (F16; --compare run dashed)."""),
+        writes OUT/trajectory.csv (step, component, metric, value), OUT/summary.json and
+        OUT/trajectory.{png,pdf} (F16; --compare run dashed).""",
     )
-    p.add_argument("run", nargs="+", help="run directory or manifest, or checkpoints in order")
-    p.add_argument("--compare", default=None, metavar="RUN2", help="a second run to overlay (dashed)")
-    p.add_argument("--out", help="output directory (written atomically); omit to only print")
-    p.add_argument("--tau", type=float, default=0.01, help="threshold for the changed sets (default 0.01 = 1%%)")
-    p.add_argument("--thresholds", type=_thresholds, default=None, metavar="LIST", help="threshold sweep")
-    p.add_argument("--device", default=None)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("run", nargs="+", type=nonempty, help="run directory or manifest, or checkpoints in order")
+    p.add_argument("--compare", type=nonempty, default=None, metavar="RUN2", help="a second run to overlay (dashed)")
+    p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
+    p.add_argument(
+        "--tau", type=TAU, default=DEFAULT_THRESHOLD, help="threshold for the changed sets (default 0.01 = 1%%)"
+    )
+    p.add_argument("--thresholds", type=THRESHOLD_LIST, default=None, metavar="LIST", help="threshold sweep")
+    add_checkpoint_options(p)
     p.set_defaults(func=_run_trajectory)
 
 
 def _run_trajectory(args) -> None:
+    from .metrics import DEFAULT_THRESHOLDS
+    from .outputs import check_destination
     from .trajectory import analyse_trajectory, save_trajectory
-    from .weights import DEFAULT_THRESHOLDS
 
+    if args.out:
+        check_destination(args.out, "trajectory", [*args.run, args.compare])
     kw = dict(
-        thresholds=args.thresholds or DEFAULT_THRESHOLDS, tau=args.tau, device=args.device, progress=not args.quiet
+        thresholds=args.thresholds or DEFAULT_THRESHOLDS,
+        tau=args.tau,
+        device=args.device,
+        progress=not args.quiet,
+        allow_pickle=args.allow_pickle,
     )
     main_run = analyse_trajectory(args.run if len(args.run) > 1 else args.run[0], **kw)
     other = analyse_trajectory(args.compare, **kw) if args.compare else None
+    for t in [main_run] + ([other] if other else []):
+        print(t.format())
+    sys.stdout.flush()
     if args.out:
         save_trajectory(args.out, main_run, other)
-    for t in [main_run] + ([other] if other else []):
-        s = t.summary()
-        print(f"{t.name}: steps {s['steps'][0]}..{s['steps'][-1]} ({len(s['steps'])} checkpoints)")
-        print(f"  {'component':<16}{'t50':>7}{'t80':>7}{'final L2':>12}{'final %chg':>12}")
-        for comp, b in [("total", s["total"])] + list(s["components"].items()):
-            print(
-                f"  {comp:<16}{b['t50']!s:>7}{b['t80']!s:>7}{b['final_normalized_l2']:>12.4g}"
-                f"{100 * b['final_fraction_changed']:>12.2f}"
-            )
-    if args.out:
         print(f"\nwrote {args.out}/trajectory.csv, summary.json, trajectory.png/.pdf")
 
 
+# -- compare ----------------------------------------------------------------------------------------
 def _add_compare(sub) -> None:
-    p = sub.add_parser(
+    p = _parser(
+        sub,
         "compare",
-        help="two updates side by side: cosine, size, density, mask overlap (PRISM Eq. 2, F12, F26)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=textwrap.dedent("""\
-            Compare U1 = B1 - A1 with U2 = B2 - A2 (same architecture), per component and overall:
-            cosine(U1, U2) (Eq. 2), normalized L2 of each and their ratio, fraction changed of each
-            (|d| > tau |a|) and the difference in percentage points, the Jaccard overlap of the two
-            changed masks, the overlap expected by chance for masks of those densities, and the
-            one-sided overlaps."""),
-        epilog=textwrap.dedent("""\
-            examples:
-              prism compare base rl_base mid rl_mid --out cmp/rl_start      # F26: RL from base vs mid
-              prism compare base mid_mc base mid_mcs --out cmp/mc_vs_mcs    # F12/T13: MC vs MCS
+        "two updates side by side: cosine, size, density, mask overlap (PRISM Eq. 2, F12, F26)",
+        """\
+        Compare U1 = B1 - A1 with U2 = B2 - A2 (same architecture), per component and overall:
+        cosine(U1, U2) (Eq. 2), normalized L2 of each and their ratio, fraction changed of each
+        (|d| > tau |a|) and the difference in percentage points, the Jaccard overlap of the two
+        changed masks, the overlap expected by chance for masks of those densities, and the
+        one-sided overlaps.""",
+        """\
+        examples:
+          prism compare base rl_base mid rl_mid --out cmp/rl_start      # F26: RL from base vs mid
+          prism compare base mid_mc base mid_mcs --out cmp/mc_vs_mcs    # F12/T13: MC vs MCS
 
-            writes OUT/compare.csv, OUT/summary.json and OUT/compare_components.{png,pdf}."""),
+        writes OUT/compare.csv, OUT/summary.json and OUT/compare_components.{png,pdf}.""",
     )
-    for name in ("a1", "b1", "a2", "b2"):
-        p.add_argument(
-            name,
-            help={
-                "a1": "start of update 1",
-                "b1": "end of update 1",
-                "a2": "start of update 2",
-                "b2": "end of update 2",
-            }[name],
-        )
-    p.add_argument("--out", help="output directory (written atomically); omit to only print")
-    p.add_argument("--tau", type=float, default=0.01, help="threshold for changed masks (default 0.01 = 1%%)")
+    for name, text in (
+        ("a1", "start of update 1"),
+        ("b1", "end of update 1"),
+        ("a2", "start of update 2"),
+        ("b2", "end of update 2"),
+    ):
+        p.add_argument(name, type=nonempty, help=text)
+    p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
+    p.add_argument(
+        "--tau", type=TAU, default=DEFAULT_THRESHOLD, help="threshold for changed masks (default 0.01 = 1%%)"
+    )
     p.add_argument("--labels", nargs=2, default=("U1", "U2"), metavar=("L1", "L2"), help="names for the figure")
-    p.add_argument("--device", default=None)
-    p.add_argument("--quiet", action="store_true")
+    add_checkpoint_options(p)
     p.set_defaults(func=_run_compare)
 
 
 def _run_compare(args) -> None:
     from .compare import compare_updates
+    from .outputs import check_destination
 
+    if args.out:
+        check_destination(args.out, "compare", [args.a1, args.b1, args.a2, args.b2])
     res = compare_updates(
         args.a1,
         args.b1,
@@ -297,80 +336,115 @@ def _run_compare(args) -> None:
         tau=args.tau,
         device=args.device,
         progress=not args.quiet,
+        allow_pickle=args.allow_pickle,
         labels=tuple(args.labels),
     )
+    print(res.format(), flush=True)
     if args.out:
         res.save(args.out)
-    print(res.format())
-    if args.out:
         print(f"\nwrote {args.out}/compare.csv, summary.json, compare_components.png/.pdf")
 
 
+# -- interpolate ------------------------------------------------------------------------------------
 def _add_interpolate(sub) -> None:
-    p = sub.add_parser(
+    p = _parser(
+        sub,
         "interpolate",
-        help="write W(a, b) = base + a (mid - base) + b (rl - mid) (PRISM Eq. 3)",
-        description="Write the interpolated weights W(a, b) = W_base + a (W_mid - W_base) + b (W_rl - W_mid) "
-        "as a loadable Hugging Face checkpoint (stored dtype; config and tokenizer from base). "
-        "W(0,0), W(1,0), W(1,1) reproduce base, mid and rl bit for bit. "
-        "Example: prism interpolate base mid rl --a 1 --b 0.5 --out interp/a1_b0.5",
+        "write W(a, b) = base + a (mid - base) + b (rl - mid) (PRISM Eq. 3)",
+        """\
+        Write the interpolated weights W(a, b) = W_base + a (W_mid - W_base) + b (W_rl - W_mid)
+        as a loadable Hugging Face checkpoint (stored dtype; config and tokenizer from base).
+        W(0,0), W(1,0), W(1,1) reproduce base, mid and rl bit for bit. The three checkpoints must
+        have the same architecture, depth and tensor shapes.""",
+        """\
+        examples:
+          prism interpolate base mid rl --a 1 --b 0.5 --out interp/a1_b0.5
+          prism interpolate base mid rl --a 0.5 --b 0 --out interp/halfway_to_mid""",
     )
-    p.add_argument("base")
-    p.add_argument("mid")
-    p.add_argument("rl")
-    p.add_argument("--a", type=float, required=True, help="weight of the mid-training update")
-    p.add_argument("--b", type=float, required=True, help="weight of the RL update")
-    p.add_argument("--out", required=True, help="output checkpoint directory (written atomically)")
+    p.add_argument("base", type=nonempty, help="the base checkpoint")
+    p.add_argument("mid", type=nonempty, help="the mid-trained checkpoint")
+    p.add_argument("rl", type=nonempty, help="the checkpoint after RL")
+    coefficient = number(float, low=-1e3, high=1e3)
+    p.add_argument("--a", type=coefficient, required=True, help="weight of the mid-training update (|a| <= 1000)")
+    p.add_argument("--b", type=coefficient, required=True, help="weight of the RL update (|b| <= 1000)")
+    p.add_argument("--out", type=nonempty, required=True, help="output checkpoint directory (written atomically)")
+    add_checkpoint_options(p, device=False)
     p.set_defaults(func=_run_interpolate)
 
 
 def _run_interpolate(args) -> None:
     from .interpolate import interpolate
 
-    out = interpolate(args.base, args.mid, args.rl, args.a, args.b, args.out, progress=True)
+    out = interpolate(
+        args.base,
+        args.mid,
+        args.rl,
+        args.a,
+        args.b,
+        args.out,
+        progress=not args.quiet,
+        allow_pickle=args.allow_pickle,
+    )
     print(f"wrote {out} = W(a={args.a:g}, b={args.b:g})")
 
 
-_ADDERS = [_add_audit, _add_cka, _add_trajectory, _add_compare, _add_interpolate]
+#: This package's command table: functions that add one subcommand each to a subparsers object.
+COMMANDS = [_add_audit, _add_cka, _add_trajectory, _add_compare, _add_interpolate]
+
+DESCRIPTION = """\
+    PRISM toolkit: see what training does to a language model's weights and representations
+    (Runwal et al., "PRISM: Demystifying Retention and Interaction in Mid-Training", 2026).
+
+    Every command reads Hugging Face checkpoints (safetensors; pickle only with --allow-pickle),
+    writes tidy tables (CSV/JSON) and figures, and prints a short summary."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="prism",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=textwrap.dedent("""\
-            PRISM toolkit: see what training does to a language model's weights and representations
-            (Runwal et al., "PRISM: Demystifying Retention and Interaction in Mid-Training", 2026).
-
-            Every command reads Hugging Face checkpoints (safetensors; pickle only with --allow-pickle),
-            writes tidy tables (CSV/JSON) and figures, and prints a short summary."""),
-        epilog="Run 'prism COMMAND --help' for the options and examples of one command.",
-    )
+def build_parser(commands=COMMANDS) -> argparse.ArgumentParser:
+    """The ``prism`` parser with the given command tables."""
     from . import __version__
 
+    parser = OneLineParser(
+        prog="prism",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent(DESCRIPTION),
+        epilog="Run 'prism COMMAND --help' for the options and examples of one command.",
+    )
     parser.add_argument("--version", action="version", version=f"prism {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from prism_train.cli import ADDERS as TRAIN_ADDERS
-
-    for add in _ADDERS + TRAIN_ADDERS:
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
+    for add in commands:
         add(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run(argv: list[str] | None = None, commands=COMMANDS) -> int:
+    """Parse ``argv`` and run the command; bad input -> one line on stderr and exit status 2."""
+    args = build_parser(commands).parse_args(argv)
     try:
         args.func(args)
     except PrismError as e:
-        print(f"prism: error: {e}", file=sys.stderr)
+        print(f"prism: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # output piped into `head`: stop quietly
+        os._exit(0)
+    except OSError as e:  # disk full, permission denied, ... met while writing
+        print(f"prism: error: {from_os_error(e, 'cannot complete')}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ModuleNotFoundError as e:
+        print(
+            f"prism: error: '{args.command}' needs the package {e.name!r}, which is not installed "
+            "(pip install 'prism-toolkit[train]' installs what training needs)",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("prism: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        os._exit(0)
+        return EXIT_INTERRUPTED
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The analysis commands alone (``python -m prism_analysis.cli``)."""
+    return run(argv)
 
 
 if __name__ == "__main__":

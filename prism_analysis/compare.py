@@ -24,77 +24,54 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from . import fused, weights
-from .checkpoint import align, check_same_architecture, default_device, iter_tensors, open_checkpoint
-from .errors import PrismError
+from .accumulator import Accumulator, group_stats, state
+from .checkpoint_reader import open_aligned, stream_aligned
+from .devices import resolve_device
+from .metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, bits_equal, changed_mask, threshold_key
 from .outputs import atomic_output_dir, write_json
-from .weights import CHUNK, DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, UpdateStats, group_stats, threshold_key
+from .weights import CHUNK, UpdateStats, as_float, use_fused
 
 
 @dataclass
-class OverlapStats:
-    """Streaming statistics of two updates d1 = b1 - a1 and d2 = b2 - a2 over tensor pairs."""
+class OverlapStats(Accumulator):
+    """Streaming statistics of two updates d1 = b1 - a1 and d2 = b2 - a2 over tensor pairs.
+
+    Changed masks M1, M2 follow :mod:`prism_analysis.metrics` (the rule UpdateStats uses); the sums
+    leave out elements where d1 or d2 is not finite.
+    """
 
     tau: float = DEFAULT_THRESHOLD
-    numel: int = 0
-    dot: float = 0.0  # <d1, d2>
-    sq1: float = 0.0  # ||d1||^2
-    sq2: float = 0.0  # ||d2||^2
-    n1: int = 0  # |M1|
-    n2: int = 0  # |M2|
-    n12: int = 0  # |M1 & M2|
-    expected_n12: float = 0.0  # sum over tensors of n_t p1_t p2_t
+    numel: int = state(0)
+    dot: float = state(0.0)  # <d1, d2>
+    sq1: float = state(0.0)  # ||d1||^2
+    sq2: float = state(0.0)  # ||d2||^2
+    n1: int = state(0)  # |M1|
+    n2: int = state(0)  # |M2|
+    n12: int = state(0)  # |M1 & M2|
+    expected_n12: float = state(0.0)  # sum over tensors of n_t p1_t p2_t
 
     def update(self, a1, b1, a2, b2) -> OverlapStats:
+        a1, b1, a2, b2 = (as_float(t).reshape(-1) for t in (a1, b1, a2, b2))
         n = a1.numel()
-        if (
-            weights.USE_FUSED
-            and fused.supports(a1)
-            and all(t.dtype == a1.dtype and t.device == a1.device for t in (b1, a2, b2))
-        ):
+        if use_fused(a1, b1, a2, b2):
+            from . import fused
+
             acc, cnt = fused.overlap_stats(a1, b1, a2, b2, self.tau)
         else:
-            acc, cnt = self._torch_update(a1, b1, a2, b2)
-        self.numel += n
-        self.dot += acc[0]
-        self.sq1 += acc[1]
-        self.sq2 += acc[2]
-        self.n1 += cnt[0]
-        self.n2 += cnt[1]
-        self.n12 += cnt[2]
-        self.expected_n12 += cnt[0] * cnt[1] / n if n else 0.0
-        return self
-
-    def _torch_update(self, a1, b1, a2, b2):
-        """Torch path (GPU, other dtypes): the same sums as ``fused.overlap_stats``."""
-        work = torch.float32 if a1.dtype in (torch.bfloat16, torch.float16) else torch.float64
-        flat = [t.reshape(-1) for t in (a1, b1, a2, b2)]
-        n = flat[0].numel()
-        acc = torch.zeros(3, dtype=torch.float64, device=a1.device)
-        cnt = torch.zeros(3, dtype=torch.int64, device=a1.device)
-        for s in range(0, n, CHUNK):
-            x1, y1, x2, y2 = (t[s : s + CHUNK].to(work) for t in flat)
-            d1, d2 = y1 - x1, y2 - x2
-            m1 = d1.abs() > self.tau * x1.abs()
-            m2 = d2.abs() > self.tau * x2.abs()
-            ok = torch.isfinite(d1) & torch.isfinite(d2)
-            d1, d2 = torch.where(ok, d1, 0).double(), torch.where(ok, d2, 0).double()
-            acc[0] += torch.dot(d1, d2)
-            acc[1] += torch.dot(d1, d1)
-            acc[2] += torch.dot(d2, d2)
-            cnt[0] += m1.sum()
-            cnt[1] += m2.sum()
-            cnt[2] += (m1 & m2).sum()
-        return acc.tolist(), cnt.tolist()
-
-    def merge(self, other: OverlapStats) -> OverlapStats:
-        if other.tau != self.tau:
-            raise ValueError("cannot merge overlaps taken at different thresholds")
-        for k in ("numel", "dot", "sq1", "sq2", "n1", "n2", "n12", "expected_n12"):
-            setattr(self, k, getattr(self, k) + getattr(other, k))
-        return self
+            acc, cnt = _torch_overlap(a1, b1, a2, b2, self.tau)
+        return self.add(
+            {
+                "numel": n,
+                "dot": acc[0],
+                "sq1": acc[1],
+                "sq2": acc[2],
+                "n1": cnt[0],
+                "n2": cnt[1],
+                "n12": cnt[2],
+                "expected_n12": cnt[0] * cnt[1] / n if n else 0.0,
+            }
+        )
 
     def compute(self) -> dict:
         union = self.n1 + self.n2 - self.n12
@@ -109,6 +86,26 @@ class OverlapStats:
             "overlap_1_in_2": self.n12 / self.n2 if self.n2 else math.nan,  # share of M2 also in M1
             "overlap_2_in_1": self.n12 / self.n1 if self.n1 else math.nan,  # share of M1 also in M2
         }
+
+
+def _torch_overlap(a1, b1, a2, b2, tau: float) -> tuple[list[float], list[int]]:
+    """Torch path (GPU, other dtypes, small tensors): the results of ``fused.overlap_stats``."""
+    acc = torch.zeros(3, dtype=torch.float64, device=a1.device)
+    cnt = torch.zeros(3, dtype=torch.int64, device=a1.device)
+    for s in range(0, a1.numel(), CHUNK):
+        x1, y1, x2, y2 = (t[s : s + CHUNK] for t in (a1, b1, a2, b2))
+        m1 = changed_mask(x1.double(), y1.double(), tau, bits_equal(x1, y1))
+        m2 = changed_mask(x2.double(), y2.double(), tau, bits_equal(x2, y2))
+        d1, d2 = y1.double() - x1.double(), y2.double() - x2.double()
+        ok = torch.isfinite(d1) & torch.isfinite(d2)
+        d1, d2 = torch.where(ok, d1, 0), torch.where(ok, d2, 0)
+        acc[0] += torch.dot(d1, d2)
+        acc[1] += torch.dot(d1, d1)
+        acc[2] += torch.dot(d2, d2)
+        cnt[0] += m1.sum()
+        cnt[1] += m2.sum()
+        cnt[2] += (m1 & m2).sum()
+    return acc.tolist(), cnt.tolist()
 
 
 @dataclass
@@ -126,7 +123,8 @@ class Comparison:
     def save(self, out: str | os.PathLike) -> None:
         from .figures import plot_compare
 
-        with atomic_output_dir(out) as tmp:
+        inputs = [self.paths[k] for k in ("a1", "b1", "a2", "b2")]
+        with atomic_output_dir(out, "compare", inputs) as tmp:
             self.table.to_csv(tmp / "compare.csv", index=False)
             write_json(tmp / "summary.json", self.summary_dict)
             plot_compare(
@@ -168,25 +166,15 @@ def compare_updates(
     labels: tuple[str, str] = ("U1", "U2"),
 ) -> Comparison:
     """Compare U1 = b1 - a1 with U2 = b2 - a2, streaming the four checkpoints tensor by tensor."""
-    ckpts = [open_checkpoint(p, allow_pickle) for p in (a1, b1, a2, b2)]
-    check_same_architecture(ckpts)
-    names = align(ckpts[0], ckpts[1]).common
-    for other in ckpts[2:]:
-        common = set(align(ckpts[0], other).common)
-        names = [n for n in names if n in common]
-    if not names:
-        raise PrismError("the four checkpoints share no tensor names", ckpts[0].path)
+    ckpts, al = open_aligned([a1, b1, a2, b2], allow_pickle)
     thresholds = tuple(sorted(set(thresholds) | {tau}))
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     ov, s1, s2 = {}, {}, {}
-    total = sum(sum(c.info(n).nbytes for c in ckpts) for n in names)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="compare", disable=not progress, leave=False) as bar:
-        for name, ts in iter_tensors(ckpts, names):
-            x1, y1, x2, y2 = (t.to(dev) for t in ts)
-            ov[name] = OverlapStats(tau).update(x1, y1, x2, y2)
-            s1[name] = UpdateStats(thresholds).update(x1, y1)
-            s2[name] = UpdateStats(thresholds).update(x2, y2)
-            bar.update(sum(t.nbytes for t in ts))
+    for name, ts in stream_aligned(ckpts, al.common, desc="compare", progress=progress):
+        x1, y1, x2, y2 = (t.to(dev) for t in ts)
+        ov[name] = OverlapStats(tau).update(x1, y1, x2, y2)
+        s1[name] = UpdateStats(thresholds).update(x1, y1)
+        s2[name] = UpdateStats(thresholds).update(x2, y2)
     g_ov = group_stats(ov, lambda: OverlapStats(tau))
     g1 = group_stats(s1, lambda: UpdateStats(thresholds))
     g2 = group_stats(s2, lambda: UpdateStats(thresholds))

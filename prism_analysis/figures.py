@@ -1,7 +1,7 @@
 """The paper's figures, drawn from saved tables (so any figure can be redrawn without recomputing).
 
 Every ``plot_*`` function takes pandas tables (as written by the analysis modules), writes
-``<stem>.png`` and ``<stem>.pdf`` and returns the matplotlib Figure. Colours come from seaborn's
+``<stem>.png`` and ``<stem>.pdf`` and returns the matplotlib Figure. Colours are seaborn's
 colour-blind-safe palette.
 """
 
@@ -16,9 +16,12 @@ import matplotlib.ticker
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
 
-PALETTE = sns.color_palette("colorblind")
+from .metrics import DEFAULT_THRESHOLD, changed_column
+
+#: seaborn's colour-blind-safe palette ("colorblind"), spelled out so drawing a figure does not
+#: import seaborn (and scipy with it); seaborn is imported only for the heatmaps.
+PALETTE = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9")
 
 
 def _save(fig, stem: str | os.PathLike) -> None:
@@ -28,9 +31,11 @@ def _save(fig, stem: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def plot_audit(layers: pd.DataFrame, components: pd.DataFrame, stem, tau: float = 0.01, title: str = "") -> plt.Figure:
+def plot_audit(
+    layers: pd.DataFrame, components: pd.DataFrame, stem, tau: float = DEFAULT_THRESHOLD, title: str = ""
+) -> plt.Figure:
     """F11: per-layer normalized L2 (top) and % of weights changed by component (bottom)."""
-    col = f"fraction_changed_{float(tau)!r}"
+    col = changed_column(tau)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), constrained_layout=True)
     if len(layers):
         top.plot(layers["layer"], layers["normalized_l2"], marker="o", color=PALETTE[0])
@@ -73,6 +78,8 @@ def plot_cka_layers(layers: pd.DataFrame, stem, title: str = "") -> plt.Figure:
 def plot_cka_matrix(matrix: pd.DataFrame, stem, title: str = "") -> plt.Figure:
     """Heatmap of CKA between every layer of A (rows) and every layer of B (columns)."""
     fig, ax = plt.subplots(figsize=(6, 5), constrained_layout=True)
+    import seaborn as sns
+
     sns.heatmap(matrix, ax=ax, cmap="viridis", vmin=0, vmax=1, square=True, cbar_kws={"label": "linear CKA"})
     ax.invert_yaxis()
     ax.set_xlabel("layer of B")
@@ -83,7 +90,7 @@ def plot_cka_matrix(matrix: pd.DataFrame, stem, title: str = "") -> plt.Figure:
     return fig
 
 
-def plot_compare(table: pd.DataFrame, stem, tau: float = 0.01, labels=("U1", "U2")) -> plt.Figure:
+def plot_compare(table: pd.DataFrame, stem, tau: float = DEFAULT_THRESHOLD, labels=("U1", "U2")) -> plt.Figure:
     """F26 (left): % changed per component for both updates; F12 (right): cosine per component."""
     comps = table[table["group"] != "total"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), constrained_layout=True)
@@ -111,7 +118,7 @@ def plot_compare(table: pd.DataFrame, stem, tau: float = 0.01, labels=("U1", "U2
 def plot_trajectory(
     table: pd.DataFrame,
     stem,
-    tau: float = 0.01,
+    tau: float = DEFAULT_THRESHOLD,
     label: str = "run",
     compare: pd.DataFrame | None = None,
     compare_label: str | None = None,
@@ -119,11 +126,11 @@ def plot_trajectory(
 ) -> plt.Figure:
     """F16: cumulative normalized L2 (left) and % changed vs theta_0 (right) over steps, per
     component; the compared run (e.g. RL from base) dashed, the main run (RL from mid) solid."""
-    key = f"fraction_changed_{float(tau)!r}"
-    comps = components or [c for c in table["component"].unique()]
+    key = changed_column(tau)
+    comps = components or list(table["component"].unique())
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     runs = [(table, label, "-")] + ([(compare, compare_label or "compare", "--")] if compare is not None else [])
-    for df, name, ls in runs:
+    for df, _, ls in runs:
         for i, comp in enumerate(comps):
             color = "k" if comp == "total" else PALETTE[i % len(PALETTE)]
             lw = 2.2 if comp == "total" else 1.2
@@ -167,6 +174,8 @@ def plot_landscape(df: pd.DataFrame, stem, score_label: str = "score") -> plt.Fi
     grid = df[df["kind"] == "grid"]
     if len(grid):
         mat = grid.pivot_table(index="b", columns="a", values="score")
+        import seaborn as sns
+
         sns.heatmap(mat, ax=right, cmap="viridis", annot=True, fmt=".2f", cbar_kws={"label": score_label})
         right.invert_yaxis()
     right.set_title("F13: W(a, b) = base + a(mid - base) + b(rl - mid)")

@@ -12,6 +12,7 @@ dtype. :func:`interpolate` streams tensor by tensor and writes a loadable Huggin
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -21,10 +22,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
-from .checkpoint import align, check_same_architecture, iter_tensors, open_checkpoint
+from .checkpoint_reader import open_aligned, stream_aligned
+from .errors import PrismError
 from .outputs import atomic_output_dir
+from .progress import progress_bar
 
 SHARD_BYTES = 2 << 30
 _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth")
@@ -39,16 +41,30 @@ def _copy_side_files(src: Path, dst: Path) -> None:
             shutil.copy2(f, dst / f.name)
 
 
-def interpolate(base, mid, rl, a: float, b: float, out, progress: bool = False, shard_bytes: int = SHARD_BYTES) -> Path:
-    """Write W(a, b) (Eq. 3) to ``out`` as a Hugging Face checkpoint; returns ``out``."""
-    ckpts = [open_checkpoint(p) for p in (base, mid, rl)]
-    check_same_architecture(ckpts)
-    names = align(ckpts[0], ckpts[1]).common
-    common_rl = set(align(ckpts[0], ckpts[2]).common)
-    names = [n for n in names if n in common_rl and n not in ckpts[0].aliases]
+def interpolate(
+    base,
+    mid,
+    rl,
+    a: float,
+    b: float,
+    out,
+    progress: bool = False,
+    shard_bytes: int = SHARD_BYTES,
+    allow_pickle: bool = False,
+) -> Path:
+    """Write W(a, b) (Eq. 3) to ``out`` as a Hugging Face checkpoint; returns ``out``.
+
+    Raises :class:`PrismError` for a or b that is not finite, and for checkpoints that differ in
+    architecture, depth or any tensor's shape.
+    """
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise PrismError(f"the coefficients must be finite numbers (a={a}, b={b})")
+    ckpts, al = open_aligned([base, mid, rl], allow_pickle)
+    _check_same_depth(ckpts)
+    names = [n for n in al.common if n not in ckpts[0].aliases]  # a tied head is the embedding itself
     cb, cm, cr = 1.0 - a, a - b, b
     out = Path(out)
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out, "interpolate", [c.path for c in ckpts]) as tmp:
         shard: dict[str, torch.Tensor] = {}
         size, files, weight_map = 0, [], {}
 
@@ -61,18 +77,15 @@ def interpolate(base, mid, rl, a: float, b: float, out, progress: bool = False, 
                 weight_map.update(dict.fromkeys(shard, fname))
                 shard, size = {}, 0
 
-        total = sum(c.info(n).nbytes for c in ckpts for n in names)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="interpolate", disable=not progress, leave=False) as bar:
-            for name, (wb, wm, wr) in iter_tensors(ckpts, names):
-                if not wb.is_floating_point():
-                    w = wb.clone()  # integer buffers are not interpolated
-                else:
-                    w = (cb * wb.double() + cm * wm.double() + cr * wr.double()).to(wb.dtype)
-                shard[name] = w.contiguous()
-                size += w.nbytes
-                bar.update(wb.nbytes + wm.nbytes + wr.nbytes)
-                if size >= shard_bytes:
-                    flush()
+        for name, (wb, wm, wr) in stream_aligned(ckpts, names, desc="interpolate", progress=progress):
+            if not wb.is_floating_point():
+                w = wb.clone()  # integer buffers are not interpolated
+            else:
+                w = (cb * wb.double() + cm * wm.double() + cr * wr.double()).to(wb.dtype)
+            shard[name] = w.contiguous()
+            size += w.nbytes
+            if size >= shard_bytes:
+                flush()
         flush()
         # rename shards to the HF pattern now that their count is known
         final_map = {}
@@ -88,6 +101,19 @@ def interpolate(base, mid, rl, a: float, b: float, out, progress: bool = False, 
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         _copy_side_files(ckpts[0].path, tmp)
     return out
+
+
+def _check_same_depth(ckpts) -> None:
+    """W(a, b) needs one architecture: the same depth (config) and the same tensor names."""
+    depths = {str(c.path): (c.config or {}).get("num_hidden_layers") for c in ckpts}
+    known = {d for d in depths.values() if d is not None}
+    if len(known) > 1:
+        raise PrismError(f"the checkpoints have different depths (num_hidden_layers {depths})", ckpts[-1].path)
+    first = set(ckpts[0].tensors) - set(ckpts[0].aliases)
+    for c in ckpts[1:]:
+        extra = sorted(set(c.tensors) - first)
+        if extra:
+            raise PrismError(f"holds tensor {extra[0]!r}, which {ckpts[0].path} lacks", c.path)
 
 
 def landscape(
@@ -115,7 +141,7 @@ def landscape(
     points = [("path", a, b) for a, b in path] + [("grid", a, b) for a in grid_a for b in grid_b]
     rows, cache = [], {}
     with tempfile.TemporaryDirectory(dir=workdir, prefix="prism-landscape-") as tmpdir:
-        for kind, a, b in tqdm(points, desc="landscape", disable=not progress, leave=False):
+        for kind, a, b in progress_bar(points, desc="landscape", enabled=progress):
             if (a, b) not in cache:
                 ckpt = interpolate(base, mid, rl, a, b, Path(tmpdir) / "point")
                 try:

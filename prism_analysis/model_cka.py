@@ -24,10 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .activations import collect_activations, find_modules, iter_activations, load_model
-from .checkpoint import Checkpoint
+from .activations import collect_activations, find_modules, iter_activations
+from .checkpoint_reader import Checkpoint
 from .cka import StreamingCKA, bootstrap_cka, cka_matrix
 from .errors import PrismError
+from .model_loader import load_model
 from .outputs import atomic_output_dir, write_json
 
 
@@ -83,7 +84,7 @@ class ModelCKA:
         """Write cka.csv, summary.json, the F14 figure (and matrices) atomically."""
         from .figures import plot_cka_layers, plot_cka_matrix
 
-        with atomic_output_dir(out) as tmp:
+        with atomic_output_dir(out, "cka", [self.a, self.b]) as tmp:
             self.layers.to_csv(tmp / "cka.csv", index=False)
             write_json(tmp / "summary.json", {**self.summary(), "_meta": {"a": self.a, "b": self.b, "pool": self.pool}})
             plot_cka_layers(self.layers, tmp / "cka_by_layer", title=f"{Path(self.a).name} vs {Path(self.b).name}")
@@ -140,6 +141,7 @@ def model_cka(
     max_length: int | None = 512,
     tokenizer=None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     progress: bool = True,
 ) -> ModelCKA:
     """Per-layer CKA of checkpoints ``a`` and ``b`` on each probe set (first ``n`` prompts)."""
@@ -148,8 +150,8 @@ def model_cka(
         if len(texts) < (4 if debiased else 2):
             raise PrismError(f"probe set {name!r} has {len(texts)} prompts; CKA needs more")
     depth_a, depth_b = (
-        (Checkpoint(a).config or {}).get("num_hidden_layers"),
-        (Checkpoint(b).config or {}).get("num_hidden_layers"),
+        (Checkpoint(a, allow_pickle).config or {}).get("num_hidden_layers"),
+        (Checkpoint(b, allow_pickle).config or {}).get("num_hidden_layers"),
     )
     if depth_a and depth_b and depth_a != depth_b and not all_pairs:
         raise PrismError(
@@ -157,7 +159,14 @@ def model_cka(
             "use --all-pairs to compare every layer with every layer",
             b,
         )
-    load = dict(device=device, dtype=dtype, tokenizer=tokenizer, trust_remote_code=trust_remote_code, progress=progress)
+    load = dict(
+        device=device,
+        dtype=dtype,
+        tokenizer=tokenizer,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        progress=progress,
+    )
     if pool == "tokens":
         return _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress)
 

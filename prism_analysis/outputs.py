@@ -1,4 +1,19 @@
-"""Write results so that nothing half-written is ever left behind: temp path, then rename."""
+"""Write results so that nothing half-written is left behind and nothing of the user's is lost.
+
+Every command writes its output directory through :func:`atomic_output_dir`: into a temporary
+directory beside it, which replaces the destination in one rename when complete. The helper never
+deletes what it did not write:
+
+- an ``--out`` that is one of the command's inputs, or contains one, is refused;
+- an existing file, or a non-empty directory that is not a previous output of the same command,
+  is refused (outputs are marked with a hidden :data:`MARKER` file naming the command);
+- a previous output of the same command is replaced: it is first renamed to ``.NAME.old-PID``, the
+  new one renamed into place, then the old one removed. A crash between the two renames is repaired
+  on the next run (the old output is put back), and temporaries of processes that died
+  (``.NAME.tmp-PID-*``) are removed then.
+
+:func:`write_json` writes one file the same way (temp file, then rename).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +21,15 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import PrismError
+from .errors import PrismError, from_os_error
+
+#: Hidden file in every output directory: ``{"command": "audit", "tool": "prism"}``.
+MARKER = ".prism-output.json"
 
 
 def _jsonable(x):
@@ -28,33 +47,119 @@ def _jsonable(x):
 def write_json(path: str | os.PathLike, data) -> None:
     """Write ``data`` as indented JSON atomically (NaN -> null, inf -> "inf")."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise from_os_error(e, "cannot write", path) from None
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(_jsonable(data), f, indent=2)
             f.write("\n")
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise from_os_error(e, "cannot write", path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_output_of(path: Path, command: str) -> bool:
+    """Whether directory ``path`` was written by ``prism COMMAND`` (it holds the marker)."""
+    try:
+        data = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("tool") == "prism" and data.get("command") == command
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_destination(out: str | os.PathLike, command: str, inputs=()) -> Path:
+    """Refuse an output path that would destroy something the command did not write.
+
+    Returns the path. Raises :class:`PrismError` when ``out`` is empty, the current directory, a
+    file system root or home, an input (or contains one), an existing file, or a non-empty
+    directory that is not a previous output of ``prism COMMAND``.
+    """
+    if not str(out).strip():
+        raise PrismError("--out must not be empty")
+    out = Path(out)
+    resolved = out.resolve()
+    if resolved == Path.cwd().resolve() or resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+        raise PrismError("refusing to write into this directory itself; name a new directory", out)
+    for src in inputs:
+        if src is None or not str(src):
+            continue
+        p = Path(src)
+        if not p.exists():
+            continue
+        if _inside(p.resolve(), resolved):
+            raise PrismError(f"refusing to write over an input of this command ({src})", out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise PrismError("exists and is not a directory; remove it or name another --out", out)
+    if out.is_dir() and any(out.iterdir()) and not is_output_of(out, command):
+        raise PrismError(
+            f"directory is not empty and was not written by 'prism {command}'; name a new or empty directory", out
+        )
+    return out
+
+
+def _recover(parent: Path, name: str) -> None:
+    """Repair what a killed run left beside ``parent/name``: restore an output that was being
+    replaced, delete temporaries of processes that no longer run."""
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-(\d+)(?:-.*)?$")
+    try:
+        leftovers = list(parent.iterdir())
+    except OSError:
+        return
+    for p in leftovers:
+        m = pattern.match(p.name)
+        if not m or pid_alive(int(m.group(2))):
+            continue
+        if m.group(1) == "old" and not (parent / name).exists():
+            os.replace(p, parent / name)  # the new output never arrived: put the old one back
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def atomic_output_dir(out: str | os.PathLike):
+def atomic_output_dir(out: str | os.PathLike, command: str, inputs=()):
     """Yield a temporary directory beside ``out``; on success it replaces ``out`` in one rename.
 
-    On any error the temporary directory is removed and ``out`` is left as it was.
+    ``command`` names the writer (marks the output); ``inputs`` are the paths the command reads,
+    which ``out`` may never be nor contain (:func:`check_destination`). On any error the temporary
+    directory is removed and ``out`` is left as it was.
     """
-    out = Path(out)
+    out = check_destination(out, command, inputs)
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.tmp-"))
+        _recover(parent, out.name)
+        out = check_destination(out, command, inputs)  # recovery may have restored it
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     except OSError as e:
-        raise PrismError(f"cannot create output directory ({e.strerror or e})", out) from None
+        raise from_os_error(e, "cannot create the output directory", out) from None
     try:
         yield tmp
+        (tmp / MARKER).write_text(json.dumps({"tool": "prism", "command": command}) + "\n")
         old = None
         if out.exists():
             old = parent / f".{out.name}.old-{os.getpid()}"
@@ -62,6 +167,9 @@ def atomic_output_dir(out: str | os.PathLike):
         os.replace(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise from_os_error(e, "cannot write the output", out) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,70 +22,21 @@ the parent is theta_0), or a directory of step directories (``step_000020``, ``c
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
-from .checkpoint import Checkpoint, align, check_same_architecture, default_device
+from .accumulator import group_stats
+from .checkpoint_reader import open_aligned, read_ahead
 from .compare import OverlapStats
+from .devices import resolve_device
 from .errors import PrismError
+from .metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, changed_column
 from .outputs import atomic_output_dir, write_json
-from .weights import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, UpdateStats, group_stats, threshold_key
-
-MANIFEST = "trajectory.json"
-_STEP_DIR = re.compile(r"^(?:step|checkpoint|ckpt|global_step|iter)[-_]?(\d+)$")
-
-
-def discover(source) -> list[tuple[int, Path]]:
-    """``[(step, checkpoint path), ...]`` sorted by step, from a manifest, a run directory or a list."""
-    if isinstance(source, (list, tuple)):
-        if len(source) == 1:
-            return discover(source[0])
-        out = []
-        for i, p in enumerate(source):
-            m = _STEP_DIR.match(Path(p).name)
-            out.append((int(m.group(1)) if m else i, Path(p)))
-        return sorted(out, key=lambda x: x[0])
-    root = Path(source)
-    if not root.exists():
-        raise PrismError("no such file or directory", root)
-    manifest = root if root.is_file() else root / MANIFEST
-    if manifest.is_file():
-        return _from_manifest(manifest)
-    steps = []
-    for child in root.iterdir():
-        m = _STEP_DIR.match(child.name)
-        if m and child.is_dir():
-            steps.append((int(m.group(1)), child))
-    if len(steps) < 2:
-        raise PrismError(f"no {MANIFEST} and fewer than two step directories (step_N, checkpoint-N, ...)", root)
-    return sorted(steps)
-
-
-def _from_manifest(manifest: Path) -> list[tuple[int, Path]]:
-    try:
-        data = json.loads(manifest.read_text())
-        entries = [(int(s["step"]), manifest.parent / s["path"]) for s in data["steps"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PrismError(f"not a valid trajectory manifest ({e})", manifest) from None
-    for step, path in entries:
-        if not path.exists():
-            raise PrismError(f"step {step} is listed but its checkpoint {path} is missing", manifest)
-    entries.sort(key=lambda x: x[0])
-    parent = data.get("parent")
-    if entries and entries[0][0] != 0 and parent:
-        p = Path(parent) if Path(parent).is_absolute() else manifest.parent / parent
-        if p.exists():
-            entries.insert(0, (0, p))
-    if len(entries) < 2:
-        raise PrismError("a trajectory needs at least two checkpoints", manifest)
-    return entries
+from .run_manifest import discover
+from .weights import UpdateStats
 
 
 def first_step_reaching(steps: list[int], values: list[float], fraction: float) -> int | None:
@@ -108,14 +59,29 @@ class Trajectory:
     paths: list[str]
     tau: float
     table: pd.DataFrame
+    source: str | None = None  # the run directory, when there is one
 
     def series(self, component: str, metric: str) -> list[float]:
         t = self.table
         sel = t[(t["component"] == component) & (t["metric"] == metric)].sort_values("step")
         return sel["value"].tolist()
 
+    def format(self) -> str:
+        """t50, t80 and the final L2 and % changed of every component, as a small text table."""
+        s = self.summary()
+        lines = [
+            f"{self.name}: steps {s['steps'][0]}..{s['steps'][-1]} ({len(s['steps'])} checkpoints)",
+            f"  {'component':<16}{'t50':>7}{'t80':>7}{'final L2':>12}{'final %chg':>12}",
+        ]
+        for comp, b in [("total", s["total"]), *s["components"].items()]:
+            lines.append(
+                f"  {comp:<16}{b['t50']!s:>7}{b['t80']!s:>7}{b['final_normalized_l2']:>12.4g}"
+                f"{100 * b['final_fraction_changed']:>12.2f}"
+            )
+        return "\n".join(lines)
+
     def summary(self) -> dict:
-        key = f"fraction_changed_{threshold_key(self.tau)}"
+        key = changed_column(self.tau)
 
         def block(comp):
             c = self.series(comp, "normalized_l2")
@@ -152,36 +118,26 @@ def analyse_trajectory(
     steps = [s for s, _ in entries]
     if len(set(steps)) != len(steps):
         raise PrismError(f"duplicate steps in the trajectory: {steps}", entries[0][1])
-    ckpts = [Checkpoint(p, allow_pickle=allow_pickle) for _, p in entries]
-    check_same_architecture(ckpts)
-    names = align(ckpts[0], ckpts[-1]).common
-    for c in ckpts[1:-1]:
-        have = set(align(ckpts[0], c).common)
-        missing = [n for n in names if n not in have]
-        if missing:
-            raise PrismError(f"checkpoint lacks tensor {missing[0]!r} present in the first and last", c.path)
+    paths = [p for _, p in entries]
+    # the names compared are those theta_0 and theta_T share; every middle checkpoint must have them
+    opened, al = open_aligned([paths[0], paths[-1], *paths[1:-1]], allow_pickle)
+    ckpts = [opened[0], *opened[2:], opened[1]]
     thresholds = tuple(sorted(set(thresholds) | {tau}))
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     T = len(ckpts) - 1
-    upd = [dict() for _ in ckpts]  # step index -> name -> UpdateStats(theta_0, theta_t)
-    ovl = [dict() for _ in ckpts]  # step index -> name -> OverlapStats(t vs T)
-    total = sum(c.info(n).nbytes for c in ckpts for n in names)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="trajectory", disable=not progress, leave=False) as bar:
-        for name in names:
-            # theta_0 and theta_T for this name stay loaded; the middle checkpoints stream past once
-            first, last = ckpts[0].get(name).to(dev), ckpts[-1].get(name).to(dev)
-            bar.update(first.nbytes + last.nbytes)
-            for i in range(T + 1):
-                if i == 0:
-                    theta = first
-                elif i == T:
-                    theta = last
-                else:
-                    theta = ckpts[i].get(name).to(dev)
-                    bar.update(theta.nbytes)
-                upd[i][name] = UpdateStats(thresholds).update(first, theta)
-                ovl[i][name] = OverlapStats(tau).update(first, theta, first, last)
-            del first, last
+    upd = [{} for _ in ckpts]  # step index -> tensor name -> UpdateStats(theta_0, theta_t)
+    ovl = [{} for _ in ckpts]  # step index -> tensor name -> OverlapStats(t vs T)
+    # per tensor name: theta_0 and theta_T first (they stay loaded), then the middle checkpoints
+    order = [0, T, *range(1, T)]
+    tensors = read_ahead(((ckpts[i], n) for n in al.common for i in order), desc="trajectory", progress=progress)
+    for tensor_name in al.common:
+        first, last = next(tensors).to(dev), next(tensors).to(dev)
+        for i in order:
+            theta = first if i == 0 else last if i == T else next(tensors).to(dev)
+            upd[i][tensor_name] = UpdateStats(thresholds).update(first, theta)
+            ovl[i][tensor_name] = OverlapStats(tau).update(first, theta, first, last)
+            del theta
+        del first, last
     rows = []
     for i, step in enumerate(steps):
         gu = group_stats(upd[i], lambda: UpdateStats(thresholds))
@@ -192,20 +148,25 @@ def analyse_trajectory(
             m, mo = u.compute(), o.compute()
             rows.append((step, comp, "normalized_l2", m["normalized_l2"]))
             for k, v in m["fraction_changed"].items():
-                rows.append((step, comp, f"fraction_changed_{k}", v))
+                rows.append((step, comp, changed_column(float(k)), v))
             rows.append((step, comp, "fraction_equal", m["fraction_equal"]))
             rows.append((step, comp, "cosine_to_final", mo["cosine"]))
             rows.append((step, comp, "share_of_final_changed", mo["overlap_1_in_2"]))
     table = pd.DataFrame(rows, columns=["step", "component", "metric", "value"])
-    label = name or (Path(source).name if not isinstance(source, (list, tuple)) else "trajectory")
-    return Trajectory(label, steps, [str(p) for _, p in entries], tau, table)
+    single = source[0] if isinstance(source, (list, tuple)) and len(source) == 1 else source
+    source_dir = None if isinstance(single, (list, tuple)) else str(single)
+    if name is None:
+        name = Path(source_dir).name if source_dir else "trajectory"
+    return Trajectory(name, steps, [str(p) for p in paths], tau, table, source_dir)
 
 
 def save_trajectory(out, main: Trajectory, compare: Trajectory | None = None) -> None:
     """Write trajectory.csv, summary.json and the F16 figure (and the compared run) atomically."""
     from .figures import plot_trajectory
 
-    with atomic_output_dir(out) as tmp:
+    runs = [main] + ([compare] if compare is not None else [])
+    inputs = [p for t in runs for p in t.paths] + [t.source for t in runs]
+    with atomic_output_dir(out, "trajectory", inputs) as tmp:
         main.table.to_csv(tmp / "trajectory.csv", index=False)
         summary = main.summary()
         if compare is not None:

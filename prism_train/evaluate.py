@@ -15,9 +15,11 @@ from math import comb
 
 import torch
 
-from .data import problems
+from prism_analysis.errors import PrismError
+
 from .data.general import corpus
-from .data.problems import in_split
+from .data.problem import in_split
+from .data.reasoning import problem_stream
 from .rewards import reward
 
 BENCHMARKS = {
@@ -31,7 +33,7 @@ EVAL_SEED = 2026
 
 def benchmark(name: str, n: int, seed: int = EVAL_SEED):
     domain, level = BENCHMARKS[name]
-    return list(itertools.islice(problems(domain, "eval", seed, level), n))
+    return list(itertools.islice(problem_stream(domain, "eval", seed, level), n))
 
 
 @torch.no_grad()
@@ -73,7 +75,9 @@ def generate(
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct (Chen et al. 2021)."""
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021); needs 1 <= k <= n."""
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= n samples (k={k}, n={n})")
     if n - c < k:
         return 1.0
     return 1.0 - comb(n - c, k) / comb(n, k)
@@ -104,7 +108,12 @@ def evaluate(
     n_ppl_docs: int = 40,
     batch_size: int = 32,
 ) -> dict:
-    """Greedy accuracy per benchmark, macro average, general perplexity (and pass@k if asked)."""
+    """Greedy accuracy per benchmark, macro average, general perplexity (and pass@k if asked:
+    ``pass_k = (k, samples)`` with 1 <= k <= samples)."""
+    if n < 1:
+        raise PrismError(f"--n must be at least 1 (got {n})")
+    if pass_k is not None and not 1 <= pass_k[0] <= pass_k[1]:
+        raise PrismError(f"--pass-k {pass_k[0]},{pass_k[1]}: k must be between 1 and the number of samples")
     res = {}
     for name, (domain, _) in BENCHMARKS.items():
         probs = benchmark(name, n, seed)

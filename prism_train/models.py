@@ -17,7 +17,8 @@ from transformers import (
     PretrainedConfig,
 )
 
-FAMILIES = ("llama", "granite", "mistral", "nemotron_h")
+from .config import FAMILIES
+
 DEFAULT_FAMILY = "llama"
 
 

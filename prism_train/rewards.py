@@ -7,7 +7,7 @@ Gated by format like PRISM's: reward 1 when the completion has a closed reasonin
 - code_reasoning: the exact output string of the program;
 - science: numeric within a relative tolerance (default 1%).
 
-Only ASCII numerals count (``Answer: ４２`` with full-width digits is not the expected format); huge
+Only ASCII numerals count (an answer in full-width digits, U+FF10..U+FF19, is not the expected format); huge
 numbers are compared exactly without overflow. Model output is never executed.
 """
 

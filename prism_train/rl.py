@@ -23,45 +23,21 @@ from __future__ import annotations
 
 import itertools
 import random
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from prism_analysis.errors import PrismError
 
-from . import checkpoints as ckpt
-from .data.problems import REASONING_DOMAINS, Problem, generator, in_split
+from .config import RLConfig
+from .data.problem import REASONING_DOMAINS, Problem, in_split
+from .data.reasoning import generator
+from .lm import accelerator_for
 from .rewards import reward
+from .run_dir import RunDir
 
 RL_MIXES = {"math": {"math": 1.0}, "balanced": dict.fromkeys(REASONING_DOMAINS, 1.0)}
-
-
-@dataclass
-class RLConfig:
-    init: str = ""
-    mix: str = "math"  # math | balanced | YAML/JSON file with reasoning-domain weights
-    steps: int = 40
-    save_every: int = 10
-    save_steps: list[int] = field(default_factory=list)
-    group_size: int = 8
-    prompts_per_step: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    lr: float = 2e-4
-    kl_beta: float = 0.0
-    scale_std: bool = True
-    clip_eps: float = 0.2
-    ppo_epochs: int = 1
-    grad_clip: float = 1.0
-    difficulty: list[int] = field(default_factory=lambda: [1, 1, 2])
-    difficulty_filter: bool = False  # keep prompts the starting model solves sometimes, not always
-    eval_every: int = 0
-    eval_n: int = 30
-    seed: int = 0
 
 
 def group_advantages(rewards: torch.Tensor, scale_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
@@ -92,7 +68,7 @@ def policy_loss(
     surrogate = -torch.minimum(ratio * a, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * a)
     n_tokens = mask.sum().clamp_min(1)
     loss = (surrogate * mask).sum() / n_tokens
-    kl = torch.zeros((), dtype=logp.dtype)
+    kl = torch.zeros((), dtype=logp.dtype, device=logp.device)
     if ref_logp is not None:
         d = ref_logp - logp
         kl_tok = torch.exp(d) - d - 1
@@ -153,80 +129,63 @@ def _logprobs(model, ids: torch.Tensor, attn: torch.Tensor, n_prompt: int) -> to
 
 
 def rl_train(
-    cfg: RLConfig, out: str | Path, force: bool = False, progress: bool = True, stop_after: int | None = None, log=print
+    cfg: RLConfig,
+    out: str | Path,
+    force: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    log=print,
 ) -> dict:
     """Run (or resume) GRPO from ``cfg.init``; returns the manifest (``phase`` = ``rl``)."""
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-
-    from prism_analysis.activations import load_model
+    from prism_analysis.model_loader import load_model
+    from prism_analysis.progress import progress_bar
 
     from .evaluate import evaluate
 
-    if cfg.group_size < 2:
-        raise PrismError("group_size must be at least 2: GRPO's advantage is relative to the group")
     if not cfg.init or not Path(cfg.init).exists():
         raise PrismError("--init must be a checkpoint to start RL from", cfg.init or None)
     weights = load_rl_mix(cfg.mix)
-    out = Path(out)
-    config = asdict(cfg)
-    manifest, resume_dir = ckpt.resume_point(out, config, force=force)
-    if manifest is None and out.exists() and force:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.clean_leftovers(out)
-    source = resume_dir if resume_dir is not None else cfg.init
-    model, tok = load_model(source, device="cpu", dtype="float32", progress=False)
-    ref = None
-    if cfg.kl_beta > 0:
-        ref, _ = load_model(cfg.init, device="cpu", dtype="float32", progress=False)
-        ref.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    model, opt = accelerator.prepare(model, opt)
-    if ref is not None:
-        ref = ref.to(accelerator.device)
-    start = 0
-    if resume_dir is not None:
-        state = ckpt.load_state(resume_dir)
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
-        log(f"resuming {out} from step {start}")
-    else:
-        manifest = {
-            "phase": "rl",
-            "parent": str(cfg.init),
-            "mix": {"name": cfg.mix, "domains": weights},
-            "config": config,
-            "config_hash": ckpt.config_hash(config),
-            "steps": [],
-            "evals": [],
-            "log": [],
-        }
-    manifest["steps"] = [e for e in manifest["steps"] if e["step"] <= start]
-    manifest["log"] = [e for e in manifest.get("log", []) if e["step"] <= start]
-    manifest["evals"] = [e for e in manifest.get("evals", []) if e["step"] <= start]
-    save_at = set(cfg.save_steps) | set(range(0, cfg.steps + 1, max(1, cfg.save_every))) | {0, cfg.steps}
-    t0 = time.perf_counter() - (manifest["steps"][-1]["time"] if manifest["steps"] else 0.0)
-    timing = {"generate": 0.0, "train": 0.0}
-    tokens = manifest["steps"][-1]["tokens"] if manifest["steps"] else 0
+    with RunDir(out, cfg.hashed(), force=force, inputs=[cfg.init], command="rl") as run:
+        source = run.resume_dir if run.resuming else cfg.init
+        model, tok = load_model(source, device="cpu", dtype="float32", progress=False)
+        ref = None
+        if cfg.kl_beta > 0:
+            ref, _ = load_model(cfg.init, device="cpu", dtype="float32", progress=False)
+            ref.requires_grad_(False)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        accelerator = accelerator_for(cfg.device)
+        model, opt = accelerator.prepare(model, opt)
+        device = accelerator.device
+        if ref is not None:
+            ref = ref.to(device)
+        start = 0
+        if run.resuming:
+            state = run.load_state()
+            opt.load_state_dict(state["optimizer"])
+            start = state["step"]
+            log(f"resuming {run.out} from step {start}")
+        else:
+            run.start_manifest(
+                phase="rl", parent=str(cfg.init), mix={"name": cfg.mix, "domains": weights}, evals=[], log=[]
+            )
+        run.trim(start, "log", "evals")
+        manifest = run.manifest
+        save_at = set(cfg.save_steps) | set(range(0, cfg.steps + 1, cfg.save_every)) | {0, cfg.steps}
+        t0 = time.perf_counter() - run.last("time", 0.0)
+        timing = {"generate": 0.0, "train": 0.0}
+        tokens = run.last("tokens")
 
-    def lr_at(step):
-        return cfg.lr * (1 - step / max(1, cfg.steps))
+        def lr_at(step):
+            return cfg.lr * (1 - step / max(1, cfg.steps))
 
-    def maybe_eval(step):
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            res = evaluate(accelerator.unwrap_model(model), tok, n=cfg.eval_n)
-            manifest["evals"].append({"step": step, **res})
-            model.train()
+        def maybe_eval(step):
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                res = evaluate(accelerator.unwrap_model(model), tok, n=cfg.eval_n)
+                manifest["evals"].append({"step": step, **res})
+                model.train()
 
-    def save(step, stats):
-        unwrapped = accelerator.unwrap_model(model)
-        d = ckpt.save_step(out, step, unwrapped, tok, {"step": step, "optimizer": opt.state_dict()})
-        manifest["steps"].append(
-            {
-                "step": step,
-                "path": d.name,
+        def save(step, stats):
+            entry = {
                 "tokens": tokens,
                 "loss": stats.get("loss", 0.0),
                 "lr": lr_at(step),
@@ -234,85 +193,79 @@ def rl_train(
                 "reward": stats.get("reward"),
                 "timing": dict(timing),
             }
-        )
-        ckpt.write_manifest(out, manifest)
-        ckpt.drop_old_states(out, d)
+            run.save_step(
+                step, accelerator.unwrap_model(model), tok, {"step": step, "optimizer": opt.state_dict()}, entry
+            )
 
-    if start == 0 and not manifest["steps"]:
-        maybe_eval(0)
-        save(0, {})
-    pool = (
-        filtered_pool(accelerator.unwrap_model(model), tok, weights, cfg, 4 * cfg.prompts_per_step)
-        if cfg.difficulty_filter
-        else None
-    )
-    done_here = 0
-    bar = tqdm(
-        range(start, cfg.steps),
-        desc=f"rl {out.name}",
-        disable=not progress,
-        leave=False,
-        initial=start,
-        total=cfg.steps,
-    )
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        if pool is None:
-            probs = prompts_for_step(weights, step, cfg.seed, cfg.prompts_per_step, cfg.difficulty)
-        else:
-            probs = random.Random(f"pool/{cfg.seed}/{step}").choices(pool, k=cfg.prompts_per_step)
-        t = time.perf_counter()
-        rewards, ids, attn, n_prompt = _rollout(accelerator.unwrap_model(model), tok, probs, cfg, step)
-        timing["generate"] += time.perf_counter() - t
-        t = time.perf_counter()
-        adv = group_advantages(rewards.view(len(probs), cfg.group_size), cfg.scale_std).view(-1)
-        mask = attn[:, n_prompt:].float()
-        stats = {
-            "step": step + 1,
-            "reward": float(rewards.mean()),
-            "accuracy": float((rewards == 1).float().mean()),
-            "response_length": float(mask.sum(1).mean()),
-            "lr": lr_at(step),
-            "kl": 0.0,
-            "loss": 0.0,
-            "skipped": False,
-        }
-        if bool((adv == 0).all()) and cfg.kl_beta == 0:
-            stats["skipped"] = True  # no signal: leave the weights exactly as they are
-        else:
-            model.train()
-            with torch.no_grad():
-                old = _logprobs(model, ids, attn, n_prompt)
-                ref_lp = _logprobs(ref, ids, attn, n_prompt) if ref is not None else None
-            for _ in range(cfg.ppo_epochs):
-                logp = _logprobs(model, ids, attn, n_prompt)
-                loss, kl = policy_loss(logp, old, adv, mask, cfg.clip_eps, ref_lp, cfg.kl_beta)
-                accelerator.backward(loss)
-                if cfg.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            stats["loss"], stats["kl"] = float(loss.detach()), float(kl)
-        tokens += int(mask.sum())
-        timing["train"] += time.perf_counter() - t
-        manifest["log"].append(stats)
-        bar.set_postfix(reward=f"{stats['reward']:.2f}")
-        if step + 1 in save_at:
-            maybe_eval(step + 1)
-            save(step + 1, stats)
-        done_here += 1
-        if stop_after is not None and done_here >= stop_after:
-            break
-    return manifest
+        if start == 0 and not manifest["steps"]:
+            maybe_eval(0)
+            save(0, {})
+        pool = (
+            filtered_pool(accelerator.unwrap_model(model), tok, weights, cfg, 4 * cfg.prompts_per_step)
+            if cfg.difficulty_filter
+            else None
+        )
+        bar = progress_bar(
+            range(start, cfg.steps), desc=f"rl {run.out.name}", enabled=progress, initial=start, total=cfg.steps
+        )
+        for done_here, step in enumerate(bar, 1):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            if pool is None:
+                probs = prompts_for_step(weights, step, cfg.seed, cfg.prompts_per_step, cfg.difficulty)
+            else:
+                probs = random.Random(f"pool/{cfg.seed}/{step}").choices(pool, k=cfg.prompts_per_step)
+            t = time.perf_counter()
+            rewards, ids, attn, n_prompt = _rollout(accelerator.unwrap_model(model), tok, probs, cfg, step)
+            timing["generate"] += time.perf_counter() - t
+            t = time.perf_counter()
+            adv = group_advantages(rewards.view(len(probs), cfg.group_size), cfg.scale_std).view(-1)
+            mask = attn[:, n_prompt:].float()
+            stats = {
+                "step": step + 1,
+                "reward": float(rewards.mean()),
+                "accuracy": float((rewards == 1).float().mean()),
+                "response_length": float(mask.sum(1).mean()),
+                "lr": lr_at(step),
+                "kl": 0.0,
+                "loss": 0.0,
+                "skipped": False,
+            }
+            if bool((adv == 0).all()) and cfg.kl_beta == 0:
+                stats["skipped"] = True  # no signal: leave the weights exactly as they are
+            else:
+                model.train()
+                with torch.no_grad():
+                    old = _logprobs(model, ids, attn, n_prompt)
+                    ref_lp = _logprobs(ref, ids, attn, n_prompt) if ref is not None else None
+                for _ in range(cfg.ppo_epochs):
+                    logp = _logprobs(model, ids, attn, n_prompt)
+                    loss, kl = policy_loss(logp, old, adv, mask, cfg.clip_eps, ref_lp, cfg.kl_beta)
+                    accelerator.backward(loss)
+                    if cfg.grad_clip:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                stats["loss"], stats["kl"] = float(loss.detach()), float(kl)
+            tokens += int(mask.sum())
+            timing["train"] += time.perf_counter() - t
+            manifest["log"].append(stats)
+            bar.set_postfix(reward=f"{stats['reward']:.2f}")
+            if step + 1 in save_at:
+                maybe_eval(step + 1)
+                save(step + 1, stats)
+            if stop_after is not None and done_here >= stop_after:
+                break
+        return manifest
 
 
 @torch.no_grad()
 def _rollout(model, tok, probs: list[Problem], cfg: RLConfig, step: int):
     """Sample G completions per prompt and score them. Returns (rewards, ids, attention, prompt length)."""
     model.eval()
+    device = next(model.parameters()).device
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # not hash(): salted per process
-    enc = tok([p.prompt for p in probs], return_tensors="pt", padding=True, padding_side="left")
+    enc = tok([p.prompt for p in probs], return_tensors="pt", padding=True, padding_side="left").to(device)
     gen = model.generate(
         **enc,
         do_sample=True,
@@ -334,5 +287,7 @@ def _rollout(model, tok, probs: list[Problem], cfg: RLConfig, step: int):
     attn = torch.cat([prompt_mask, comp_mask.long()], dim=1)
     texts = tok.batch_decode(completion, skip_special_tokens=True)
     refs = list(itertools.chain.from_iterable([p] * cfg.group_size for p in probs))
-    rewards = torch.tensor([reward(p.domain, t, p.answer) for p, t in zip(refs, texts)], dtype=torch.float32)
+    rewards = torch.tensor(
+        [reward(p.domain, t, p.answer) for p, t in zip(refs, texts)], dtype=torch.float32, device=device
+    )
     return rewards, gen, attn, n_prompt

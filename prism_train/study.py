@@ -20,100 +20,16 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-
-import pandas as pd
 
 from prism_analysis.errors import PrismError
 from prism_analysis.outputs import write_json
+from prism_analysis.run_manifest import read_manifest
 
-from .checkpoints import config_hash, read_manifest
+from .run_dir import config_hash
+from .study_design import MIDS, MODELS, PRESETS, RLS, Preset
 
-MODELS = (
-    "base",
-    "mid_math",
-    "mid_mc",
-    "mid_mcs",
-    "rl_base",
-    "rl_mid_math",
-    "rl_mid_mc",
-    "rl_mid_mcs",
-    "rl_mid_mcs_balanced",
-)
-MIDS = {"mid_math": "math", "mid_mc": "math_code", "mid_mcs": "math_code_science"}
-RLS = {
-    "rl_base": ("base", "math"),
-    "rl_mid_math": ("mid_math", "math"),
-    "rl_mid_mc": ("mid_mc", "math"),
-    "rl_mid_mcs": ("mid_mcs", "math"),
-    "rl_mid_mcs_balanced": ("mid_mcs", "balanced"),
-}
-
-
-@dataclass
-class Preset:
-    family: str = "llama"
-    model: dict = field(default_factory=dict)
-    batch_size: int = 16
-    seq_len: int = 128
-    pretrain_steps: int = 200
-    pretrain_lr: float = 1e-3
-    mid_steps: int = 1000
-    mid_lr: float = 1e-3
-    rl_steps: int = 20
-    rl_save_every: int = 2
-    rl_lr: float = 2e-4
-    group_size: int = 8
-    prompts_per_step: int = 8
-    max_new_tokens: int = 64
-    rl_eval_every: int = 10
-    eval_n: int = 40
-    cka_n: int = 60
-    bootstrap: int = 20
-    landscape_n: int = 20
-    landscape_grid: int = 3
-    seed: int = 0
-
-
-PRESETS = {
-    "smoke": Preset(
-        model={"hidden_size": 64, "num_layers": 2},
-        batch_size=4,
-        seq_len=64,
-        pretrain_steps=6,
-        mid_steps=6,
-        rl_steps=2,
-        rl_save_every=1,
-        group_size=2,
-        prompts_per_step=2,
-        max_new_tokens=16,
-        rl_eval_every=2,
-        eval_n=3,
-        cka_n=12,
-        bootstrap=3,
-        landscape_n=3,
-        landscape_grid=2,
-    ),
-    "tiny": Preset(),
-    "small": Preset(
-        model={"hidden_size": 256, "num_layers": 8},
-        batch_size=32,
-        seq_len=256,
-        pretrain_steps=2000,
-        mid_steps=4000,
-        rl_steps=200,
-        rl_save_every=10,
-        group_size=16,
-        prompts_per_step=16,
-        max_new_tokens=96,
-        rl_eval_every=20,
-        eval_n=200,
-        cka_n=200,
-        landscape_n=100,
-        landscape_grid=5,
-    ),
-}
 STAGES = ("pretrain", "mid", "rl", "eval", "analyse", "report")
 
 
@@ -284,7 +200,7 @@ class Study:
             rl_train(cfg, self.out / "models" / name, progress=self.progress, log=self.log)
 
     def _run_eval(self) -> None:
-        from prism_analysis.activations import load_model
+        from prism_analysis.model_loader import load_model
 
         from .evaluate import evaluate
 
@@ -297,7 +213,9 @@ class Study:
     def _run_analyse(self) -> None:
         from .study_analysis import analyse
 
-        analyse(self)
+        models = {name: self.model_path(name) for name in MODELS}
+        runs = {name: self.out / "models" / name for name in RLS}
+        analyse(models, runs, self.out / "analysis", self.p, log=self.log)
 
     def _run_report(self) -> None:
         from .study_report import report
@@ -307,11 +225,3 @@ class Study:
 
 def reproduce(out, preset: str = "tiny", family: str | None = None, force=None, progress=True, log=print) -> dict:
     return Study(out, preset, family, force, progress, log).run()
-
-
-def results_table(out: str | Path) -> pd.DataFrame:
-    """Benchmark results of every model of a study run (one row per model)."""
-    rows = []
-    for f in sorted((Path(out) / "eval").glob("*.json")):
-        rows.append({"model": f.stem, **json.loads(f.read_text())})
-    return pd.DataFrame(rows)

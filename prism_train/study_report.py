@@ -11,19 +11,13 @@ from pathlib import Path
 import pandas as pd
 
 from prism_analysis import figures
+from prism_analysis.metrics import DEFAULT_THRESHOLD, threshold_key
 from prism_analysis.outputs import write_json
 
-MODELS = (
-    "base",
-    "mid_math",
-    "mid_mc",
-    "mid_mcs",
-    "rl_base",
-    "rl_mid_math",
-    "rl_mid_mc",
-    "rl_mid_mcs",
-    "rl_mid_mcs_balanced",
-)
+from .study_design import MODELS
+
+#: the threshold PRISM reports (1 %), as keyed in summary.json
+KEY = threshold_key(DEFAULT_THRESHOLD)
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
@@ -69,7 +63,7 @@ def report(out: str | Path) -> dict:
             {
                 "transition": k,
                 "normalized_l2": s["total"]["normalized_l2"],
-                "%changed@1%": 100 * s["total"]["fraction_changed"]["0.01"],
+                "%changed@1%": 100 * s["total"]["fraction_changed"][KEY],
                 "%bitwise_equal": 100 * s["total"]["fraction_equal"],
             }
             for k, s in audits.items()
@@ -95,7 +89,7 @@ def report(out: str | Path) -> dict:
             {
                 "component": c,
                 **{
-                    k: 100 * audits[k]["components"][c]["fraction_changed"]["0.01"]
+                    k: 100 * audits[k]["components"][c]["fraction_changed"][KEY]
                     for k in ("base->mid_mcs", "mid_mcs->rl_mid_mcs", "base->rl_base")
                 },
             }
@@ -230,14 +224,14 @@ def findings(models, audits, cka, trajs, mc, rs) -> list[dict]:
     def add(claim, paper, ours, ok):
         f.append({"claim": claim, "paper": paper, "ours": ours, "reproduced": bool(ok)})
 
-    base_mid = audits["base->mid_mcs"]["fraction_changed"]["0.01"]
+    base_mid = audits["base->mid_mcs"]["fraction_changed"][KEY]
     add(
         "Mid-training changes most weights (dense update)",
         ">90% changed at 1% (Granite-3.3: 96.5%)",
         f"{100 * base_mid:.1f}% changed (base->mid_mcs)",
         base_mid > 0.9,
     )
-    mid_rl = audits["mid_mcs->rl_mid_mcs"]["fraction_changed"]["0.01"]
+    mid_rl = audits["mid_mcs->rl_mid_mcs"]["fraction_changed"][KEY]
     l2m, l2r = audits["base->mid_mcs"]["normalized_l2"], audits["mid_mcs->rl_mid_mcs"]["normalized_l2"]
     # claims about RL's update are vacuous when RL changed nothing (every batch without reward signal)
     moved = l2r > 0
@@ -351,7 +345,7 @@ def render_report(out: Path, summary: dict, tables: list[str]) -> str:
     lines += ["", f"{n_ok} of {len(summary['findings'])} findings reproduced at this scale.", "", "## Figures", ""]
     for p in sorted((out / "figures").glob("*.png")):
         lines.append(f"![{p.stem}](figures/{p.name})")
-    lines += ["", "## Tables", ""] + tables
+    lines += ["", "## Tables", "", *tables]
     return "\n".join(lines) + "\n"
 
 

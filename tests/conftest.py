@@ -17,3 +17,19 @@ warnings.filterwarnings("ignore")
 @pytest.fixture
 def tmp(tmp_path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(params=["fused", "torch"])
+def compute_path(request, monkeypatch):
+    """Run a test on both implementations of the statistics: the fused numba CPU kernels (for
+    tensors of any size here) and the torch path (GPU, other dtypes, small tensors)."""
+    from prism_analysis import fused, weights
+
+    monkeypatch.setattr(weights, "USE_FUSED", request.param == "fused")
+    monkeypatch.setattr(weights, "FUSED_MIN_NUMEL", 0)
+    calls = []
+    for name in ("pair_stats", "overlap_stats"):
+        original = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+    yield request.param
+    assert bool(calls) == (request.param == "fused"), "the fused kernels ran on the wrong path"

@@ -4,7 +4,8 @@ import pytest
 import torch
 from helpers import PROSE, save_model
 
-from prism_analysis.activations import _unwrap, collect_activations, find_modules, load_model
+from prism_analysis.activations import _unwrap, collect_activations, find_modules
+from prism_analysis.model_loader import load_model
 from prism_train.models import FAMILIES
 
 

@@ -10,7 +10,7 @@ import torch
 from helpers import model_state, save_state
 from safetensors.torch import save_file
 
-from prism_analysis.checkpoint import Checkpoint, align, iter_pairs
+from prism_analysis.checkpoint_reader import Checkpoint, align, stream_aligned
 from prism_analysis.errors import PrismError
 from prism_analysis.weights import audit
 
@@ -34,11 +34,44 @@ def test_single_sharded_and_file_give_the_same_tensors(pair, tmp):
     assert ca.nbytes == sum(v.nbytes for v in state.values())
 
 
-def test_iter_pairs_streams_in_order(pair):
+def test_every_dtype_safetensors_knows_reads_and_audits(tmp):
+    """Every torch dtype safetensors can store reads back, and audits (integers compared exactly)."""
+    dtypes = [
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.uint16,
+        torch.uint32,
+        torch.uint64,
+        torch.bool,
+        torch.float8_e4m3fn,
+        torch.float8_e5m2,
+    ]
+    a = {f"w_{str(dt)[6:]}": torch.arange(6).to(dt) for dt in dtypes}
+    b = {k: v.clone() for k, v in a.items()}
+    b["w_uint16"][0] = 7
+    save_state(a, tmp / "a")
+    save_state(b, tmp / "b")
+    ck = Checkpoint(tmp / "a")
+    for name, value in a.items():
+        assert ck.info(name).dtype == value.dtype and torch.equal(ck.get(name), value), name
+    res = audit(tmp / "a", tmp / "b", progress=False, device="cpu")
+    rows = res.tensors.set_index("name")
+    assert rows.loc["w_uint16", "n_changed_0.01"] == 1 and rows.loc["w_uint16", "max_abs_diff"] == 7
+    assert rows.drop(index="w_uint16")["fraction_equal"].eq(1.0).all()
+
+
+def test_stream_aligned_yields_in_order(pair):
     a, b, state = pair
     ca, cb = Checkpoint(a), Checkpoint(b)
     names = list(state)
-    seen = [(n, torch.equal(x * 1.5, y)) for n, x, y in iter_pairs(ca, cb, names, prefetch=2)]
+    seen = [(n, torch.equal(x * 1.5, y)) for n, (x, y) in stream_aligned([ca, cb], names, progress=False, prefetch=2)]
     assert [n for n, _ in seen] == names and all(ok for _, ok in seen)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import model_state, save_state
 
-from prism_analysis.cli import main
+from prism_cli import main
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from helpers import PROSE, save_model
 
-from prism_analysis.cli import main
 from prism_analysis.model_cka import model_cka, read_probe
+from prism_cli import main
 
 
 @pytest.fixture(scope="module")

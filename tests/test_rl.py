@@ -6,11 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prism_analysis.cli import main
 from prism_analysis.errors import PrismError
+from prism_cli import main
 from prism_train import rl
-from prism_train.lm import TrainConfig, train
-from prism_train.rl import RLConfig, group_advantages, policy_loss, rl_train
+from prism_train.config import RLConfig, TrainConfig
+from prism_train.lm import train
+from prism_train.rl import group_advantages, policy_loss, rl_train
 
 
 def test_group_advantages_by_hand():
@@ -98,8 +99,8 @@ def test_smoke_run_saves_trajectory_and_resumes_exactly(start, tmp, monkeypatch)
 def test_kl_and_errors(start, tmp, capsys):
     m = rl_train(RLConfig(init=str(start), kl_beta=0.1, **{**SMALL_RL, "steps": 2}), tmp / "kl", progress=False)
     assert all(e["kl"] >= 0 for e in m["log"])
-    with pytest.raises(PrismError, match="at least 2"):
-        rl_train(RLConfig(init=str(start), **{**SMALL_RL, "group_size": 1}), tmp / "g1", progress=False)
+    with pytest.raises(PrismError, match="--group-size must be >= 2"):
+        RLConfig(init=str(start), **{**SMALL_RL, "group_size": 1})
     assert main(["rl", "--init", str(tmp / "nowhere"), "--out", str(tmp / "x"), "--quiet"]) == 2
     assert "checkpoint to start RL from" in capsys.readouterr().err
     (tmp / "mix.json").write_text('{"domains": {"general": 1}}')

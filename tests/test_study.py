@@ -6,9 +6,10 @@ import shutil
 
 import pytest
 
-from prism_analysis.cli import main
 from prism_analysis.errors import PrismError
-from prism_train.study import MODELS, Study, reproduce
+from prism_cli import main
+from prism_train.study import Study, reproduce
+from prism_train.study_design import MODELS
 
 
 @pytest.fixture(scope="session")

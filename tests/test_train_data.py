@@ -6,7 +6,8 @@ import json
 import pytest
 
 from prism_analysis.errors import PrismError
-from prism_train.data import REASONING_DOMAINS, documents, in_split, problems
+from prism_train.data import REASONING_DOMAINS, documents, in_split
+from prism_train.data import problem_stream as problems
 from prism_train.data.mix import PRESETS, load_mix
 from prism_train.rewards import extract_answer, reward
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prism_analysis.cli import main
-from prism_train.lm import TrainConfig, batch_for_step, lr_at, train
+from prism_cli import main
+from prism_train.config import TrainConfig
+from prism_train.lm import batch_for_step, lr_at, train
 
 SMALL = dict(
     steps=12, save_every=4, batch_size=4, seq_len=32, warmup=3, lr=3e-3, model={"hidden_size": 64, "num_layers": 2}
@@ -145,7 +146,7 @@ def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp):
         "32",
         "--quiet",
     ]
-    cmd = [sys.executable, "-m", "prism_analysis.cli", *args, "--out", str(tmp / "killed")]
+    cmd = [sys.executable, "-m", "prism_cli", *args, "--out", str(tmp / "killed")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     manifest = tmp / "killed" / "trajectory.json"
     deadline = time.time() + 120
@@ -193,7 +194,7 @@ def test_eval_cli(tmp, capsys):
         assert k in res
     assert res["macro"] == pytest.approx((res["math"] + res["code"] + res["science"]) / 3)
     again = subprocess.run(
-        [sys.executable, "-m", "prism_analysis.cli", "eval", str(tmp / "r" / "step_000002"), "--n", "4"],
+        [sys.executable, "-m", "prism_cli", "eval", str(tmp / "r" / "step_000002"), "--n", "4"],
         capture_output=True,
         text=True,
     )

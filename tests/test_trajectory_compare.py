@@ -8,10 +8,11 @@ import pytest
 import torch
 from helpers import model_state, save_model, save_state
 
-from prism_analysis.cli import main
 from prism_analysis.compare import OverlapStats, compare_updates
 from prism_analysis.interpolate import interpolate, landscape
-from prism_analysis.trajectory import analyse_trajectory, discover, first_step_reaching
+from prism_analysis.run_manifest import discover
+from prism_analysis.trajectory import analyse_trajectory, first_step_reaching
+from prism_cli import main
 
 STEPS = [0, 10, 20, 40, 80, 160, 320]
 TAU_DECAY = 60.0
@@ -115,8 +116,17 @@ def test_trajectory_cli_with_compare(planted_run, tmp, capsys):
     assert "t50" in capsys.readouterr().out
 
 
+def test_run_is_named_after_its_directory_not_a_tensor(planted_run, tmp, capsys):
+    root, _ = planted_run
+    assert analyse_trajectory(root, progress=False, device="cpu").name == root.name
+    out = tmp / "named"
+    assert main(["trajectory", str(root), "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    assert json.loads((out / "summary.json").read_text())["name"] == root.name
+    assert capsys.readouterr().out.startswith(f"{root.name}: steps")
+
+
 def test_trajectory_reads_each_checkpoint_once(planted_run, monkeypatch):
-    from prism_analysis import checkpoint as ck
+    from prism_analysis import checkpoint_reader as ck
 
     root, _ = planted_run
     reads = []
@@ -278,8 +288,12 @@ def test_landscape_and_figure(tmp):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_overlap_fused_and_torch_paths_agree(dtype, monkeypatch):
-    from prism_analysis import weights
+    from prism_analysis import fused, weights
 
+    monkeypatch.setattr(weights, "FUSED_MIN_NUMEL", 0)
+    calls = []
+    original = fused.overlap_stats
+    monkeypatch.setattr(fused, "overlap_stats", lambda *a: calls.append(1) or original(*a))
     g = torch.Generator().manual_seed(7)
     n = 150_001
     a1 = torch.randn(n, generator=g).to(dtype)
@@ -293,13 +307,14 @@ def test_overlap_fused_and_torch_paths_agree(dtype, monkeypatch):
         monkeypatch.setattr(weights, "USE_FUSED", fused_on)
         results.append(OverlapStats(0.01).update(a1, b1, a2, b2))
     f, t = results
+    assert calls == [1], "the fused kernel ran once, for the fused path only"
     assert (f.n1, f.n2, f.n12) == (t.n1, t.n2, t.n12)
     assert f.dot == pytest.approx(t.dot, rel=1e-12) and f.sq1 == pytest.approx(t.sq1, rel=1e-12)
-    # independent float64 reference
+    # independent float64 reference; a NaN element is changed unless bitwise equal (metrics.py)
     d1 = b1.double() - a1.double()
     d2 = b2.double() - a2.double()
-    m1 = d1.abs() > 0.01 * a1.double().abs()
-    m2 = d2.abs() > 0.01 * a2.double().abs()
+    m1 = (d1.abs() > 0.01 * a1.double().abs()) | ~torch.isfinite(d1)
+    m2 = (d2.abs() > 0.01 * a2.double().abs()) | ~torch.isfinite(d2)
     assert f.n12 == int((m1 & m2).sum()) and f.n1 == int(m1.sum())
     ok = torch.isfinite(d1) & torch.isfinite(d2)
     assert f.dot == pytest.approx(float((d1[ok] * d2[ok]).sum()), rel=1e-12)

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prism_analysis import weights
-from prism_analysis.weights import DEFAULT_THRESHOLDS, UpdateStats, audit, normalized_l2
+from prism_analysis.metrics import DEFAULT_THRESHOLDS, normalized_l2
+from prism_analysis.weights import UpdateStats, audit
 
 
 def reference(a: torch.Tensor, b: torch.Tensor, thresholds=DEFAULT_THRESHOLDS):
@@ -193,11 +194,10 @@ def test_audit_every_family_against_reference(tmp, family):
     assert "other" not in set(res.components["component"])
 
 
-@pytest.fixture(params=["fused", "torch"])
-def path(request, monkeypatch):
+@pytest.fixture
+def path(compute_path):
     """Run a test on both implementations: the fused CPU kernel and the torch path (used on GPU)."""
-    monkeypatch.setattr(weights, "USE_FUSED", request.param == "fused")
-    return request.param
+    return compute_path
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

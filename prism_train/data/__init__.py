@@ -1,8 +1,9 @@
-"""Seeded, deterministic data for tiny PRISM studies: four domains, train/eval splits, mixes.
+"""Seeded, deterministic data for tiny PRISM studies: five domains, train/eval splits, mixes.
 
-Domains (see each module): ``general`` prose, ``code`` Python source, and the reasoning domains
-``math``, ``code_reasoning`` ("what does this program print?") and ``science``, which yield
-:class:`Problem` objects with a worked solution and a checkable answer.
+Domains: ``general`` prose (:mod:`.general`), ``code`` Python source (:mod:`.python_code`), and the
+reasoning domains ``math`` (:mod:`.arithmetic`), ``code_reasoning`` ("what does this program
+print?", :mod:`.python_code`) and ``science`` (:mod:`.science`), which yield :class:`Problem`
+objects with a worked solution and a checkable answer (:mod:`.reasoning` draws them).
 
 Every problem is formatted as PRISM does it: the question, then (after one newline) a reasoning
 block and the final answer::
@@ -13,10 +14,10 @@ block and the final answer::
     </think>
     Answer: 12
 
-Train and eval never overlap: an item belongs to the eval split iff a hash of its text lands in
-the eval bucket, and each split's generator only keeps its own items.
+Train and eval never overlap (:func:`in_split`). Mixes of domains and user corpora: :mod:`.mix`.
 """
 
-from .problems import DOMAINS, REASONING_DOMAINS, Problem, documents, in_split, problems
+from .problem import DOMAINS, REASONING_DOMAINS, Problem, in_split
+from .reasoning import documents, draw_problem, problem_stream
 
-__all__ = ["DOMAINS", "REASONING_DOMAINS", "Problem", "documents", "in_split", "problems"]
+__all__ = ["DOMAINS", "REASONING_DOMAINS", "Problem", "documents", "draw_problem", "in_split", "problem_stream"]

@@ -80,7 +80,7 @@ def corpus(chunk_chars: int = 1000) -> tuple[str, ...]:
             mod = importlib.import_module(name)
         except ImportError:
             continue
-        for obj in [mod] + [getattr(mod, a) for a in sorted(dir(mod)) if not a.startswith("_")][:40]:
+        for obj in [mod, *[getattr(mod, a) for a in sorted(dir(mod)) if not a.startswith("_")][:40]]:
             doc = getattr(obj, "__doc__", None)
             if isinstance(doc, str) and len(doc) > 200 and (obj is mod or getattr(obj, "__module__", None) == name):
                 docs.extend(_paragraphs(doc, chunk_chars))

@@ -10,23 +10,23 @@ A mix file (YAML or JSON)::
 
 Weights are shares of the mix's *text* (characters, a tokenizer-free stand-in for tokens), as the
 paper's mixes are given in tokens: a domain of long documents is drawn less often than one of short
-problems so that each gets its weight's share of the training tokens. (Drawing documents with
-probability = weight gave prose and code, whose documents are 5-10x longer than a worked problem,
-52% of the MCS tokens instead of 20%.) Weights need not sum to 1; they must be non-negative with a
-positive sum.
+problems so that each gets its weight's share of the training tokens. Weights need not sum to 1;
+they must be finite and non-negative, with a positive sum.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prism_analysis.errors import PrismError
 
-from . import code, general
-from .problems import DOMAINS, REASONING_DOMAINS, draw_problem, in_split
+from . import general, python_code
+from .problem import DOMAINS, REASONING_DOMAINS, in_split
+from .reasoning import draw_problem
 
 PRESETS: dict[str, dict[str, float]] = {
     # pretraining: general prose and code, almost no reasoning data
@@ -44,7 +44,6 @@ class Mix:
     name: str
     domains: dict[str, float]
     sources: list[dict] = field(default_factory=list)
-    _source_docs: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "domains": self.domains, "sources": self.sources}
@@ -56,7 +55,7 @@ class Mix:
         names = [e[0] for e in entries]
         corpora = {
             "general": [d for d in general.corpus() if in_split(d, split)],
-            "code": [d for d in code.corpus() if in_split(d, split)],
+            "code": [d for d in python_code.corpus() if in_split(d, split)],
         }
         for i, s in enumerate(self.sources):
             docs = [d for d in _read_source(s) if in_split(d, split)]
@@ -113,6 +112,10 @@ def _read_source(s: dict) -> list[str]:
     raise PrismError("unsupported source type (use .txt, .jsonl or .parquet)", path)
 
 
+def _valid_weight(w) -> bool:
+    return isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+
+
 def load_mix(spec: str) -> Mix:
     """A preset name (``pretrain``, ``math``, ``math_code``/``mc``, ``math_code_science``/``mcs``)
     or a YAML/JSON mix file. Raises :class:`PrismError` with the file and the problem."""
@@ -141,13 +144,13 @@ def load_mix(spec: str) -> Mix:
     for d, w in domains.items():
         if d not in DOMAINS:
             raise PrismError(f"unknown domain {d!r} (domains: {', '.join(DOMAINS)})", path)
-        if not isinstance(w, (int, float)) or w < 0:
-            raise PrismError(f"weight of {d!r} must be a non-negative number", path)
+        if not _valid_weight(w):
+            raise PrismError(f"weight of {d!r} must be a finite, non-negative number (got {w!r})", path)
     for s in sources:
-        if not isinstance(s, dict) or "path" not in s:
+        if not isinstance(s, dict) or not isinstance(s.get("path"), str):
             raise PrismError("each source needs a 'path'", path)
-        if not isinstance(s.get("weight", 1.0), (int, float)) or s.get("weight", 1.0) < 0:
-            raise PrismError(f"weight of source {s['path']!r} must be a non-negative number", path)
+        if not _valid_weight(s.get("weight", 1.0)):
+            raise PrismError(f"weight of source {s['path']!r} must be a finite, non-negative number", path)
         if not Path(s["path"]).is_absolute():
             s["path"] = str(path.parent / s["path"])
         _read_source(s)  # fail now, not mid-training

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from .problems import Problem
+from .problem import Problem
 
 MASSES = {"H": 1, "C": 12, "N": 14, "O": 16, "Na": 23, "Mg": 24, "S": 32, "Ca": 40}
 
@@ -58,7 +58,7 @@ def _molar(rng, hi):
     table = ", ".join(f"{e} = {MASSES[e]}" for e in elems)
     return (
         f"Using the atomic masses {table}, what is the molar mass of {formula} in grams per mole?",
-        "\n".join(parts + [f"{terms} = {total}"]),
+        "\n".join([*parts, f"{terms} = {total}"]),
         total,
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from .problems import Problem
+from .problem import Problem
 
 NAMES = ["Tom", "Ana", "Ravi", "Mia", "Leo", "Sara", "Ken", "Ivy"]
 ITEMS = ["apples", "books", "coins", "pens", "cards", "shells", "stamps", "marbles"]

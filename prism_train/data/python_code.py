@@ -8,7 +8,7 @@ import os
 import random
 import sysconfig
 
-from .problems import Problem
+from .problem import Problem
 
 STDLIB_FILES = (
     "textwrap.py",

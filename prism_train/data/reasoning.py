@@ -1,61 +1,34 @@
-"""Problems and documents of every domain, split into train and eval by a hash of the text."""
+"""Reasoning problems of every domain, drawn deterministically from seeded generators, and the
+document stream of any domain (reasoning problems as formatted text, or prose and code corpora).
+
+The generators: :mod:`~prism_train.data.arithmetic` (math word problems),
+:mod:`~prism_train.data.python_code` ("what does this program print?") and
+:mod:`~prism_train.data.science`. Each split keeps only its own items (:func:`~prism_train.data.problem.in_split`).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-EVAL_BUCKETS = 10  # 1 in 10 texts is eval-only
-
-DOMAINS = ("general", "code", "math", "code_reasoning", "science")
-REASONING_DOMAINS = ("math", "code_reasoning", "science")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A reasoning problem: ``prompt`` (question + newline), ``completion`` (reasoning + answer)."""
-
-    domain: str
-    difficulty: int
-    question: str
-    reasoning: str
-    answer: str
-
-    @property
-    def prompt(self) -> str:
-        return f"Question: {self.question}\n"
-
-    @property
-    def completion(self) -> str:
-        return f"<think>\n{self.reasoning}\n</think>\nAnswer: {self.answer}"
-
-    @property
-    def text(self) -> str:
-        return self.prompt + self.completion
-
-
-def in_split(text: str, split: str) -> bool:
-    """True when ``text`` belongs to ``split`` ("train" or "eval"); a pure function of the text."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
-    h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-    return (h % EVAL_BUCKETS == 0) == (split == "eval")
-
+from . import arithmetic, general, python_code, science
+from .problem import DOMAINS, REASONING_DOMAINS, Problem, in_split
 
 #: Difficulty levels drawn when none is given (easy problems twice as often).
 LEVELS = (1, 1, 2, 3)
 
 
+GENERATORS = {"math": arithmetic.make, "code_reasoning": python_code.make_reasoning, "science": science.make}
+
+
 def generator(domain: str):
     """The problem maker of a reasoning domain: ``make(rng, difficulty) -> Problem``."""
-    from . import code, math, science
-
-    return {"math": math.make, "code_reasoning": code.make_reasoning, "science": science.make}[domain]
+    return GENERATORS[domain]
 
 
-def problems(domain: str, split: str = "train", seed: int = 0, difficulty: int | None = None) -> Iterator[Problem]:
+def problem_stream(
+    domain: str, split: str = "train", seed: int = 0, difficulty: int | None = None
+) -> Iterator[Problem]:
     """Endless, seeded stream of ``domain`` problems of ``split`` (``difficulty`` None: mixed levels)."""
     if domain not in REASONING_DOMAINS:
         raise ValueError(f"{domain!r} has no problems; reasoning domains: {', '.join(REASONING_DOMAINS)}")
@@ -77,12 +50,10 @@ def draw_problem(domain: str, rng: random.Random, split: str = "train", difficul
 def documents(domain: str, split: str = "train", seed: int = 0) -> Iterator[str]:
     """Endless, seeded stream of training documents of ``domain`` (problems as formatted text)."""
     if domain in REASONING_DOMAINS:
-        for p in problems(domain, split, seed):
+        for p in problem_stream(domain, split, seed):
             yield p.text
         return
-    from . import code, general
-
-    corpus = {"general": general.corpus, "code": code.corpus}.get(domain)
+    corpus = {"general": general.corpus, "code": python_code.corpus}.get(domain)
     if corpus is None:
         raise ValueError(f"unknown domain {domain!r}; domains: {', '.join(DOMAINS)}")
     docs = [d for d in corpus() if in_split(d, split)]

@@ -1,0 +1,102 @@
+"""What a user waits for: the real `prism` command as a process, against the floors it cannot beat.
+
+Each command runs as its own process, several times; the table gives the median wall time.
+
+  floor: import torch     python -c "import torch" (every command imports torch)
+  prism --help            must be faster than importing torch
+  prism audit (tiny)      a tiny LLaMA pair (1M parameters), tables and F11 figure: target <= 2x import torch
+  prism audit (large)     a bf16 LLaMA-shaped pair of --large-gb per side, end to end (process start,
+                          imports, streaming, tables, figure): target <= 2.5x the read floor
+  floor: read both        reading both checkpoints' files once (readinto a 64 MiB buffer), warm cache
+
+  python benchmarks/startup.py                 # tiny pair + the 1.27 GiB-per-side pair of audit.py
+  python benchmarks/startup.py --quick         # tiny pair + a 0.3 GB-per-side pair
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+
+def timed(cmd: list[str], repeat: int, cleanup: Path | None = None) -> float:
+    times = []
+    for _ in range(repeat):
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        t = time.perf_counter()
+        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        times.append(time.perf_counter() - t)
+        if r.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed: {r.stderr}")
+    return statistics.median(times)
+
+
+def read_floor(paths: list[Path]) -> None:
+    buf = bytearray(64 << 20)
+    view = memoryview(buf)
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(view):
+                pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a 0.2 GB-per-side pair instead of 1.27 GB")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per command (median reported)")
+    ap.add_argument("--workdir", default="bench_out/startup", help="where the checkpoints are written (kept)")
+    args = ap.parse_args()
+    prism = shutil.which("prism") or str(Path(sys.executable).with_name("prism"))
+    work = Path(args.workdir)
+    from audit import make_pair
+    from helpers import save_model
+
+    tiny_a, tiny_b = work / "tiny_a", work / "tiny_b"
+    if not tiny_b.exists():
+        save_model(tiny_a, seed=0)
+        save_model(tiny_b, seed=0, perturb=0.01)
+    # the pairs of benchmarks/audit.py (default: 2.69 GB, i.e. 1.27 GiB per side)
+    dims = (1024, 8, 32000) if args.quick else (2048, 12, 32000)
+    big_a, big_b = make_pair(work / ("audit_quick" if args.quick else "audit_default"), *dims)
+    files = sorted(big_a.glob("*.safetensors")) + sorted(big_b.glob("*.safetensors"))
+    size = sum(f.stat().st_size for f in files) / 2
+    read_floor(files)  # warm the page cache
+    out = work / "out"
+    rows = []
+    torch_import = timed([sys.executable, "-c", "import torch"], args.repeat)
+    rows.append(("floor: python -c 'import torch'", torch_import, "1.00x import torch"))
+    t = timed([prism, "--help"], args.repeat)
+    rows.append(("prism --help", t, f"{t / torch_import:.2f}x import torch"))
+    t = timed([prism, "audit", str(tiny_a), str(tiny_b), "--quiet"], args.repeat)
+    rows.append(("prism audit, tiny pair, print only", t, f"{t / torch_import:.2f}x import torch"))
+    t = timed([prism, "audit", str(tiny_a), str(tiny_b), "--out", str(out), "--quiet"], args.repeat, out)
+    rows.append(("prism audit, tiny pair, tables + figure", t, f"{t / torch_import:.2f}x import torch"))
+    floors = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        read_floor(files)
+        floors.append(time.perf_counter() - t0)
+    floor = statistics.median(floors)
+    gib = size / 2**30
+    rows.append((f"floor: read both files ({gib:.2f} GiB per side)", floor, "1.00x read"))
+    t = timed([prism, "audit", str(big_a), str(big_b), "--out", str(out), "--quiet"], args.repeat, out)
+    rows.append((f"prism audit, {gib:.2f} GiB pair, end to end", t, f"{t / floor:.2f}x read"))
+    print(f"{os.cpu_count()} CPUs; median of {args.repeat} runs; warm page cache")
+    print(f"{'what':<52}{'wall s':>9}  ratio")
+    for name, secs, ratio in rows:
+        print(f"{name:<52}{secs:>9.2f}  {ratio}")
+
+
+if __name__ == "__main__":
+    main()

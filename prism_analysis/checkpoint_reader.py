@@ -1,0 +1,451 @@
+"""Read Hugging Face checkpoints lazily and stream aligned tensors, one group at a time.
+
+A :class:`Checkpoint` is a read-only view of the tensors of
+
+- a model directory with ``model.safetensors``, sharded with ``model.safetensors.index.json``, or
+  loose ``*.safetensors`` files;
+- a single ``.safetensors`` file (or a shard index file);
+- (only with ``allow_pickle=True``) ``pytorch_model.bin`` files, loaded with
+  ``torch.load(weights_only=True, mmap=True)``. Pickle is refused by default: it can run code.
+
+Time and memory. Each file's header is validated (by safetensors) and parsed once, on open, so the
+cost of reading grows linearly with the number of tensors. :meth:`Checkpoint.get` then maps just
+that tensor's bytes (``mmap`` of its page-aligned range, copy-on-write): the mapping lives exactly as
+long as the returned tensor, so the resident set is bounded by the tensors alive at once (the
+current group plus a bounded read-ahead), never by the checkpoint size.
+
+:func:`open_aligned` opens several checkpoints, checks that they match, and returns the tensor
+names to compare; :func:`stream_aligned` yields the aligned tensors name by name, with a byte
+progress bar, while a background thread reads ahead.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as futures
+import functools
+import json
+import mmap
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import PrismError, os_problem
+from .progress import progress_bar
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+#: safetensors refuses headers larger than this; so do we, before reading one.
+MAX_HEADER_BYTES = 100_000_000
+
+
+@functools.lru_cache(maxsize=1)
+def safetensors_dtypes() -> dict[str, torch.dtype]:
+    """safetensors' dtype names -> torch dtypes, taken from safetensors itself: every torch dtype is
+    serialised (empty) with ``safetensors.torch.save`` and the name it writes is read back."""
+    from safetensors.torch import save
+
+    table = {}
+    for value in vars(torch).values():
+        if not isinstance(value, torch.dtype) or value in table.values():
+            continue
+        if str(value).startswith("torch.q") or value == torch.complex32:  # quantized / experimental: skip
+            continue
+        try:
+            blob = save({"x": torch.empty(0, dtype=value)})
+        except Exception:  # a torch dtype safetensors cannot store
+            continue
+        n = int.from_bytes(blob[:8], "little")
+        table[json.loads(blob[8 : 8 + n])["x"]["dtype"]] = value
+    return table
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where a tensor lives and what it is, known from the header alone.
+
+    ``start``/``end``: byte range in ``file`` (safetensors; -1 for pickle files).
+    """
+
+    name: str
+    file: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    start: int = -1
+    end: int = -1
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+class Checkpoint:
+    """Lazy view of one checkpoint's tensors. Headers are read on open; data on :meth:`get`.
+
+    Attributes: ``path``, ``tensors`` (name -> :class:`TensorInfo`), ``config`` (``config.json``
+    as a dict, or None), ``aliases`` (names served by another tensor, e.g. a tied
+    ``lm_head.weight`` -> ``model.embed_tokens.weight``).
+    """
+
+    def __init__(self, path: str | os.PathLike, allow_pickle: bool = False):
+        self.path = Path(path)
+        self.allow_pickle = allow_pickle
+        self.config = _read_config(self.path)
+        self.is_pickle = False
+        files = self._weight_files()
+        self.tensors: dict[str, TensorInfo] = {}
+        for file in files:
+            for info in _pickle_infos(file) if self.is_pickle else _safetensors_infos(file):
+                if info.name in self.tensors:
+                    raise PrismError(f"tensor {info.name!r} appears in two shards", file)
+                self.tensors[info.name] = info
+        if not self.tensors:
+            raise PrismError("checkpoint holds no tensors", self.path)
+        self.aliases = self._tied_aliases()
+
+    # -- opening -----------------------------------------------------------------------------
+    def _weight_files(self) -> list[Path]:
+        p = self.path
+        kind = _kind(p)
+        if kind == "file":
+            if p.suffix == ".safetensors":
+                return [p]
+            if p.suffix in PICKLE_SUFFIXES:
+                return self._pickle_files([p])
+            if p.name == SAFETENSORS_INDEX:
+                return _index_files(p)
+            raise PrismError("not a checkpoint: expected a .safetensors file or a model directory", p)
+        if _kind(p / SAFETENSORS_INDEX, missing_ok=True) == "file":
+            return _index_files(p / SAFETENSORS_INDEX)
+        if _kind(p / SAFETENSORS_SINGLE, missing_ok=True) == "file":
+            return [p / SAFETENSORS_SINGLE]
+        try:
+            loose = sorted(f for f in p.glob("*.safetensors") if not f.name.startswith("."))
+        except OSError as e:
+            raise PrismError(f"cannot list directory ({os_problem(e)})", p) from None
+        if loose:
+            return loose
+        if _kind(p / PICKLE_INDEX, missing_ok=True) == "file":
+            return self._pickle_files(_index_files(p / PICKLE_INDEX))
+        if _kind(p / PICKLE_SINGLE, missing_ok=True) == "file":
+            return self._pickle_files([p / PICKLE_SINGLE])
+        raise PrismError("no model.safetensors, model.safetensors.index.json or *.safetensors found", p)
+
+    def _pickle_files(self, files: list[Path]) -> list[Path]:
+        if not self.allow_pickle:
+            raise PrismError(
+                "refusing to unpickle a .bin checkpoint (it can run code); convert it to safetensors "
+                "(load with transformers and save_pretrained(..., safe_serialization=True)) "
+                "or pass --allow-pickle to load it with torch.load(weights_only=True)",
+                files[0],
+            )
+        self.is_pickle = True
+        return files
+
+    def _tied_aliases(self) -> dict[str, str]:
+        """``lm_head.weight`` -> embedding name when the head is tied and not stored."""
+        if "lm_head.weight" in self.tensors:
+            return {}
+        tied = (self.config or {}).get("tie_word_embeddings")
+        embeds = [n for n in self.tensors if n.endswith(("embed_tokens.weight", "embeddings.weight", "wte.weight"))]
+        if tied is not False and len(embeds) == 1:
+            return {"lm_head.weight": embeds[0]}
+        return {}
+
+    # -- reading -----------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    @property
+    def architecture(self) -> str | None:
+        """``model_type`` from config.json (else ``architectures[0]``), None without a config."""
+        cfg = self.config or {}
+        archs = cfg.get("architectures") or [None]
+        return cfg.get("model_type") or archs[0]
+
+    def info(self, name: str) -> TensorInfo:
+        return self.tensors[self.aliases.get(name, name)]
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` on the CPU, in its stored dtype, zero-copy from a private memory map
+        of just its bytes (safetensors) that lives as long as the tensor."""
+        info = self.info(name)
+        try:
+            if self.is_pickle:
+                return _pickle_state(info.file)[info.name]
+            return _map_tensor(info)
+        except OSError as e:
+            raise PrismError(f"cannot read tensor {info.name!r} ({os_problem(e)})", info.file) from None
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r}, tensors={len(self.tensors)}, bytes={self.nbytes})"
+
+
+def open_checkpoint(path: str | os.PathLike | Checkpoint, allow_pickle: bool = False) -> Checkpoint:
+    """A :class:`Checkpoint` for ``path`` (passed through when it already is one)."""
+    return path if isinstance(path, Checkpoint) else Checkpoint(path, allow_pickle=allow_pickle)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _kind(p: Path, missing_ok: bool = False) -> str | None:
+    """``"file"``, ``"dir"`` (or None when missing and ``missing_ok``); refuses special files."""
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise PrismError("no such file or directory", p) from None
+    except OSError as e:
+        raise PrismError(f"cannot access ({os_problem(e)})", p) from None
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if not stat.S_ISREG(mode):
+        raise PrismError("not a regular file (a pipe, device or socket cannot be a checkpoint)", p)
+    return "file"
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise PrismError(f"cannot read {what} ({os_problem(e)})", path) from None
+    except ValueError as e:
+        raise PrismError(f"{what} is not valid JSON ({_one_line(e)})", path) from None
+
+
+def _read_config(path: Path) -> dict | None:
+    cfg = (path if path.is_dir() else path.parent) / "config.json"
+    if _kind(cfg, missing_ok=True) is None:
+        return None
+    data = _read_json(cfg, "config.json")
+    if not isinstance(data, dict):
+        raise PrismError("config.json is not a JSON object", cfg)
+    return data
+
+
+def _index_files(index: Path) -> list[Path]:
+    data = _read_json(index, "shard index")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise PrismError("not a valid shard index (no 'weight_map' object of tensor -> file)", index)
+    files = []
+    for shard in dict.fromkeys(weight_map.values()):
+        f = index.parent / shard
+        if _kind(f, missing_ok=True) != "file":
+            raise PrismError(f"the index names shard {shard!r}, which is missing", index)
+        files.append(f)
+    if not files:
+        raise PrismError("the shard index names no tensors", index)
+    return files
+
+
+def _safetensors_infos(file: Path) -> list[TensorInfo]:
+    """Every tensor of one safetensors file, from its header: validated by safetensors, parsed once."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > min(MAX_HEADER_BYTES, size - 8):
+                raise PrismError("corrupt or truncated safetensors file (header size out of range)", file)
+            header = f.read(n)
+        with safe_open(file, framework="pt", device="cpu"):
+            pass  # safetensors' own validation: offsets, dtypes, sizes
+        entries = json.loads(header)
+    except SafetensorError as e:
+        raise PrismError(f"corrupt or truncated safetensors file ({_one_line(e)})", file) from None
+    except OSError as e:
+        raise PrismError(f"cannot read file ({os_problem(e)})", file) from None
+    except ValueError as e:
+        raise PrismError(f"corrupt safetensors header ({_one_line(e)})", file) from None
+    dtypes = safetensors_dtypes()
+    base = 8 + n
+    out = []
+    for name, e in entries.items():
+        if name == "__metadata__":
+            continue
+        dtype = dtypes.get(e["dtype"])
+        if dtype is None:
+            raise PrismError(f"tensor {name!r} has dtype {e['dtype']}, which this torch cannot hold", file)
+        start, end = e["data_offsets"]
+        out.append(TensorInfo(name, str(file), tuple(e["shape"]), dtype, base + start, base + end))
+    return out
+
+
+def _map_tensor(info: TensorInfo) -> torch.Tensor:
+    """Map ``info``'s bytes (page-aligned range, private copy-on-write) and view them as a tensor."""
+    length = info.end - info.start
+    if length == 0:
+        return torch.empty(info.shape, dtype=info.dtype)
+    lo = info.start - info.start % mmap.ALLOCATIONGRANULARITY
+    with open(info.file, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), info.end - lo, offset=lo, access=mmap.ACCESS_COPY)
+    raw = torch.frombuffer(mapped, dtype=torch.uint8, count=length, offset=info.start - lo)
+    if (info.start - lo) % info.dtype.itemsize:  # an unaligned tensor (old writers): copy it
+        raw = raw.clone()
+    return raw.view(info.dtype).reshape(info.shape)
+
+
+def _pickle_infos(file: Path) -> list[TensorInfo]:
+    state = _pickle_state(str(file))
+    return [TensorInfo(k, str(file), tuple(v.shape), v.dtype) for k, v in state.items() if torch.is_tensor(v)]
+
+
+@functools.lru_cache(maxsize=1)
+def _pickle_state(file: str) -> dict:
+    """One pickle file's state dict (memory-mapped, ``weights_only``); the last file stays open."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many types for bad or malicious pickles
+        raise PrismError(f"cannot load pickle checkpoint ({_one_line(e)[:300]})", file) from None
+    if not isinstance(state, dict):
+        raise PrismError("pickle checkpoint does not hold a state dict", file)
+    return state
+
+
+# -- alignment --------------------------------------------------------------------------------
+@dataclass
+class Alignment:
+    """Names of two checkpoints matched up. ``common`` keeps A's order."""
+
+    common: list[str]
+    only_in_a: list[str] = field(default_factory=list)
+    only_in_b: list[str] = field(default_factory=list)
+    tied: list[str] = field(default_factory=list)  # names matched through a tied-embedding alias
+
+
+def check_same_architecture(ckpts: list[Checkpoint]) -> None:
+    """Raise when config.json files name different architectures."""
+    first = ckpts[0]
+    for other in ckpts[1:]:
+        if first.architecture and other.architecture and first.architecture != other.architecture:
+            raise PrismError(
+                f"different architectures: {first.architecture} ({first.path}) vs {other.architecture}", other.path
+            )
+
+
+def align(a: Checkpoint, b: Checkpoint) -> Alignment:
+    """Match tensors by name; a tied head on one side is matched to the other's stored head.
+
+    Raises :class:`PrismError` for different architectures, mismatched shapes of a shared name,
+    or no name in common.
+    """
+    check_same_architecture([a, b])
+    names_a = set(a.tensors) | set(a.aliases)
+    names_b = set(b.tensors) | set(b.aliases)
+    common, tied = [], []
+    for name in list(a.tensors) + [n for n in a.aliases if n in b.tensors]:
+        if name not in names_b:
+            continue
+        if name in a.aliases and name in b.aliases:
+            continue  # both heads tied: the embedding is compared once, as itself
+        if name in a.aliases or name in b.aliases:
+            tied.append(name)
+        sa, sb = a.info(name).shape, b.info(name).shape
+        if sa != sb:
+            raise PrismError(f"tensor {name!r} has shape {list(sa)} here but {list(sb)} in {b.path}", a.path)
+        common.append(name)
+    if not common:
+        raise PrismError(f"no tensor names in common with {b.path}", a.path)
+    only_a = sorted(n for n in a.tensors if n not in names_b)
+    only_b = sorted(n for n in b.tensors if n not in names_a)
+    return Alignment(common, only_a, only_b, tied)
+
+
+def open_aligned(sources: Iterable, allow_pickle: bool = False) -> tuple[list[Checkpoint], Alignment]:
+    """Open checkpoints, check that they match, and align them.
+
+    The names compared are those of the first two aligned (:func:`align`); every further checkpoint
+    must hold each of them with the same shape, else :class:`PrismError` names the missing tensor.
+    """
+    ckpts = [open_checkpoint(s, allow_pickle) for s in sources]
+    check_same_architecture(ckpts)
+    al = align(ckpts[0], ckpts[1])
+    for other in ckpts[2:]:
+        for name in al.common:
+            if name not in other.tensors and name not in other.aliases:
+                raise PrismError(f"checkpoint lacks tensor {name!r}, which {ckpts[0].path} has", other.path)
+            if other.info(name).shape != ckpts[0].info(name).shape:
+                raise PrismError(
+                    f"tensor {name!r} has shape {list(other.info(name).shape)} here "
+                    f"but {list(ckpts[0].info(name).shape)} in {ckpts[0].path}",
+                    other.path,
+                )
+    return ckpts, al
+
+
+# -- streaming --------------------------------------------------------------------------------
+def _fault_in(t: torch.Tensor) -> torch.Tensor:
+    """Touch one byte per page so a memory-mapped tensor is read from disk now (in a worker thread)."""
+    if t.numel() and t.is_contiguous():
+        t.reshape(-1).view(torch.uint8)[::4096].sum()
+    return t
+
+
+def read_ahead(
+    reads: Iterable[tuple[Checkpoint, str]], prefetch: int = 2, desc: str = "read", progress: bool = True
+) -> Iterator[torch.Tensor]:
+    """Yield the tensor of every ``(checkpoint, name)`` read, in order, with a byte progress bar.
+
+    A background thread reads ``prefetch`` tensors ahead (reading releases the GIL), so I/O overlaps
+    with whatever the caller computes. At most ``prefetch + 1`` of these tensors are alive at once,
+    plus those the caller keeps: memory is bounded by the largest tensors, not by the checkpoint.
+    """
+    reads = list(reads)
+    total = sum(c.info(n).nbytes for c, n in reads)
+    it = iter(reads)
+    with (
+        progress_bar(total=total, unit="B", unit_scale=True, desc=desc, enabled=progress) as bar,
+        futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prism-read") as pool,
+    ):
+        pending: collections.deque = collections.deque()
+
+        def fill(limit: int) -> None:
+            while len(pending) < limit and (item := next(it, None)) is not None:
+                pending.append(pool.submit(lambda c, n: _fault_in(c.get(n)), *item))
+
+        fill(1)
+        while pending:
+            tensor = pending.popleft().result()
+            fill(max(prefetch, 0))  # reads in flight while the caller works on `tensor`
+            bar.update(tensor.nbytes)
+            yield tensor
+            del tensor
+
+
+def stream_aligned(
+    ckpts: list[Checkpoint], names: list[str], desc: str = "read", progress: bool = True, prefetch: int = 1
+) -> Iterator[tuple[str, list[torch.Tensor]]]:
+    """Yield ``(name, [the tensor of each checkpoint])`` for every name, reading ahead.
+
+    At most ``prefetch + 1`` groups are alive at once (the current one and those read ahead).
+    """
+    k = len(ckpts)
+    tensors = read_ahead(
+        ((c, n) for n in names for c in ckpts), prefetch=k * max(prefetch, 1), desc=desc, progress=progress
+    )
+    for name in names:
+        yield name, [next(tensors) for _ in range(k)]

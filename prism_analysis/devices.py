@@ -1,0 +1,39 @@
+"""Where computation runs: a validated torch device from what the user wrote (``--device``)."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import PrismError
+
+
+def default_device() -> torch.device:
+    """cuda when available, else cpu."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(spec: str | torch.device | None) -> torch.device:
+    """``spec`` as a torch device that exists here (None: :func:`default_device`).
+
+    Raises :class:`PrismError` for a name torch does not know, the meta device (it holds no
+    values), and an accelerator this machine does not have.
+    """
+    if spec is None or spec == "":
+        return default_device()
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise PrismError(f"--device {spec!r} is not a device (use cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "meta":
+        raise PrismError("--device meta holds no values; use cpu or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PrismError(f"--device {spec} asks for a GPU, but torch sees none here (use cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PrismError(f"--device {spec}: this machine has {torch.cuda.device_count()} GPU(s)")
+        return dev
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return dev
+    raise PrismError(f"--device {spec}: that device is not available here (use cpu or cuda)")

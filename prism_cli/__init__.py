@@ -1,0 +1,31 @@
+"""The ``prism`` command: the analysis commands of :mod:`prism_analysis` and the training commands
+of :mod:`prism_train`, in one parser.
+
+This module is the only place that knows both packages; ``prism_analysis`` never imports
+``prism_train``, so the analysis library installs and imports alone. Run it as ``prism`` (the
+installed script), ``python -m prism_cli``, or under a launcher (``torchrun``, ``accelerate launch``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def commands() -> list:
+    """Both command tables: analysis first, then training."""
+    from prism_analysis.cli import COMMANDS as ANALYSIS
+    from prism_train.cli import COMMANDS as TRAINING
+
+    return ANALYSIS + TRAINING
+
+
+def main(argv: list[str] | None = None) -> int:
+    from prism_analysis.cli import run
+
+    return run(argv, commands())
+
+
+__all__ = ["commands", "main"]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

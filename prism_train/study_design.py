@@ -1,0 +1,111 @@
+"""What the miniature PRISM study trains and compares: its models, its pairs, its presets.
+
+The study (:mod:`prism_train.study`) pretrains a base model, mid-trains it on three mixes, runs RL
+from the base and from each mid-trained model, and compares them pairwise as the paper does. The
+names here are shared by the stages, the analysis (:mod:`prism_train.study_analysis`) and the
+report (:mod:`prism_train.study_report`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MODELS = (
+    "base",
+    "mid_math",
+    "mid_mc",
+    "mid_mcs",
+    "rl_base",
+    "rl_mid_math",
+    "rl_mid_mc",
+    "rl_mid_mcs",
+    "rl_mid_mcs_balanced",
+)
+MIDS = {"mid_math": "math", "mid_mc": "math_code", "mid_mcs": "math_code_science"}
+RLS = {
+    "rl_base": ("base", "math"),
+    "rl_mid_math": ("mid_math", "math"),
+    "rl_mid_mc": ("mid_mc", "math"),
+    "rl_mid_mcs": ("mid_mcs", "math"),
+    "rl_mid_mcs_balanced": ("mid_mcs", "balanced"),
+}
+
+
+@dataclass
+class Preset:
+    family: str = "llama"
+    model: dict = field(default_factory=dict)
+    batch_size: int = 16
+    seq_len: int = 128
+    pretrain_steps: int = 200
+    pretrain_lr: float = 1e-3
+    mid_steps: int = 1000
+    mid_lr: float = 1e-3
+    rl_steps: int = 20
+    rl_save_every: int = 2
+    rl_lr: float = 2e-4
+    group_size: int = 8
+    prompts_per_step: int = 8
+    max_new_tokens: int = 64
+    rl_eval_every: int = 10
+    eval_n: int = 40
+    cka_n: int = 60
+    bootstrap: int = 20
+    landscape_n: int = 20
+    landscape_grid: int = 3
+    seed: int = 0
+
+
+PRESETS = {
+    "smoke": Preset(
+        model={"hidden_size": 64, "num_layers": 2},
+        batch_size=4,
+        seq_len=64,
+        pretrain_steps=6,
+        mid_steps=6,
+        rl_steps=2,
+        rl_save_every=1,
+        group_size=2,
+        prompts_per_step=2,
+        max_new_tokens=16,
+        rl_eval_every=2,
+        eval_n=3,
+        cka_n=12,
+        bootstrap=3,
+        landscape_n=3,
+        landscape_grid=2,
+    ),
+    "tiny": Preset(),
+    "small": Preset(
+        model={"hidden_size": 256, "num_layers": 8},
+        batch_size=32,
+        seq_len=256,
+        pretrain_steps=2000,
+        mid_steps=4000,
+        rl_steps=200,
+        rl_save_every=10,
+        group_size=16,
+        prompts_per_step=16,
+        max_new_tokens=96,
+        rl_eval_every=20,
+        eval_n=200,
+        cka_n=200,
+        landscape_n=100,
+        landscape_grid=5,
+    ),
+}
+
+#: Checkpoint pairs audited (A -> B): mid-training, RL after it, and RL from the base.
+AUDITS = [
+    ("base", "mid_math"),
+    ("base", "mid_mc"),
+    ("base", "mid_mcs"),
+    ("mid_math", "rl_mid_math"),
+    ("mid_mc", "rl_mid_mc"),
+    ("mid_mcs", "rl_mid_mcs"),
+    ("mid_mcs", "rl_mid_mcs_balanced"),
+    ("base", "rl_base"),
+    ("base", "rl_mid_mcs"),
+]
+#: Pairs whose representations are compared (F14/T14).
+CKA_PAIRS = [("base", "mid_mcs"), ("mid_mcs", "rl_mid_mcs")]
