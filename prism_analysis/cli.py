@@ -48,7 +48,8 @@ def add_checkpoint_options(p, device: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _parser(sub, name: str, help: str, description: str, epilog: str):
+def add_command(sub, name: str, help: str, description: str, epilog: str = ""):
+    """A subcommand parser whose description and examples keep their line breaks."""
     return sub.add_parser(
         name,
         help=help,
@@ -60,7 +61,7 @@ def _parser(sub, name: str, help: str, description: str, epilog: str):
 
 # -- audit ------------------------------------------------------------------------------------------
 def _add_audit(sub) -> None:
-    p = _parser(
+    p = add_command(
         sub,
         "audit",
         "update size and sparsity between two checkpoints (PRISM T12/T22/T23, F11)",
@@ -121,7 +122,7 @@ def _run_audit(args) -> None:
 
 # -- cka ----------------------------------------------------------------------------------------------
 def _add_cka(sub) -> None:
-    p = _parser(
+    p = add_command(
         sub,
         "cka",
         "layer-by-layer CKA between two checkpoints on probe prompts (PRISM F14/T14)",
@@ -226,7 +227,7 @@ def _run_cka(args) -> None:
 
 # -- trajectory -------------------------------------------------------------------------------------
 def _add_trajectory(sub) -> None:
-    p = _parser(
+    p = add_command(
         sub,
         "trajectory",
         "front-loading over a checkpoint sequence (PRISM F16)",
@@ -289,7 +290,7 @@ def _run_trajectory(args) -> None:
 
 # -- compare ----------------------------------------------------------------------------------------
 def _add_compare(sub) -> None:
-    p = _parser(
+    p = add_command(
         sub,
         "compare",
         "two updates side by side: cosine, size, density, mask overlap (PRISM Eq. 2, F12, F26)",
@@ -347,7 +348,7 @@ def _run_compare(args) -> None:
 
 # -- interpolate ------------------------------------------------------------------------------------
 def _add_interpolate(sub) -> None:
-    p = _parser(
+    p = add_command(
         sub,
         "interpolate",
         "write W(a, b) = base + a (mid - base) + b (rl - mid) (PRISM Eq. 3)",

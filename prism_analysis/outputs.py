@@ -122,7 +122,7 @@ def check_destination(out: str | os.PathLike, command: str, inputs=()) -> Path:
     return out
 
 
-def _recover(parent: Path, name: str) -> None:
+def recover_leftovers(parent: Path, name: str) -> None:
     """Repair what a killed run left beside ``parent/name``: restore an output that was being
     replaced, delete temporaries of processes that no longer run."""
     pattern = re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-(\d+)(?:-.*)?$")
@@ -141,6 +141,35 @@ def _recover(parent: Path, name: str) -> None:
 
 
 @contextlib.contextmanager
+def staged_dir(final: Path, action: str = "cannot write the output"):
+    """Yield a new temporary directory beside ``final``; when the block succeeds it takes
+    ``final``'s place: an existing ``final`` is first renamed to ``.NAME.old-PID``, the new one
+    renamed into place, then the old one removed (:func:`recover_leftovers` repairs a crash in
+    between).
+    On any error the temporary directory is removed; OS errors become one :class:`PrismError`."""
+    parent = final.parent
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final.name}.tmp-{os.getpid()}-"))
+    except OSError as e:
+        raise from_os_error(e, action, final) from None
+    try:
+        yield tmp
+        old = None
+        if final.exists():
+            old = parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise from_os_error(e, action, final) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike, command: str, inputs=()):
     """Yield a temporary directory beside ``out``; on success it replaces ``out`` in one rename.
 
@@ -152,24 +181,10 @@ def atomic_output_dir(out: str | os.PathLike, command: str, inputs=()):
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        _recover(parent, out.name)
-        out = check_destination(out, command, inputs)  # recovery may have restored it
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
+        recover_leftovers(parent, out.name)
     except OSError as e:
         raise from_os_error(e, "cannot create the output directory", out) from None
-    try:
+    out = check_destination(out, command, inputs)  # recovery may have restored it
+    with staged_dir(parent / out.name) as tmp:
         yield tmp
         (tmp / MARKER).write_text(json.dumps({"tool": "prism", "command": command}) + "\n")
-        old = None
-        if out.exists():
-            old = parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise from_os_error(e, "cannot write the output", out) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -8,23 +8,10 @@
 
 from __future__ import annotations
 
-import argparse
-import textwrap
-
-from prism_analysis.cli import add_checkpoint_options
+from prism_analysis.cli import add_checkpoint_options, add_command
 from prism_analysis.options import add_options, from_args, nonempty, number
 
 from .config import RLConfig, TrainConfig
-
-
-def _parser(sub, name: str, help: str, description: str, epilog: str = ""):
-    return sub.add_parser(
-        name,
-        help=help,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=textwrap.dedent(description),
-        epilog=textwrap.dedent(epilog),
-    )
 
 
 def _run_options(p) -> None:
@@ -39,7 +26,7 @@ def _run_options(p) -> None:
 
 # -- train --------------------------------------------------------------------------------------------
 def add_train(sub) -> None:
-    p = _parser(
+    p = add_command(
         sub,
         "train",
         "pre-train or mid-train a model on a data mix, saving a checkpoint trajectory",
@@ -83,7 +70,7 @@ def _run_train(args) -> None:
 
 # -- eval ---------------------------------------------------------------------------------------------
 def add_eval(sub) -> None:
-    p = _parser(
+    p = add_command(
         sub,
         "eval",
         "accuracy on math/code/science benchmarks and general perplexity",
@@ -139,7 +126,7 @@ def _run_eval(args) -> None:
 
 # -- rl -----------------------------------------------------------------------------------------------
 def add_rl(sub) -> None:
-    p = _parser(
+    p = add_command(
         sub,
         "rl",
         "GRPO with verifiable rewards from a checkpoint, saving an RL trajectory",
@@ -188,7 +175,7 @@ def _run_rl(args) -> None:
 
 # -- reproduce ----------------------------------------------------------------------------------------
 def add_reproduce(sub) -> None:
-    p = _parser(
+    p = add_command(
         sub,
         "reproduce",
         "the miniature PRISM study end to end: train, RL, evaluate, analyse, report",
@@ -229,7 +216,7 @@ def _run_reproduce(args) -> None:
 
 # -- figures ------------------------------------------------------------------------------------------
 def add_figures(sub) -> None:
-    p = _parser(
+    p = add_command(
         sub,
         "figures",
         "redraw a study's figures and tables from its saved tables (no retraining)",

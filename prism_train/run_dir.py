@@ -29,14 +29,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from prism_analysis.errors import PrismError, from_os_error
-from prism_analysis.outputs import write_json
+from prism_analysis.outputs import recover_leftovers, staged_dir, write_json
 from prism_analysis.run_manifest import MANIFEST, read_manifest
 
 STATE = "training_state.pt"
@@ -145,8 +144,10 @@ class RunDir:
         (self.out / MANIFEST).unlink(missing_ok=True)
 
     def _clean_leftovers(self) -> None:
-        for p in self.out.glob(".step_*.tmp-*"):
-            shutil.rmtree(p, ignore_errors=True)
+        """Temporaries of saves that a killed process left (``.step_*.tmp-PID-*``) go; a step
+        that was being replaced comes back."""
+        for name in {p.name.split(".")[1] for p in self.out.glob(".step_*.*-*")}:
+            recover_leftovers(self.out, name)
 
     # -- the run's record --------------------------------------------------------------------
     @property
@@ -182,11 +183,8 @@ class RunDir:
         """Write ``OUT/step_NNNNNN`` atomically (a complete HF checkpoint + training state), then
         record ``entry`` (with ``step`` and ``path``) in the manifest and drop older states."""
         final = self.out / step_name(step)
-        try:
-            tmp = Path(tempfile.mkdtemp(dir=self.out, prefix=f".{final.name}.tmp-"))
-        except OSError as e:
-            raise from_os_error(e, "cannot write a checkpoint", final) from None
-        try:
+        # a step already there is a stale one from beyond the resume point, written by this run
+        with staged_dir(final, "cannot write a checkpoint") as tmp:
             sd = None
             if save_dtype != torch.float32:
                 sd = {
@@ -196,15 +194,6 @@ class RunDir:
             tokenizer.save_pretrained(tmp)
             if state is not None:
                 torch.save(state, tmp / STATE)
-            if final.exists():  # a stale step from beyond the resume point, written by this run
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise from_os_error(e, "cannot write a checkpoint", final) from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.manifest["steps"].append({"step": step, "path": final.name, **entry})
         write_json(self.out / MANIFEST, self.manifest)
         for p in self.out.glob(f"step_*/{STATE}"):

@@ -33,3 +33,15 @@ def compute_path(request, monkeypatch):
         monkeypatch.setattr(fused, name, lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
     yield request.param
     assert bool(calls) == (request.param == "fused"), "the fused kernels ran on the wrong path"
+
+
+def _devices() -> list[str]:
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=_devices())
+def device(request) -> str:
+    """Every device this machine has: the training and RL tests run on each (cuda where a GPU is)."""
+    return request.param

@@ -250,6 +250,7 @@ def llm_like(n, d, seed):
     return X, Y
 
 
+@pytest.mark.slow
 def test_precision_on_llm_like_activations():
     """100k rows x 1024 dims with outlier channels: within 1e-7 of a float64 numpy reference."""
     X, Y = llm_like(100_000, 1024, seed=0)

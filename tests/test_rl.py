@@ -60,17 +60,17 @@ def start(tmp_path_factory):
     return root / "base" / "step_000002"
 
 
-def test_all_equal_groups_leave_weights_bitwise_unchanged(start, tmp, monkeypatch):
+def test_all_equal_groups_leave_weights_bitwise_unchanged(start, tmp, monkeypatch, device):
     monkeypatch.setattr(rl, "reward", lambda domain, text, ref: 0.0)  # every sample scores the same
-    m = rl_train(RLConfig(init=str(start), **SMALL_RL), tmp / "flat", progress=False)
+    m = rl_train(RLConfig(init=str(start), device=device, **SMALL_RL), tmp / "flat", progress=False)
     assert all(e["skipped"] for e in m["log"])
     a, b = load_file(start / "model.safetensors"), load_file(tmp / "flat" / "step_000004" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_signal_moves_the_weights(start, tmp, monkeypatch):
+def test_signal_moves_the_weights(start, tmp, monkeypatch, device):
     monkeypatch.setattr(rl, "reward", lambda domain, text, ref: float(len(text) % 2))  # varied rewards
-    m = rl_train(RLConfig(init=str(start), **SMALL_RL), tmp / "moving", progress=False)
+    m = rl_train(RLConfig(init=str(start), device=device, **SMALL_RL), tmp / "moving", progress=False)
     assert not all(e["skipped"] for e in m["log"])
     a, b = load_file(start / "model.safetensors"), load_file(tmp / "moving" / "step_000004" / "model.safetensors")
     assert any(not torch.equal(a[k], b[k]) for k in a)
@@ -96,8 +96,9 @@ def test_smoke_run_saves_trajectory_and_resumes_exactly(start, tmp, monkeypatch)
     AutoModelForCausalLM.from_pretrained(tmp / "full" / "step_000002")
 
 
-def test_kl_and_errors(start, tmp, capsys):
-    m = rl_train(RLConfig(init=str(start), kl_beta=0.1, **{**SMALL_RL, "steps": 2}), tmp / "kl", progress=False)
+def test_kl_and_errors(start, tmp, capsys, device):
+    cfg = RLConfig(init=str(start), kl_beta=0.1, device=device, **{**SMALL_RL, "steps": 2})
+    m = rl_train(cfg, tmp / "kl", progress=False)
     assert all(e["kl"] >= 0 for e in m["log"])
     with pytest.raises(PrismError, match="--group-size must be >= 2"):
         RLConfig(init=str(start), **{**SMALL_RL, "group_size": 1})

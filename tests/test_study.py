@@ -1,7 +1,6 @@
 """The miniature study end to end on the smoke preset, its caching and errors, and the notebooks."""
 
 import json
-import os
 import shutil
 
 import pytest
@@ -19,6 +18,7 @@ def smoke_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_smoke_study_artefacts_exist_and_parse(smoke_run):
     s = json.loads((smoke_run / "summary.json").read_text())
     assert set(s["models"]) == set(MODELS)
@@ -47,6 +47,7 @@ def test_smoke_study_artefacts_exist_and_parse(smoke_run):
     assert "| claim | paper | ours | reproduced |" in report
 
 
+@pytest.mark.slow
 def test_stages_are_cached_and_forced(smoke_run, tmp):
     run = tmp / "copy"
     shutil.copytree(smoke_run, run)
@@ -60,6 +61,7 @@ def test_stages_are_cached_and_forced(smoke_run, tmp):
     assert (run / "models" / "base" / "trajectory.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_bad_input(smoke_run, tmp, capsys):
     with pytest.raises(PrismError, match="different configuration"):
         Study(smoke_run, "tiny", progress=False, log=lambda *a: None).run()
@@ -71,20 +73,6 @@ def test_bad_input(smoke_run, tmp, capsys):
     (tmp / "ro" / "stranger.txt").write_text("not a study")
     assert main(["reproduce", "--preset", "smoke", "--out", str(tmp / "ro"), "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("name", ["01_cka_quickstart", "02_audit_a_checkpoint_pair", "03_reproduce_prism_figures"])
-def test_notebooks_run_top_to_bottom(smoke_run, name, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
-
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    nb = nbformat.read(os.path.join(here, "notebooks", f"{name}.ipynb"), as_version=4)
-    monkeypatch.setenv("PRISM_RUN", str(smoke_run))
-    monkeypatch.setenv("PYTHONPATH", here + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": here}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
 
 
 def test_unwritable_output_is_a_clear_error(tmp, capsys):

@@ -79,10 +79,10 @@ def test_packing_never_cuts_a_document_that_fits(step):
     assert torch.equal(again[0], ids) and torch.equal(again[1], labels), "a pure function of the step"
 
 
-def test_train_saves_a_loadable_trajectory(tmp):
+def test_train_saves_a_loadable_trajectory(tmp, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    m = train(TrainConfig(**SMALL, save_steps=[1, 2]), tmp / "run", progress=False)
+    m = train(TrainConfig(**SMALL, save_steps=[1, 2], device=device), tmp / "run", progress=False)
     assert [s["step"] for s in m["steps"]] == [0, 1, 2, 4, 8, 12]
     man = json.loads((tmp / "run" / "trajectory.json").read_text())
     assert man["phase"] == "pretrain" and man["parent"] is None and man["mix"]["name"] == "pretrain"
@@ -102,7 +102,9 @@ def test_train_saves_a_loadable_trajectory(tmp):
     assert traj.steps == [0, 1, 2, 4, 8, 12]
     # mid-training from a saved step records its parent
     mid = train(
-        TrainConfig(**{**SMALL, "steps": 4}, phase="mid", mix="mcs", init=str(last)), tmp / "mid", progress=False
+        TrainConfig(**{**SMALL, "steps": 4}, phase="mid", mix="mcs", init=str(last), device=device),
+        tmp / "mid",
+        progress=False,
     )
     assert mid["parent"] == str(last) and mid["mix"]["name"] == "math_code_science"
 
@@ -127,6 +129,7 @@ def test_bf16_saves_resume_exactly_from_fp32_master(tmp):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_equals_uninterrupted(tmp):
     args = [
         "train",
@@ -186,6 +189,7 @@ def test_refuses_a_directory_of_another_config(tmp, capsys):
     assert m["steps"][-1]["step"] == 3
 
 
+@pytest.mark.slow
 def test_eval_cli(tmp, capsys):
     train(TrainConfig(**{**SMALL, "steps": 2}), tmp / "r", progress=False)
     assert main(["eval", str(tmp / "r" / "step_000002"), "--n", "4", "--out", str(tmp / "ev"), "--pass-k", "1,2"]) == 0
