@@ -138,7 +138,10 @@ def child(method: str, a: Path, b: Path, device: str) -> None:
     if method == "prism":  # compile the fused kernel (cached on disk after the first run) before timing
         from prism_analysis.weights import UpdateStats
 
-        UpdateStats().update(torch.ones(4, dtype=torch.bfloat16), torch.ones(4, dtype=torch.bfloat16))
+        from prism_analysis.weights import FUSED_MIN_NUMEL
+
+        warm = torch.ones(FUSED_MIN_NUMEL, dtype=torch.bfloat16)
+        UpdateStats().update(warm, warm)
     rss0 = peak_rss_kb()
     t0 = time.perf_counter()
     value = fn(a, b, device)

@@ -32,6 +32,20 @@ def _changed(finite, abs_diff, abs_x, eq, tau):  # pragma: no cover - compiled
     return abs_diff > tau * abs_x if finite else not eq
 
 
+@njit(inline="always", cache=True)
+def _thresholds_changed(finite, abs_diff, abs_x, eq, thresholds):  # pragma: no cover - compiled
+    """How many of the (ascending) thresholds an element is changed at, by :func:`_changed`.
+
+    "Changed at tau" is monotone in tau (changed at a larger tau implies changed at every smaller
+    one), so this count k says the element is changed at exactly the k smallest thresholds: one
+    histogram increment per element instead of one counter per threshold.
+    """
+    k = 0
+    for t in thresholds:
+        k += _changed(finite, abs_diff, abs_x, eq, t)
+    return k
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _kernel(a, b, thresholds, bf16):  # pragma: no cover - compiled
     n = a.size
@@ -61,7 +75,7 @@ def _kernel(a, b, thresholds, bf16):  # pragma: no cover - compiled
         mx = 0.0
         n_eq = 0
         n_nf = 0
-        changed = np.zeros(K, dtype=np.int64)
+        hist = np.zeros(K + 1, dtype=np.int64)  # hist[k]: elements changed at the k smallest thresholds
         for j in range(m):
             eq = a[lo + j] == b[lo + j]
             n_eq += eq
@@ -79,8 +93,7 @@ def _kernel(a, b, thresholds, bf16):  # pragma: no cover - compiled
                 mx = max(mx, ad)
             else:
                 n_nf += 1
-            for t in range(K):
-                changed[t] += _changed(finite, ad, ax, eq, thresholds[t])
+            hist[_thresholds_changed(finite, ad, ax, eq, thresholds)] += 1
         acc[blk, 0] = s_a2
         acc[blk, 1] = s_b2
         acc[blk, 2] = s_ab
@@ -88,8 +101,10 @@ def _kernel(a, b, thresholds, bf16):  # pragma: no cover - compiled
         acc[blk, 4] = mx
         cnt[blk, 0] = n_eq
         cnt[blk, 1] = n_nf
-        for t in range(K):
-            cnt[blk, 2 + t] = changed[t]
+        above = 0
+        for t in range(K - 1, -1, -1):  # changed at threshold t: counted in hist[t + 1 ...]
+            above += hist[t + 1]
+            cnt[blk, 2 + t] = above
     return acc, cnt
 
 

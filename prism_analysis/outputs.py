@@ -23,7 +23,7 @@ import math
 import os
 import re
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 from .errors import PrismError, from_os_error
@@ -45,14 +45,12 @@ def _jsonable(x):
 
 
 def write_json(path: str | os.PathLike, data) -> None:
-    """Write ``data`` as indented JSON atomically (NaN -> null, inf -> "inf")."""
+    """Write ``data`` as indented JSON atomically (NaN -> null, inf -> "inf"); the file gets the
+    permissions of any file the user creates (the umask), not a temp file's private ones."""
     path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise from_os_error(e, "cannot write", path) from None
-    try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "x") as f:
             json.dump(_jsonable(data), f, indent=2)
             f.write("\n")
         os.replace(tmp, path)
@@ -148,8 +146,9 @@ def staged_dir(final: Path, action: str = "cannot write the output"):
     between).
     On any error the temporary directory is removed; OS errors become one :class:`PrismError`."""
     parent = final.parent
+    tmp = parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{final.name}.tmp-{os.getpid()}-"))
+        tmp.mkdir()  # mode from the umask, as any directory the user makes (mkdtemp's is private)
     except OSError as e:
         raise from_os_error(e, action, final) from None
     try:
