@@ -71,7 +71,7 @@ def main():
     from prism_analysis.compare import OverlapStats
     from prism_analysis.weights import UpdateStats
 
-    x = torch.ones(8, dtype=torch.bfloat16)  # compile the numba kernels (cached on disk) before timing
+    x = torch.ones(1 << 20, dtype=torch.bfloat16)  # load the numba kernels (cached on disk) before timing
     UpdateStats().update(x, x)
     OverlapStats().update(x, x, x, x)
     reads = {"n": 0}
