@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from .errors import PrismError
+from .errors import PrismError, warn
 
 POOLS = ("mean", "last", "tokens")
 
@@ -106,6 +106,16 @@ def iter_activations(
     device = next(model.parameters()).device
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    vocab = model.get_input_embeddings().num_embeddings
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and (max_length is None or max_length > context):
+        too_long = sum(len(tokenizer(t)["input_ids"]) > context for t in texts)
+        if too_long:
+            warn(
+                f"{too_long} of {len(texts)} prompts are longer than the model's context ({context} tokens); "
+                f"they are cut to {context} tokens"
+            )
+        max_length = context
     model.eval()
     for start in progress_bar(range(0, len(texts), batch_size), desc="activations", enabled=progress):
         batch = list(texts[start : start + batch_size])
@@ -120,6 +130,11 @@ def iter_activations(
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         if int(mask.sum(1).min()) == 0:
             raise PrismError(f"prompt {start + int(mask.sum(1).argmin())} tokenizes to nothing")
+        if int(ids.max()) >= vocab:
+            raise PrismError(
+                f"the tokenizer gives token id {int(ids.max())}, but the model embeds only {vocab} tokens: "
+                "it is not this model's tokenizer"
+            )
         hidden = _capture(nn_model, embed_path, layers_path, n_layers, ids, mask)
         yield _pool(hidden, mask, pool)
 

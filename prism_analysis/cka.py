@@ -55,11 +55,18 @@ def _check_pair(X: torch.Tensor, Y: torch.Tensor, debiased: bool) -> None:
     _check_rows(X.shape[0], debiased)
 
 
+def min_rows(debiased: bool) -> int:
+    """The fewest rows CKA is defined on: 3 (with 2 centred rows any two representations give
+    exactly 1), 4 for debiased CKA (the unbiased HSIC divides by n - 3)."""
+    return 4 if debiased else 3
+
+
 def _check_rows(n: int, debiased: bool) -> None:
-    if debiased and n < 4:
-        raise ValueError(f"debiased CKA needs at least 4 rows (the unbiased HSIC divides by n-3); got {n}")
-    if n < 2:
-        raise ValueError(f"CKA needs at least 2 rows; got {n}")
+    if n < min_rows(debiased):
+        why = "the unbiased HSIC divides by n-3" if debiased else "with 2 rows CKA is 1 whatever the data"
+        raise ValueError(
+            f"{'debiased ' if debiased else ''}CKA needs at least {min_rows(debiased)} rows ({why}); got {n}"
+        )
 
 
 def _ratio(hxy: torch.Tensor, hxx: torch.Tensor, hyy: torch.Tensor) -> torch.Tensor:

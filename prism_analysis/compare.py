@@ -30,7 +30,7 @@ from .checkpoint_reader import open_aligned, stream_aligned
 from .devices import resolve_device
 from .metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, bits_equal, changed_mask, threshold_key
 from .outputs import atomic_output_dir, write_json
-from .weights import CHUNK, UpdateStats, as_float, use_fused
+from .weights import CHUNK, UpdateStats, as_float, promote, use_fused
 
 
 @dataclass
@@ -52,7 +52,11 @@ class OverlapStats(Accumulator):
     expected_n12: float = state(0.0)  # sum over tensors of n_t p1_t p2_t
 
     def update(self, a1, b1, a2, b2) -> OverlapStats:
+        """Add one tensor of each update (all four of one shape; a pair of different dtypes is
+        compared in the wider one, as UpdateStats does)."""
         a1, b1, a2, b2 = (as_float(t).reshape(-1) for t in (a1, b1, a2, b2))
+        a1, b1 = promote(a1, b1)
+        a2, b2 = promote(a2, b2)
         n = a1.numel()
         if use_fused(a1, b1, a2, b2):
             from . import fused

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
 _OS_PROBLEMS = {
     errno.EACCES: "permission denied",
@@ -35,11 +36,27 @@ class PrismError(Exception):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+def warn(message: str) -> None:
+    """One line on stderr, ``prism: warning: <message>``, for input the command accepts with a change."""
+    import sys
+
+    print(f"prism: warning: {' '.join(message.split())}", file=sys.stderr)
+
+
 def os_problem(e: OSError) -> str:
     """A short, one-line description of an OS error (``permission denied``, ``no space left ...``)."""
     if e.errno in _OS_PROBLEMS:
         return _OS_PROBLEMS[e.errno]
     return " ".join((e.strerror or str(e) or type(e).__name__).split())
+
+
+def os_problem_in(e: BaseException) -> str | None:
+    """The OS problem behind ``e``: an OSError, or a library error that carries one in its message
+    (safetensors' Rust writer reports ``... (os error 28)`` for a full disk); None for anything else."""
+    if isinstance(e, OSError):
+        return os_problem(e)
+    m = re.search(r"os error (\d+)", str(e))
+    return os_problem(OSError(int(m.group(1)), "")) if m else None
 
 
 def from_os_error(e: OSError, action: str, path: str | os.PathLike | None = None) -> PrismError:

@@ -26,7 +26,7 @@ import torch
 
 from .activations import collect_activations, find_modules, iter_activations
 from .checkpoint_reader import Checkpoint
-from .cka import StreamingCKA, bootstrap_cka, cka_matrix
+from .cka import StreamingCKA, bootstrap_cka, cka_matrix, min_rows
 from .errors import PrismError
 from .model_loader import load_model
 from .outputs import atomic_output_dir, write_json
@@ -109,7 +109,14 @@ def _per_layer(
     probe: str, XA: torch.Tensor, XB: torch.Tensor, bootstrap: int, sample_size: int | None, seed: int, debiased: bool
 ) -> pd.DataFrame:
     n = XA.shape[1]
-    k = sample_size if sample_size is not None else max(n // 2, 4 if debiased else 2)
+    k = sample_size if sample_size is not None else n // 2
+    if bootstrap and k < min_rows(debiased):
+        raise PrismError(
+            f"probe set {probe!r}: bootstrap resamples of {k} prompts are too few for CKA (it needs "
+            f"{min_rows(debiased)}); use more prompts, a larger --sample, or --bootstrap 0"
+        )
+    if bootstrap and k > n:
+        raise PrismError(f"probe set {probe!r}: --sample {k} is more than its {n} prompts")
     if bootstrap and k < n:
         df = bootstrap_cka(XA, XB, n_resamples=bootstrap, sample_size=k, seed=seed, debiased=debiased)
     else:
@@ -147,8 +154,18 @@ def model_cka(
     """Per-layer CKA of checkpoints ``a`` and ``b`` on each probe set (first ``n`` prompts)."""
     probes = {name: list(texts)[:n] if n else list(texts) for name, texts in probes.items()}
     for name, texts in probes.items():
-        if len(texts) < (4 if debiased else 2):
-            raise PrismError(f"probe set {name!r} has {len(texts)} prompts; CKA needs more")
+        if len(texts) < min_rows(debiased):
+            raise PrismError(
+                f"probe set {name!r} has {len(texts)} prompts; {'debiased ' if debiased else ''}CKA needs "
+                f"at least {min_rows(debiased)}"
+            )
+        seen = {}
+        for i, t in enumerate(texts):
+            if t in seen:
+                raise PrismError(
+                    f"probe set {name!r} repeats prompt {seen[t] + 1} as prompt {i + 1}; use distinct prompts"
+                )
+            seen[t] = i
     depth_a, depth_b = (
         (Checkpoint(a, allow_pickle).config or {}).get("num_hidden_layers"),
         (Checkpoint(b, allow_pickle).config or {}).get("num_hidden_layers"),
@@ -192,10 +209,13 @@ def model_cka(
     tables, matrices = [], {}
     for name in probes:
         XA, XB = acts_a[name], acts_b[name]
-        if la == lb:
-            tables.append(_per_layer(name, XA, XB, bootstrap, sample_size, seed, debiased))
-        if all_pairs:
-            matrices[name] = cka_matrix(XA, XB, debiased=debiased, as_frame=True)
+        try:
+            if la == lb:
+                tables.append(_per_layer(name, XA, XB, bootstrap, sample_size, seed, debiased))
+            if all_pairs:
+                matrices[name] = cka_matrix(XA, XB, debiased=debiased, as_frame=True)
+        except ValueError as e:  # e.g. every prompt gives the same representation
+            raise PrismError(f"probe set {name!r}: {e}") from None
     layers = (
         pd.concat(tables, ignore_index=True)
         if tables
@@ -223,7 +243,10 @@ def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress) -
                 )
             s.update(xa, xb)
             rows += xa.shape[1]
-        v = s.compute().cpu().numpy()
+        try:
+            v = s.compute().cpu().numpy()
+        except ValueError as e:
+            raise PrismError(f"probe set {name!r}: {e}") from None
         tables.append(
             pd.DataFrame(
                 {

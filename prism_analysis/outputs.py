@@ -26,7 +26,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .errors import PrismError, from_os_error
+from .errors import PrismError, from_os_error, os_problem_in
 
 #: Hidden file in every output directory: ``{"command": "audit", "tool": "prism"}``.
 MARKER = ".prism-output.json"
@@ -160,9 +160,12 @@ def staged_dir(final: Path, action: str = "cannot write the output"):
         os.replace(tmp, final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
+    except Exception as e:  # a full disk shows as OSError, or inside a library's own error
         shutil.rmtree(tmp, ignore_errors=True)
-        raise from_os_error(e, action, final) from None
+        problem = os_problem_in(e)
+        if problem is None:
+            raise
+        raise PrismError(f"{action} ({problem})", final) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,6 +17,7 @@ combine partial results (other tensors, other processes) with ``merge``, read th
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -58,13 +59,26 @@ def as_float(t: torch.Tensor) -> torch.Tensor:
     return t.double()
 
 
+def promote(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both tensors in the wider of their two dtypes (``torch.promote_types``); exact, never a cast down."""
+    if a.dtype == b.dtype:
+        return a, b
+    wide = torch.promote_types(a.dtype, b.dtype)
+    return a.to(wide), b.to(wide)
+
+
 @dataclass
 class UpdateStats(Accumulator):
     """Streaming accumulator of the update statistics of any group of tensor pairs.
 
     States (merged exactly: sums add, the maximum takes the max): element count, float64 sums of
-    A^2, B^2, A*B and (B-A)^2 over finite elements, bitwise-equal count, non-finite count, changed
-    count per threshold, max |B - A|.
+    A^2, B^2, A*B and (B-A)^2 over finite elements, bitwise-equal count, count of elements whose A
+    and B dtypes match (bitwise equality is defined for those only), non-finite count, changed count
+    per threshold, max |B - A|.
+
+    A pair of different dtypes (a bf16 checkpoint against an fp32 one) is compared in the wider
+    dtype (``torch.promote_types``), never cast down, and leaves ``fraction_equal`` to the tensors
+    whose dtypes match. Normalized L2 is NaN when no element is finite (nothing to measure).
     """
 
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
@@ -74,6 +88,7 @@ class UpdateStats(Accumulator):
     sum_ab: float = state(0.0)
     sum_sq_diff: float = state(0.0)
     n_equal: int = state(0)
+    n_same_dtype: int = state(0)
     n_nonfinite: int = state(0)
     max_abs_diff: float = state(0.0, reduce="max")
     n_changed: list[int] = state([])
@@ -84,12 +99,11 @@ class UpdateStats(Accumulator):
             self.n_changed = [0] * len(self.thresholds)
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> UpdateStats:
-        """Add one tensor pair (same shape; any device). B is cast to A's dtype if they differ."""
+        """Add one tensor pair (same shape; any device). Different dtypes are compared in the wider one."""
         if a.shape != b.shape:
             raise ValueError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
-        a, b = as_float(a), as_float(b)
-        if a.dtype != b.dtype:
-            b = b.to(a.dtype)
+        same_dtype = a.dtype == b.dtype
+        a, b = promote(as_float(a), as_float(b))
         a, b = a.reshape(-1), b.reshape(-1)
         if use_fused(a, b):
             from . import fused
@@ -105,7 +119,8 @@ class UpdateStats(Accumulator):
                 "sum_ab": sums[2],
                 "sum_sq_diff": sums[3],
                 "max_abs_diff": sums[4],
-                "n_equal": counts[0],
+                "n_equal": counts[0] if same_dtype else 0,
+                "n_same_dtype": a.numel() if same_dtype else 0,
                 "n_nonfinite": counts[1],
                 "n_changed": counts[2:],
             }
@@ -115,10 +130,11 @@ class UpdateStats(Accumulator):
         """The metrics: ``numel``, ``normalized_l2``, ``fraction_equal``, ``fraction_changed``
         (threshold key -> fraction), ``max_abs_diff``, ``nonfinite``, and the raw sums."""
         n = max(self.numel, 1)
+        any_finite = self.numel > self.n_nonfinite
         return {
             "numel": self.numel,
-            "normalized_l2": normalized_l2(self.sum_sq_diff, self.sum_sq_a),
-            "fraction_equal": self.n_equal / n,
+            "normalized_l2": normalized_l2(self.sum_sq_diff, self.sum_sq_a) if any_finite else math.nan,
+            "fraction_equal": self.n_equal / self.n_same_dtype if self.n_same_dtype else math.nan,
             "fraction_changed": {threshold_key(t): c / n for t, c in zip(self.thresholds, self.n_changed)},
             "max_abs_diff": self.max_abs_diff,
             "nonfinite": self.n_nonfinite,
@@ -133,6 +149,7 @@ class UpdateStats(Accumulator):
         m = self.compute()
         row = {k: v for k, v in m.items() if k != "fraction_changed"}
         row["n_equal"] = self.n_equal
+        row["n_same_dtype"] = self.n_same_dtype
         for t, c in zip(self.thresholds, self.n_changed):
             row[changed_column(t)] = c / max(self.numel, 1)
             row[f"n_changed_{threshold_key(t)}"] = c
@@ -200,6 +217,7 @@ class Audit:
     only_in_b: list[str]
     tied: list[str]
     stats: dict = field(repr=False, default_factory=dict)  # group -> UpdateStats
+    cast: list[dict] = field(default_factory=list)  # tensors whose dtypes differ: name, dtype_a, dtype_b
 
     def summary(self) -> dict:
         """The ``summary.json`` record (T12/T22/T23 numbers for the whole model, components, layers)."""
@@ -221,6 +239,7 @@ class Audit:
             "only_in_a": self.only_in_a,
             "only_in_b": self.only_in_b,
             "tied": self.tied,
+            "cast": self.cast,
         }
 
     def save(self, out: str | os.PathLike, figure: bool = True) -> None:
@@ -265,6 +284,19 @@ class Audit:
                 f"{comp:<16}{m['numel']:>14,}{m['normalized_l2']:>12.4g}"
                 f"{100 * m['fraction_changed'].get(key, float('nan')):>16.2f}{100 * m['fraction_equal']:>10.2f}"
             )
+        if total["nonfinite"]:
+            lines += [
+                "",
+                f"note: {total['nonfinite']:,} elements are NaN or Inf in A or B: left out of the L2 sums, "
+                "counted as changed unless bitwise equal",
+            ]
+        if self.cast:
+            kinds = sorted({f"{c['dtype_a']} vs {c['dtype_b']}" for c in self.cast})
+            lines += [
+                "",
+                f"note: {len(self.cast)} tensors differ in dtype ({', '.join(kinds)}): compared in the wider dtype; "
+                "'bitwise equal' covers the tensors whose dtypes match",
+            ]
         if self.only_in_a or self.only_in_b:
             lines += [
                 "",
@@ -302,13 +334,19 @@ def audit(
     (ca, cb), al = open_aligned([a, b], allow_pickle)
     dev = resolve_device(device)
     per_tensor: dict[str, UpdateStats] = {}
-    rows = []
+    rows, cast = [], []
     for name, (ta, tb) in stream_aligned([ca, cb], al.common, desc="audit", progress=progress, prefetch=prefetch):
         s = UpdateStats(thresholds).update(ta.to(dev, non_blocking=True), tb.to(dev, non_blocking=True))
         per_tensor[name] = s
         layer, comp = classify(name)
-        shape, dtype = "x".join(map(str, ta.shape)), str(ta.dtype).replace("torch.", "")
-        rows.append({"name": name, "layer": layer, "component": comp, "shape": shape, "dtype": dtype, **s.row()})
+        dtype_a, dtype_b = (str(t.dtype).replace("torch.", "") for t in (ta, tb))
+        if dtype_a != dtype_b:
+            cast.append({"name": name, "dtype_a": dtype_a, "dtype_b": dtype_b})
+        shape = "x".join(map(str, ta.shape))
+        rows.append(
+            {"name": name, "layer": layer, "component": comp, "shape": shape, "dtype": dtype_a, "dtype_b": dtype_b}
+            | s.row()
+        )
         del ta, tb
     groups = group_stats(per_tensor, lambda: UpdateStats(thresholds))
     tensors = pd.DataFrame(rows)
@@ -326,4 +364,5 @@ def audit(
         only_in_b=al.only_in_b,
         tied=al.tied,
         stats=groups,
+        cast=cast,
     )

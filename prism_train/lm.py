@@ -124,6 +124,8 @@ def train(
     mix = load_mix(cfg.mix)
     config = {**cfg.hashed(), "mix_spec": mix.to_dict()}
     init = cfg.init if cfg.init not in FAMILIES else None
+    if init is not None and not Path(init).exists():
+        raise PrismError(f"--init is neither a model family ({', '.join(FAMILIES)}) nor a checkpoint", init)
     with RunDir(out, config, force=force, inputs=[init], command="train") as run:
         save_dtype = getattr(torch, cfg.save_dtype)
         sample = mix.sampler("train")

@@ -54,6 +54,38 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+class DirectoryLock:
+    """An exclusive OS file lock (``fcntl.flock``) on ``path``, taken on creation.
+
+    The OS drops it when the process ends, however it ends, so a ``kill -9`` never leaves a stale
+    lock. A second holder is refused with one line naming the first (read from the lock file).
+    """
+
+    def __init__(self, path: Path, command: str):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise from_os_error(e, "cannot create the lock", path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise PrismError(
+                f"another run is writing here ({holder}); wait for it or pick another --out", path.parent
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, prism {command}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
 class RunDir:
     """An opened run directory (see the module docstring). Use as a context manager."""
 
@@ -63,18 +95,26 @@ class RunDir:
         self.out = Path(out)
         self.config = config
         self.hash = config_hash(config)
-        self._lock_fd = None
+        self._lock = None
         self._check_destination(inputs)
+        existed = self.out.exists()
         try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise from_os_error(e, "cannot create the run directory", self.out) from None
-        self._lock(command)
-        try:
-            self.manifest, self.resume_dir = self._resume_point(force)
+            if (self.out / LOCK).is_file():  # a run lives here: a live writer is named first
+                self._lock = DirectoryLock(self.out / LOCK, command)
+            if existed:
+                self._resume_point(force, dry_run=True)  # refuse before writing anything, not even a lock
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise from_os_error(e, "cannot create the run directory", self.out) from None
+            if self._lock is None:
+                self._lock = DirectoryLock(self.out / LOCK, command)
+            self.manifest, self.resume_dir = self._resume_point(force)  # again, now that we hold the lock
             self._clean_leftovers()
         except BaseException:
             self.close()
+            if not existed:
+                shutil.rmtree(self.out, ignore_errors=True)  # the directory this call made, and only that
             raise
 
     # -- opening -----------------------------------------------------------------------------
@@ -89,27 +129,12 @@ class RunDir:
             if src and Path(src).exists() and _inside(Path(src).resolve(), resolved):
                 raise PrismError(f"refusing to write a run over its own starting point ({src})", out)
 
-    def _lock(self, command: str) -> None:
-        """Hold an exclusive lock on OUT/.prism-run.lock for the life of this object."""
-        path = self.out / LOCK
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise from_os_error(e, "cannot create the run lock", path) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise PrismError(
-                f"another run is writing here ({holder}); wait for it or pick another --out", self.out
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, prism {command}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
-        self._lock_fd = fd
+    def _resume_point(self, force: bool, dry_run: bool = False) -> tuple[dict | None, Path | None]:
+        """(manifest, newest step dir with training state) of an existing run of this config.
 
-    def _resume_point(self, force: bool) -> tuple[dict | None, Path | None]:
-        """(manifest, newest step dir with training state) of an existing run of this config."""
+        Refuses a directory that is not a run of this toolkit, and one of another configuration
+        unless ``force`` (which then resets it, unless ``dry_run``: a check that writes nothing).
+        """
         manifest = read_manifest(self.out)
         others = [p for p in self.out.iterdir() if not p.name.startswith(".")]
         if manifest is None:
@@ -127,7 +152,8 @@ class RunDir:
                     "run's checkpoints and start over, or pick another directory",
                     self.out,
                 )
-            self._reset(manifest)
+            if not dry_run:
+                self._reset(manifest)
             return None, None
         for entry in reversed(manifest["steps"]):
             d = self.out / str(entry.get("path", ""))
@@ -182,6 +208,9 @@ class RunDir:
     def save_step(self, step: int, model, tokenizer, state: dict | None, entry: dict, save_dtype=torch.float32) -> Path:
         """Write ``OUT/step_NNNNNN`` atomically (a complete HF checkpoint + training state), then
         record ``entry`` (with ``step`` and ``path``) in the manifest and drop older states."""
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar on every save of a run
         final = self.out / step_name(step)
         # a step already there is a stale one from beyond the resume point, written by this run
         with staged_dir(final, "cannot write a checkpoint") as tmp:
@@ -207,11 +236,9 @@ class RunDir:
     # -- closing -----------------------------------------------------------------------------
     def close(self) -> None:
         """Release the lock (also released by the OS if the process dies)."""
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> RunDir:
         return self

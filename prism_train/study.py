@@ -23,14 +23,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from prism_analysis.errors import PrismError
+from prism_analysis.errors import PrismError, from_os_error
 from prism_analysis.outputs import write_json
 from prism_analysis.run_manifest import read_manifest
 
-from .run_dir import config_hash
+from .run_dir import LOCK, DirectoryLock, config_hash
 from .study_design import MIDS, MODELS, PRESETS, RLS, Preset
 
 STAGES = ("pretrain", "mid", "rl", "eval", "analyse", "report")
+#: What a study writes in its directory (all that ``--force all`` may delete).
+OWNED = ("models", "eval", "analysis", "figures", "tables", "stages", "report.md", "summary.json", "study.json")
 
 
 class Study:
@@ -63,25 +65,42 @@ class Study:
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _check_owner(self) -> None:
+        """Take the study's lock and check the directory is a study of this configuration (or new).
+
+        ``--force all`` on a study of another configuration removes what that study wrote (the
+        entries of :data:`OWNED`), nothing else.
+        """
         rec = self.out / "study.json"
+        if self.out.exists() and not self.out.is_dir():
+            raise PrismError("exists and is not a directory; name a directory for the study", self.out)
         if rec.is_file():
-            old = json.loads(rec.read_text())
-            if old.get("config_hash") != config_hash(self.config) and "all" not in self.force:
+            try:
+                old = json.loads(rec.read_text())
+                old_hash, old_preset = old["config_hash"], old.get("config", {}).get("preset")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                raise PrismError("study.json here is unreadable; pick another directory", rec) from None
+            if old_hash != config_hash(self.config) and "all" not in self.force:
                 raise PrismError(
                     "this run directory belongs to a different configuration "
-                    f"(preset {old.get('config', {}).get('preset')}); pass --force all or pick another",
+                    f"(preset {old_preset}); pass --force all to delete that study's files, or pick another",
                     self.out,
                 )
-            if old.get("config_hash") != config_hash(self.config):
-                shutil.rmtree(self.out)
-        elif self.out.exists() and any(self.out.iterdir()):
+        elif self.out.exists() and any(p for p in self.out.iterdir() if p.name != LOCK):
             raise PrismError("output directory is not empty and holds no study; pick another", self.out)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise from_os_error(e, "cannot write the run directory", self.out) from None
+        self.lock = DirectoryLock(self.out / LOCK, "reproduce")
+        if rec.is_file() and json.loads(rec.read_text())["config_hash"] != config_hash(self.config):
+            for name in OWNED:
+                p = self.out / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        try:
             (self.out / "stages").mkdir(exist_ok=True)
             write_json(rec, {"config": self.config, "config_hash": config_hash(self.config)})
         except OSError as e:
-            raise PrismError(f"cannot write the run directory ({e.strerror or e})", self.out) from None
+            raise from_os_error(e, "cannot write the run directory", self.out) from None
 
     def _done(self, stage: str) -> bool:
         f = self.out / "stages" / f"{stage}.json"
@@ -112,15 +131,18 @@ class Study:
     # -- stages -----------------------------------------------------------------------------
     def run(self) -> dict:
         self._check_owner()
-        for i, stage in enumerate(STAGES, 1):
-            if stage in self.force or "all" in self.force:
-                self._clear(stage)
-            if self._done(stage):
-                self.log(f"[{i}/{len(STAGES)}] {stage}: cached")
-                continue
-            self._stage(i, stage)
-            getattr(self, f"_run_{stage}")()
-            self._mark(stage)
+        try:
+            for i, stage in enumerate(STAGES, 1):
+                if stage in self.force or "all" in self.force:
+                    self._clear(stage)
+                if self._done(stage):
+                    self.log(f"[{i}/{len(STAGES)}] {stage}: cached")
+                    continue
+                self._stage(i, stage)
+                getattr(self, f"_run_{stage}")()
+                self._mark(stage)
+        finally:
+            self.lock.release()
         self.log(f"done in {time.perf_counter() - self.t0:.0f}s -> {self.out}/report.md")
         return json.loads((self.out / "summary.json").read_text())
 

@@ -25,16 +25,23 @@ from .study_design import AUDITS, CKA_PAIRS, Preset
 
 def probe_sets(n: int) -> dict[str, list[str]]:
     """Three probe sets like PRISM's (Wikipedia, C4, GSM8K): pretraining prose, mid-training text,
-    RL prompts -- all from the eval split, so no model trained on them."""
+    RL prompts -- all from the eval split, so no model trained on them, and each prompt distinct
+    (the prose set has as many as the eval split holds, fewer than ``n`` for large ``n``)."""
     prose = [d for d in corpus() if in_split(d, "eval")][:n]
-    mid = []
     gens = [problem_stream(d, "eval", seed=7) for d in ("math", "code_reasoning", "science")]
-    for g in itertools.cycle(gens):
-        mid.append(next(g).text)
-        if len(mid) >= n:
-            break
-    rl = [p.prompt for p in itertools.islice(problem_stream("math", "eval", seed=11), n)]
+    mid = _distinct((next(g).text for g in itertools.cycle(gens)), n)
+    rl = _distinct((p.prompt for p in problem_stream("math", "eval", seed=11)), n)
     return {"pretraining_text": prose, "midtraining_text": mid, "rl_prompts": rl}
+
+
+def _distinct(texts, n: int) -> list[str]:
+    """The first ``n`` distinct texts of a stream, in order."""
+    out: dict[str, None] = {}  # an ordered set
+    for t in texts:
+        out.setdefault(t)
+        if len(out) == n:
+            break
+    return list(out)
 
 
 def math_scorer(n: int):

@@ -199,3 +199,23 @@ def test_peak_memory_is_bounded_by_a_few_tensors_not_the_checkpoint(tmp):
     assert res.stats["total"].numel == n_tensors * numel
     # one pair in float64 work buffers (~10 x 4 MiB) + prefetch: far below the 512 MiB pair
     assert extra < pair_bytes / 4, f"extra RSS {extra / 2**20:.0f} MiB for a {pair_bytes / 2**20:.0f} MiB pair"
+
+
+def test_each_header_is_parsed_once_whatever_the_tensor_count(tmp, monkeypatch):
+    """Linear time in the number of tensors: opening and streaming a checkpoint reads each file's
+    header once (re-parsing it for every tensor made 20,000 tensors take >600 s)."""
+    import safetensors
+
+    from prism_analysis import checkpoint_reader as reader
+
+    n = 3000  # MoE-like: many small tensors, in 2 shards
+    state = {f"model.layers.{i // 100}.mlp.experts.{i % 100}.w1.weight": torch.full((4,), float(i)) for i in range(n)}
+    save_state(state, tmp / "a", shards=2)
+    save_state({k: v + 1 for k, v in state.items()}, tmp / "b", shards=2)
+    opened = []
+    original = safetensors.safe_open
+    monkeypatch.setattr(safetensors, "safe_open", lambda *a, **k: opened.append(a[0]) or original(*a, **k))
+    ca, cb = Checkpoint(tmp / "a"), Checkpoint(tmp / "b")
+    seen = sum(torch.equal(x + 1, y) for _, (x, y) in reader.stream_aligned([ca, cb], ca.names, progress=False))
+    assert seen == n
+    assert len(opened) == 4, "two shards per checkpoint, each header read once"

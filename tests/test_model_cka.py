@@ -17,8 +17,9 @@ def models(tmp_path_factory):
     save_model(root / "base", "llama", seed=0)
     save_model(root / "near", "llama", seed=0, perturb=0.01)
     save_model(root / "far", "llama", seed=0, perturb=0.5)
-    (root / "wiki.txt").write_text("\n".join(PROSE[:12]) + "\n\n")
-    (root / "gsm8k.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in PROSE[12:24]))
+    prompts = [f"{t} That was example {i}." for i, t in enumerate(PROSE)]  # distinct prompts
+    (root / "wiki.txt").write_text("\n".join(prompts[:12]) + "\n\n")
+    (root / "gsm8k.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in prompts[12:24]))
     return root
 
 

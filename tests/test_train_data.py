@@ -2,8 +2,11 @@
 
 import itertools
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prism_analysis.errors import PrismError
 from prism_train.data import REASONING_DOMAINS, documents, in_split
@@ -186,3 +189,39 @@ def test_extract_answer_format_only():
     assert extract_answer("<think>a</think>\nAnswer: 5") == "5"
     assert extract_answer("garbage") is None
     assert reward("math", "<think>a</think>\nAnswer: 5", "6", format_only=True) == 1.0
+
+
+# The format as a regular expression: the definition the linear-time reader must agree with
+# (the regex itself took quadratic time on long completions: 100k characters, 36 s).
+_REFERENCE = re.compile(r"^\s*<think>(?P<think>.*?)</think>\s*Answer:[ \t]*(?P<answer>[^\n]*?)\s*$", re.S)
+
+
+def reference_answer(c: str):
+    m = _REFERENCE.match(c)
+    if m is None or c.count("Answer:") != 1 or "<think>" in m.group("think"):
+        return None
+    return m.group("answer")
+
+
+PIECES = ["<think>", "</think>", "Answer:", " ", "\t", "\n", "\r", "\x0b", "\u2003", "42", "x", "<", "Answer", ":"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=14))
+def test_answer_reader_agrees_with_the_regular_expression(parts):
+    c = "".join(parts)
+    assert extract_answer(c) == reference_answer(c)
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "<think>" + "</think>" * 200_000 + "x",  # the shape that made the lazy regex backtrack
+        "<think>" + "7 + 5 = 12\n" * 100_000 + "</think>\nAnswer: 12",
+        "<think>" + " " * 1_000_000 + "</think>Answer:" + " " * 1_000_000 + "\n" + " " * 1_000_000,
+    ],
+)
+def test_long_completions_are_read_in_linear_time(completion):
+    """Megabyte completions (a regex with a lazy group needs minutes to hours on these)."""
+    reward("math", completion, "12")
+    assert (extract_answer(completion) == "12") == completion.endswith("Answer: 12")

@@ -227,3 +227,37 @@ def test_fused_and_torch_paths_agree_with_reference(path, dtype):
         assert round(m["fraction_changed"][k] * n) == round(v * finite.sum().item()) + 2, k
     d = (b.double() - a.double())[finite].abs().max().item()
     assert m["max_abs_diff"] == d
+
+
+def test_an_all_nan_reference_has_no_l2_rather_than_zero(path):
+    a = torch.full((8,), float("nan"))
+    m = UpdateStats().update(a, torch.ones(8)).compute()
+    assert math.isnan(m["normalized_l2"]) and m["nonfinite"] == 8
+    assert all(v == 1.0 for v in m["fraction_changed"].values())
+    # a partly-NaN reference: the L2 of the finite elements
+    a = torch.tensor([float("nan"), 1.0, 2.0])
+    m = UpdateStats().update(a, torch.tensor([0.0, 1.0, 2.2])).compute()
+    assert m["normalized_l2"] == pytest.approx(0.2 / math.sqrt(5), rel=1e-6) and m["nonfinite"] == 1
+
+
+def test_different_dtypes_compare_in_the_wider_one_the_same_both_ways(path):
+    g = torch.Generator().manual_seed(3)
+    fp32 = torch.randn(4000, generator=g) * 0.02
+    bf16 = fp32.to(torch.bfloat16)  # the same weights stored in bf16: rounding differences only
+    ab = UpdateStats().update(bf16, fp32).compute()
+    ba = UpdateStats().update(fp32, bf16).compute()
+    assert ab["fraction_changed"] == pytest.approx(ba["fraction_changed"], abs=1e-3)
+    assert ab["fraction_changed"]["0.001"] > 0.5, "bf16 rounding is visible when compared in float32"
+    assert math.isnan(ab["fraction_equal"]) and math.isnan(ba["fraction_equal"]), "no bitwise equality across dtypes"
+    ref = reference(bf16.float(), fp32)
+    assert ab["fraction_changed"]["0.01"] == pytest.approx(ref["fraction_changed"]["0.01"], abs=1e-12)
+
+
+def test_audit_says_which_tensors_were_compared_across_dtypes(tmp):
+    state, config = model_state("llama")
+    save_state(state, tmp / "a", config)
+    save_state({k: v.to(torch.bfloat16) for k, v in state.items()}, tmp / "b", config)
+    res = audit(tmp / "a", tmp / "b", progress=False, device="cpu")
+    assert len(res.cast) == len(state) and res.cast[0]["dtype_a"] == "float32" and res.cast[0]["dtype_b"] == "bfloat16"
+    assert "differ in dtype (float32 vs bfloat16)" in res.format()
+    assert res.summary()["cast"] == res.cast and set(res.tensors["dtype_b"]) == {"bfloat16"}
