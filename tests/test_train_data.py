@@ -216,7 +216,8 @@ def test_answer_reader_agrees_with_the_regular_expression(parts):
 @pytest.mark.parametrize(
     "completion",
     [
-        "<think>" + "</think>" * 200_000 + "x",  # the shape that made the lazy regex backtrack
+        "<think>a</think>\nAnswer: x" + " " * 1_000_000 + "y",  # the lazy regex: O(n^2) over the spaces
+        "<think>" + "</think>" * 200_000 + "x",
         "<think>" + "7 + 5 = 12\n" * 100_000 + "</think>\nAnswer: 12",
         "<think>" + " " * 1_000_000 + "</think>Answer:" + " " * 1_000_000 + "\n" + " " * 1_000_000,
     ],
