@@ -96,13 +96,17 @@ class TensorInfo:
 class Checkpoint:
     """Lazy view of one checkpoint's tensors. Headers are read on open; data on :meth:`get`.
 
-    Attributes: ``path``, ``tensors`` (name -> :class:`TensorInfo`), ``config`` (``config.json``
-    as a dict, or None), ``aliases`` (names served by another tensor, e.g. a tied
+    Attributes: ``path`` (the local files), ``source`` (what the user named: the path, or a Hub
+    reference such as ``org/name@step1000``), ``tensors`` (name -> :class:`TensorInfo`), ``config``
+    (``config.json`` as a dict, or None), ``aliases`` (names served by another tensor, e.g. a tied
     ``lm_head.weight`` -> ``model.embed_tokens.weight``).
     """
 
-    def __init__(self, path: str | os.PathLike, allow_pickle: bool = False):
+    header_only = False
+
+    def __init__(self, path: str | os.PathLike, allow_pickle: bool = False, source: str | None = None):
         self.path = Path(path)
+        self.source = source or str(path)
         self.allow_pickle = allow_pickle
         self.config = _read_config(self.path)
         self.is_pickle = False
@@ -116,6 +120,25 @@ class Checkpoint:
         if not self.tensors:
             raise PrismError("checkpoint holds no tensors", self.path)
         self.aliases = self._tied_aliases()
+
+    @classmethod
+    def from_header(cls, source: str, config: dict | None, infos: list[TensorInfo]) -> Checkpoint:
+        """A checkpoint known from its headers alone (names, shapes, dtypes; e.g. read remotely from
+        the Hub): enough to check that two checkpoints match, with no data to :meth:`get`."""
+        self = cls.__new__(cls)
+        self.path, self.source, self.config, self.allow_pickle, self.is_pickle = (
+            Path(source),
+            source,
+            config,
+            False,
+            False,
+        )
+        self.header_only = True
+        self.tensors = {i.name: i for i in infos}
+        if not self.tensors:
+            raise PrismError("checkpoint holds no tensors", source)
+        self.aliases = self._tied_aliases()
+        return self
 
     # -- opening -----------------------------------------------------------------------------
     def _weight_files(self) -> list[Path]:
@@ -157,14 +180,24 @@ class Checkpoint:
         return files
 
     def _tied_aliases(self) -> dict[str, str]:
-        """``lm_head.weight`` -> embedding name when the head is tied and not stored."""
-        if "lm_head.weight" in self.tensors:
-            return {}
-        tied = (self.config or {}).get("tie_word_embeddings")
+        """``lm_head.weight`` -> the embedding's name when the head is tied to the embedding.
+
+        Safetensors files leave a tied head out; ``pytorch_model.bin`` files keep a copy. The copy
+        is dropped from :attr:`tensors` when the config says the weights are tied (transformers'
+        default, when the key is absent), so a checkpoint counts the embedding once whatever its
+        file format, and two checkpoints align the same way whichever of them stores the head.
+        """
         embeds = [n for n in self.tensors if n.endswith(("embed_tokens.weight", "embeddings.weight", "wte.weight"))]
-        if tied is not False and len(embeds) == 1:
-            return {"lm_head.weight": embeds[0]}
-        return {}
+        if len(embeds) != 1:
+            return {}
+        tied = (self.config or {}).get("tie_word_embeddings", True if self.config is not None else None)
+        if "lm_head.weight" in self.tensors:
+            if tied is not True or self.tensors["lm_head.weight"].shape != self.tensors[embeds[0]].shape:
+                return {}
+            del self.tensors["lm_head.weight"]  # a stored copy of the tied embedding
+        elif tied is False:
+            return {}
+        return {"lm_head.weight": embeds[0]}
 
     # -- reading -----------------------------------------------------------------------------
     @property
@@ -189,6 +222,8 @@ class Checkpoint:
         """The tensor ``name`` on the CPU, in its stored dtype, zero-copy from a private memory map
         of just its bytes (safetensors) that lives as long as the tensor."""
         info = self.info(name)
+        if self.header_only:
+            raise PrismError(f"only the headers of this checkpoint are known, not tensor {name!r}", self.source)
         try:
             if self.is_pickle:
                 return _pickle_state(info.file)[info.name]
@@ -200,9 +235,29 @@ class Checkpoint:
         return f"Checkpoint({str(self.path)!r}, tensors={len(self.tensors)}, bytes={self.nbytes})"
 
 
-def open_checkpoint(path: str | os.PathLike | Checkpoint, allow_pickle: bool = False) -> Checkpoint:
-    """A :class:`Checkpoint` for ``path`` (passed through when it already is one)."""
-    return path if isinstance(path, Checkpoint) else Checkpoint(path, allow_pickle=allow_pickle)
+def label(ckpt) -> str:
+    """How to name an opened checkpoint to the user: the reference they gave, else its path."""
+    return getattr(ckpt, "source", None) or str(ckpt.path)
+
+
+def is_checkpoint(obj) -> bool:
+    """Whether ``obj`` is an opened checkpoint (a :class:`Checkpoint` or one with its interface)."""
+    return hasattr(obj, "tensors") and hasattr(obj, "get") and hasattr(obj, "aliases")
+
+
+def open_checkpoint(source, allow_pickle: bool = False, tokenizer: bool = False, progress: bool = True) -> Checkpoint:
+    """The checkpoint ``source`` names: a local path, or a Hub reference (``org/name@revision:sub``,
+    see :mod:`prism_analysis.hub`), downloaded to the Hub cache first; an opened checkpoint passes
+    through. ``tokenizer``: also fetch the tokenizer files (for commands that run the model)."""
+    if is_checkpoint(source):
+        return source
+    from . import hub
+
+    ref = hub.parse_reference(source)
+    if isinstance(ref, Path):
+        return Checkpoint(ref, allow_pickle=allow_pickle)
+    local = hub.fetch(ref, tokenizer=tokenizer, allow_pickle=allow_pickle, progress=progress)
+    return Checkpoint(local, allow_pickle=allow_pickle, source=str(ref))
 
 
 def _one_line(e: BaseException) -> str:
@@ -343,7 +398,7 @@ def check_same_architecture(ckpts: list[Checkpoint]) -> None:
     for other in ckpts[1:]:
         if first.architecture and other.architecture and first.architecture != other.architecture:
             raise PrismError(
-                f"different architectures: {first.architecture} ({first.path}) vs {other.architecture}", other.path
+                f"different architectures: {first.architecture} ({label(first)}) vs {other.architecture}", label(other)
             )
 
 
@@ -366,35 +421,50 @@ def align(a: Checkpoint, b: Checkpoint) -> Alignment:
             tied.append(name)
         sa, sb = a.info(name).shape, b.info(name).shape
         if sa != sb:
-            raise PrismError(f"tensor {name!r} has shape {list(sa)} here but {list(sb)} in {b.path}", a.path)
+            raise PrismError(f"tensor {name!r} has shape {list(sa)} here but {list(sb)} in {label(b)}", label(a))
         common.append(name)
     if not common:
-        raise PrismError(f"no tensor names in common with {b.path}", a.path)
+        raise PrismError(f"no tensor names in common with {label(b)}", label(a))
     only_a = sorted(n for n in a.tensors if n not in names_b)
     only_b = sorted(n for n in b.tensors if n not in names_a)
     return Alignment(common, only_a, only_b, tied)
 
 
-def open_aligned(sources: Iterable, allow_pickle: bool = False) -> tuple[list[Checkpoint], Alignment]:
-    """Open checkpoints, check that they match, and align them.
+def open_aligned(
+    sources: Iterable, allow_pickle: bool = False, progress: bool = True
+) -> tuple[list[Checkpoint], Alignment]:
+    """Open checkpoints (paths or Hub references), check that they match, and align them.
 
     The names compared are those of the first two aligned (:func:`align`); every further checkpoint
     must hold each of them with the same shape, else :class:`PrismError` names the missing tensor.
+    Hub references are checked first from their safetensors headers on the Hub, so a mismatched
+    pair fails before anything large is downloaded.
     """
-    ckpts = [open_checkpoint(s, allow_pickle) for s in sources]
+    from . import hub
+
+    sources = [s if is_checkpoint(s) else hub.parse_reference(s) for s in sources]
+    if any(isinstance(s, hub.HubReference) for s in sources):
+        headers = [hub.remote_checkpoint(s, allow_pickle) if isinstance(s, hub.HubReference) else s for s in sources]
+        if all(h is not None for h in headers):
+            _check_aligned([open_checkpoint(h, allow_pickle) for h in headers])
+    ckpts = [open_checkpoint(s, allow_pickle, progress=progress) for s in sources]
+    return ckpts, _check_aligned(ckpts)
+
+
+def _check_aligned(ckpts: list[Checkpoint]) -> Alignment:
     check_same_architecture(ckpts)
     al = align(ckpts[0], ckpts[1])
     for other in ckpts[2:]:
         for name in al.common:
             if name not in other.tensors and name not in other.aliases:
-                raise PrismError(f"checkpoint lacks tensor {name!r}, which {ckpts[0].path} has", other.path)
+                raise PrismError(f"checkpoint lacks tensor {name!r}, which {label(ckpts[0])} has", label(other))
             if other.info(name).shape != ckpts[0].info(name).shape:
                 raise PrismError(
                     f"tensor {name!r} has shape {list(other.info(name).shape)} here "
-                    f"but {list(ckpts[0].info(name).shape)} in {ckpts[0].path}",
-                    other.path,
+                    f"but {list(ckpts[0].info(name).shape)} in {label(ckpts[0])}",
+                    label(other),
                 )
-    return ckpts, al
+    return al
 
 
 # -- streaming --------------------------------------------------------------------------------

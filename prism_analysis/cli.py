@@ -243,9 +243,13 @@ def _add_trajectory(sub) -> None:
         """\
         RUN is a directory with a trajectory.json manifest (written by prism train / prism rl),
         a directory of step directories (step_000020/, checkpoint-20/, global_step20/, ...),
-        or two or more checkpoint paths in order.
+        two or more checkpoints in order (paths or Hub references), or one Hub repository with
+        --revisions (its branches or tags) or --subfolders (its step folders).
 
         examples:
+          prism trajectory EleutherAI/pythia-160m --revisions 'step*' --evict --out traj/pythia
+          prism trajectory EleutherAI/pythia-160m --revisions step0,step1000,step143000
+          prism trajectory org/run@main --subfolders 'step-*' --out traj/run
           prism trajectory runs/rl_mid --out traj/rl_mid
           prism trajectory runs/rl_mid --compare runs/rl_base --out traj/f16   # F16 overlay
           prism trajectory ckpt/step_0 ckpt/step_100 ckpt/step_200 --out traj/x
@@ -253,7 +257,26 @@ def _add_trajectory(sub) -> None:
         writes OUT/trajectory.csv (step, component, metric, value), OUT/summary.json and
         OUT/trajectory.{png,pdf} (F16; --compare run dashed).""",
     )
-    p.add_argument("run", nargs="+", type=nonempty, help="run directory or manifest, or checkpoints in order")
+    p.add_argument(
+        "run", nargs="+", type=nonempty, help="run directory or manifest, checkpoints in order, or a Hub repository"
+    )
+    p.add_argument(
+        "--revisions",
+        metavar="LIST|PATTERN",
+        help="with RUN = org/name: the revisions to trace, comma-separated (step0,step1000) or a pattern "
+        "('step*'), in step order",
+    )
+    p.add_argument(
+        "--subfolders",
+        metavar="LIST|PATTERN",
+        help="with RUN = org/name[@revision]: the step folders to trace, comma-separated or a pattern ('step-*')",
+    )
+    p.add_argument(
+        "--evict",
+        action="store_true",
+        help="fetch one Hub checkpoint at a time and drop it from the cache after use unless it is the first "
+        "or last or was cached before (peak disk: 3 checkpoints)",
+    )
     p.add_argument("--compare", type=nonempty, default=None, metavar="RUN2", help="a second run to overlay (dashed)")
     p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
     p.add_argument(
@@ -262,6 +285,38 @@ def _add_trajectory(sub) -> None:
     p.add_argument("--thresholds", type=THRESHOLD_LIST, default=None, metavar="LIST", help="threshold sweep")
     add_checkpoint_options(p)
     p.set_defaults(func=_run_trajectory)
+
+
+def _hub_trajectory(args) -> list:
+    """The Hub references of ``RUN --revisions ...`` / ``RUN --subfolders ...``, in step order."""
+    from . import hub
+
+    if len(args.run) != 1 or not hub.is_hub_reference(args.run[0]):
+        raise PrismError("--revisions and --subfolders take one Hub repository as RUN (org/name)")
+    repo = hub.parse_reference(args.run[0])
+    refs = [repo]
+    if args.revisions:
+        if _is_pattern(args.revisions):
+            names = hub.revisions(repo, args.revisions)
+        else:
+            names = sorted(args.revisions.split(","), key=hub.step_key)
+        refs = [repo.at(revision=r) for r in names]
+    if args.subfolders:
+        out = []
+        for r in refs:
+            if _is_pattern(args.subfolders):
+                folders = hub.subfolders(r, args.subfolders)
+            else:
+                folders = sorted(args.subfolders.split(","), key=hub.step_key)
+            out += [r.at(subfolder=f) for f in folders]
+        refs = out
+    if len(refs) < 2:
+        raise PrismError(f"a trajectory needs at least two checkpoints; found {[str(r) for r in refs]}")
+    return refs
+
+
+def _is_pattern(text: str) -> bool:
+    return any(c in text for c in "*?[")
 
 
 def _run_trajectory(args) -> None:
@@ -278,7 +333,8 @@ def _run_trajectory(args) -> None:
         progress=not args.quiet,
         allow_pickle=args.allow_pickle,
     )
-    main_run = analyse_trajectory(args.run if len(args.run) > 1 else args.run[0], **kw)
+    source = _hub_trajectory(args) if args.revisions or args.subfolders else args.run
+    main_run = analyse_trajectory(source if len(source) > 1 else source[0], evict=args.evict, **kw)
     other = analyse_trajectory(args.compare, **kw) if args.compare else None
     for t in [main_run] + ([other] if other else []):
         print(t.format())

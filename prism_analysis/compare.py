@@ -170,7 +170,7 @@ def compare_updates(
     labels: tuple[str, str] = ("U1", "U2"),
 ) -> Comparison:
     """Compare U1 = b1 - a1 with U2 = b2 - a2, streaming the four checkpoints tensor by tensor."""
-    ckpts, al = open_aligned([a1, b1, a2, b2], allow_pickle)
+    ckpts, al = open_aligned([a1, b1, a2, b2], allow_pickle, progress=progress)
     thresholds = tuple(sorted(set(thresholds) | {tau}))
     dev = resolve_device(device)
     ov, s1, s2 = {}, {}, {}

@@ -59,7 +59,7 @@ def interpolate(
     """
     if not (math.isfinite(a) and math.isfinite(b)):
         raise PrismError(f"the coefficients must be finite numbers (a={a}, b={b})")
-    ckpts, al = open_aligned([base, mid, rl], allow_pickle)
+    ckpts, al = open_aligned([base, mid, rl], allow_pickle, progress=progress)
     _check_same_depth(ckpts)
     names = [n for n in al.common if n not in ckpts[0].aliases]  # a tied head is the embedding itself
     cb, cm, cr = 1.0 - a, a - b, b

@@ -28,6 +28,7 @@ from .activations import collect_activations, find_modules, iter_activations
 from .checkpoint_reader import Checkpoint
 from .cka import StreamingCKA, bootstrap_cka, cka_matrix, min_rows
 from .errors import PrismError
+from .hub import resolve
 from .model_loader import load_model
 from .outputs import atomic_output_dir, write_json
 
@@ -166,6 +167,8 @@ def model_cka(
                     f"probe set {name!r} repeats prompt {seen[t] + 1} as prompt {i + 1}; use distinct prompts"
                 )
             seen[t] = i
+    names = (str(a), str(b))  # as the user named them (a path or a Hub reference)
+    a, b = (resolve(x, tokenizer=True, allow_pickle=allow_pickle, progress=progress) for x in (a, b))
     depth_a, depth_b = (
         (Checkpoint(a, allow_pickle).config or {}).get("num_hidden_layers"),
         (Checkpoint(b, allow_pickle).config or {}).get("num_hidden_layers"),
@@ -185,7 +188,7 @@ def model_cka(
         progress=progress,
     )
     if pool == "tokens":
-        return _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress)
+        return _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress, names)
 
     def activations(path):
         model, tok = load_model(path, **load)
@@ -221,10 +224,10 @@ def model_cka(
         if tables
         else pd.DataFrame(columns=["probe", "layer", "cka", "mean", "std", "ci_low", "ci_high", "n"])
     )
-    return ModelCKA(str(a), str(b), pool, layers, matrices)
+    return ModelCKA(*names, pool, layers, matrices)
 
 
-def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress) -> ModelCKA:
+def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress, names) -> ModelCKA:
     ma, ta = load_model(a, **load)
     mb, tb = load_model(b, **load)
     if find_modules(ma)[2] != find_modules(mb)[2]:
@@ -261,4 +264,4 @@ def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress) -
                 }
             )
         )
-    return ModelCKA(str(a), str(b), "tokens", pd.concat(tables, ignore_index=True))
+    return ModelCKA(*names, "tokens", pd.concat(tables, ignore_index=True))

@@ -15,6 +15,7 @@ import torch
 from .checkpoint_reader import Checkpoint
 from .devices import resolve_device
 from .errors import PrismError
+from .hub import resolve
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -28,10 +29,11 @@ def load_model(
     allow_pickle: bool = False,
     progress: bool = True,
 ):
-    """``(model, tokenizer)`` from a local checkpoint, the model in eval mode on ``device``.
+    """``(model, tokenizer)`` from a checkpoint (a local path or a Hub reference, downloaded with its
+    tokenizer files first), the model in eval mode on ``device``.
 
     ``dtype``: ``"float32"``, ``"bfloat16"``, ``"float16"`` or None (the checkpoint's).
-    Raises :class:`PrismError` naming the path when it cannot be loaded.
+    Raises :class:`PrismError` naming the checkpoint when it cannot be loaded.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -40,6 +42,9 @@ def load_model(
         raise PrismError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if not progress:
         hf_logging.disable_progress_bar()
+    path = resolve(path, tokenizer=True, allow_pickle=allow_pickle, progress=progress)
+    if tokenizer is not None:
+        tokenizer = resolve(tokenizer, tokenizer=True, progress=progress)
     Checkpoint(path, allow_pickle=allow_pickle)  # validates files with a one-line error first
     dev = resolve_device(device)
     torch_dtype = getattr(torch, dtype) if dtype else "auto"

@@ -41,14 +41,22 @@ def read_manifest(run: str | Path) -> dict | None:
 
 
 def discover(source) -> list[tuple[int, Path]]:
-    """``[(step, checkpoint path), ...]`` sorted by step, from a manifest, a run directory or a list."""
+    """``[(step, checkpoint), ...]`` sorted by step, from a manifest, a run directory, or a list of
+    checkpoints (paths or Hub references: their step is the last number of the revision or folder)."""
+    from . import hub
+
     if isinstance(source, (list, tuple)):
         if len(source) == 1:
             return discover(source[0])
         out = []
         for i, p in enumerate(source):
-            m = STEP_DIR.match(Path(p).name)
-            out.append((int(m.group(1)) if m else i, Path(p)))
+            ref = hub.parse_reference(p)
+            if isinstance(ref, hub.HubReference):  # step from the revision's or folder's name
+                step = hub.step_key(ref.subfolder or ref.revision or "")[0]
+                out.append((step if step >= 0 else i, ref))
+            else:
+                m = STEP_DIR.match(ref.name)
+                out.append((int(m.group(1)) if m else i, ref))
         return sorted(out, key=lambda x: x[0])
     root = Path(source)
     if not root.exists():

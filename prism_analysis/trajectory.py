@@ -29,10 +29,11 @@ from pathlib import Path
 import pandas as pd
 
 from .accumulator import group_stats
-from .checkpoint_reader import open_aligned, read_ahead
+from .checkpoint_reader import open_aligned, read_ahead, stream_aligned
 from .compare import OverlapStats
 from .devices import resolve_device
 from .errors import PrismError
+from .hub import HubReference
 from .metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, changed_column
 from .outputs import atomic_output_dir, write_json
 from .run_manifest import discover
@@ -60,6 +61,7 @@ class Trajectory:
     tau: float
     table: pd.DataFrame
     source: str | None = None  # the run directory, when there is one
+    disk: dict | None = None  # with --evict: bytes per checkpoint, the peak held at once, what was evicted
 
     def series(self, component: str, metric: str) -> list[float]:
         t = self.table
@@ -101,7 +103,7 @@ class Trajectory:
             "tau": self.tau,
             "total": block("total"),
             "components": {c: block(c) for c in comps},
-        }
+        } | ({"disk": self.disk} if self.disk else {})
 
 
 def analyse_trajectory(
@@ -112,32 +114,28 @@ def analyse_trajectory(
     progress: bool = True,
     allow_pickle: bool = False,
     name: str | None = None,
+    evict: bool = False,
 ) -> Trajectory:
-    """Front-loading statistics of every checkpoint of ``source`` against the first and the last."""
+    """Front-loading statistics of every checkpoint of ``source`` against the first and the last.
+
+    ``source``: a run directory or manifest, or a list of checkpoints in order (paths or Hub
+    references). ``evict``: for a trajectory of Hub revisions or folders, fetch one checkpoint at a
+    time and drop it from the Hub cache after use, unless it is the first or the last or was cached
+    before (peak disk: three checkpoints, recorded in ``Trajectory.disk``).
+    """
     entries = discover(source)
     steps = [s for s, _ in entries]
     if len(set(steps)) != len(steps):
-        raise PrismError(f"duplicate steps in the trajectory: {steps}", entries[0][1])
-    paths = [p for _, p in entries]
-    # the names compared are those theta_0 and theta_T share; every middle checkpoint must have them
-    opened, al = open_aligned([paths[0], paths[-1], *paths[1:-1]], allow_pickle)
-    ckpts = [opened[0], *opened[2:], opened[1]]
+        raise PrismError(f"duplicate steps in the trajectory: {steps}", str(entries[0][1]))
+    refs = [p for _, p in entries]
     thresholds = tuple(sorted(set(thresholds) | {tau}))
-    dev = resolve_device(device)
-    T = len(ckpts) - 1
-    upd = [{} for _ in ckpts]  # step index -> tensor name -> UpdateStats(theta_0, theta_t)
-    ovl = [{} for _ in ckpts]  # step index -> tensor name -> OverlapStats(t vs T)
-    # per tensor name: theta_0 and theta_T first (they stay loaded), then the middle checkpoints
-    order = [0, T, *range(1, T)]
-    tensors = read_ahead(((ckpts[i], n) for n in al.common for i in order), desc="trajectory", progress=progress)
-    for tensor_name in al.common:
-        first, last = next(tensors).to(dev), next(tensors).to(dev)
-        for i in order:
-            theta = first if i == 0 else last if i == T else next(tensors).to(dev)
-            upd[i][tensor_name] = UpdateStats(thresholds).update(first, theta)
-            ovl[i][tensor_name] = OverlapStats(tau).update(first, theta, first, last)
-            del theta
-        del first, last
+    stats = _StepStats(thresholds, tau, resolve_device(device))
+    if evict:
+        disk = _one_checkpoint_at_a_time(refs, stats, allow_pickle, progress)
+    else:
+        _each_file_once(refs, stats, allow_pickle, progress)
+        disk = None
+    upd, ovl = stats.update, stats.overlap
     rows = []
     for i, step in enumerate(steps):
         gu = group_stats(upd[i], lambda: UpdateStats(thresholds))
@@ -156,8 +154,68 @@ def analyse_trajectory(
     single = source[0] if isinstance(source, (list, tuple)) and len(source) == 1 else source
     source_dir = None if isinstance(single, (list, tuple)) else str(single)
     if name is None:
-        name = Path(source_dir).name if source_dir else "trajectory"
-    return Trajectory(name, steps, [str(p) for p in paths], tau, table, source_dir)
+        hub_refs = [r for r in refs if isinstance(r, HubReference)]
+        name = Path(source_dir).name if source_dir else hub_refs[0].repo_id if hub_refs else "trajectory"
+    return Trajectory(name, steps, [str(p) for p in refs], tau, table, source_dir, disk)
+
+
+class _StepStats:
+    """Per step index and tensor name: UpdateStats(theta_0, theta_t) and OverlapStats(t vs T)."""
+
+    def __init__(self, thresholds, tau, device):
+        self.thresholds, self.tau, self.device = thresholds, tau, device
+        self.update: dict[int, dict] = {}
+        self.overlap: dict[int, dict] = {}
+
+    def add(self, i: int, name: str, first, theta, last) -> None:
+        first, theta, last = (t.to(self.device) for t in (first, theta, last))
+        self.update.setdefault(i, {})[name] = UpdateStats(self.thresholds).update(first, theta)
+        self.overlap.setdefault(i, {})[name] = OverlapStats(self.tau).update(first, theta, first, last)
+
+
+def _each_file_once(refs, stats: _StepStats, allow_pickle: bool, progress: bool) -> None:
+    """Tensor by tensor across all checkpoints: theta_0 and theta_T of a name stay loaded while the
+    middle checkpoints stream past, so each file is read once (every checkpoint must be local or
+    downloaded first)."""
+    # the names compared are those theta_0 and theta_T share; every middle checkpoint must have them
+    opened, al = open_aligned([refs[0], refs[-1], *refs[1:-1]], allow_pickle, progress=progress)
+    ckpts = [opened[0], *opened[2:], opened[1]]
+    T = len(ckpts) - 1
+    order = [0, T, *range(1, T)]
+    tensors = read_ahead(((ckpts[i], n) for n in al.common for i in order), desc="trajectory", progress=progress)
+    for tensor_name in al.common:
+        first, last = next(tensors), next(tensors)
+        for i in order:
+            theta = first if i == 0 else last if i == T else next(tensors)
+            stats.add(i, tensor_name, first, theta, last)
+            del theta
+        del first, last
+
+
+def _one_checkpoint_at_a_time(refs, stats: _StepStats, allow_pickle: bool, progress: bool) -> dict:
+    """Checkpoint by checkpoint: theta_0 and theta_T are fetched once and kept; each middle one is
+    fetched, compared with both, and evicted from the Hub cache when this call downloaded it.
+    Returns the disk record: bytes of each checkpoint, the peak held at once, what was evicted."""
+    from . import hub
+
+    fresh = {i: isinstance(r, HubReference) and not hub.is_cached(r) for i, r in enumerate(refs)}
+    (first, last), al = open_aligned([refs[0], refs[-1]], allow_pickle, progress=progress)
+    T = len(refs) - 1
+    sizes = {0: first.nbytes, T: last.nbytes}
+    peak, evicted = first.nbytes + last.nbytes, []
+    for name, (a, z) in stream_aligned([first, last], al.common, desc="theta_0, theta_T", progress=progress):
+        stats.add(0, name, a, a, z)
+        stats.add(T, name, a, z, z)
+    for i in range(1, T):
+        (_, _, mid), _ = open_aligned([first, last, refs[i]], allow_pickle, progress=progress)
+        sizes[i] = mid.nbytes
+        peak = max(peak, first.nbytes + last.nbytes + mid.nbytes)
+        for name, (a, t, z) in stream_aligned([first, mid, last], al.common, desc=f"step {i}", progress=progress):
+            stats.add(i, name, a, t, z)
+        if fresh[i]:
+            hub.evict(refs[i])
+            evicted.append(str(refs[i]))
+    return {"evict": True, "checkpoint_bytes": [sizes[i] for i in range(T + 1)], "peak_bytes": peak, "evicted": evicted}
 
 
 def save_trajectory(out, main: Trajectory, compare: Trajectory | None = None) -> None:

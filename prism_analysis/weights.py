@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from .accumulator import Accumulator, group_stats, state
-from .checkpoint_reader import open_aligned, stream_aligned
+from .checkpoint_reader import label, open_aligned, stream_aligned
 from .components import classify
 from .devices import resolve_device
 from .metrics import (
@@ -331,7 +331,7 @@ def audit(
     Peak memory is ``prefetch + 1`` tensor pairs (the current one and those read ahead), whatever
     the checkpoint size.
     """
-    (ca, cb), al = open_aligned([a, b], allow_pickle)
+    (ca, cb), al = open_aligned([a, b], allow_pickle, progress=progress)
     dev = resolve_device(device)
     per_tensor: dict[str, UpdateStats] = {}
     rows, cast = [], []
@@ -353,8 +353,8 @@ def audit(
     tensors["layer"] = tensors["layer"].astype("Int64")
     total = _table({"total": groups["total"]}, "group")
     return Audit(
-        a=str(ca.path),
-        b=str(cb.path),
+        a=label(ca),
+        b=label(cb),
         thresholds=check_thresholds(thresholds),
         tensors=tensors,
         layers=_table(groups["layers"], "layer"),
