@@ -20,6 +20,7 @@ from helpers import save_model
 
 from prism_analysis.errors import PrismError
 from prism_analysis.hub import HubReference, parse_reference, step_key
+from prism_cli import main
 
 PERTURB = {"step0": 0.0, "step1": 0.01, "step2": 0.02, "step10": 0.03, "step20": 0.04}
 
@@ -94,16 +95,21 @@ def offline(ckpts, tmp_path_factory) -> dict:
 
 
 def test_offline_references_equal_local_paths(ckpts, offline, tmp):
-    prism("audit", "org/run@step0", "org/run@step2", "--out", tmp / "hub", "--quiet", env=offline)
-    prism("audit", ckpts["step0"], ckpts["step2"], "--out", tmp / "local", "--quiet", env=offline)
+    prism("audit", "org/run@step0", "org/run@step2", "--out", tmp / "hub", "--quiet", "--no-figure", env=offline)
+    assert (
+        main(["audit", str(ckpts["step0"]), str(ckpts["step2"]), "--out", str(tmp / "local"), "--quiet", "--no-figure"])
+        == 0
+    )
     assert numbers(tmp / "hub" / "summary.json") == numbers(tmp / "local" / "summary.json")
     s = json.loads((tmp / "hub" / "summary.json").read_text())
     assert s["a"] == "org/run@step0" and s["b"] == "org/run@step2", "the summary names what the user named"
     # a checkpoint in a folder of one revision
-    prism("audit", "org/folders:step-0000", "org/folders@main:step-0002", "--out", tmp / "sub", "--quiet", env=offline)
+    sub = ["org/folders:step-0000", "org/folders@main:step-0002"]
+    prism("audit", *sub, "--out", tmp / "sub", "--quiet", "--no-figure", env=offline)
     assert numbers(tmp / "sub" / "summary.json") == numbers(tmp / "local" / "summary.json")
 
 
+@pytest.mark.slow
 def test_offline_errors_are_one_line(offline):
     r = prism("audit", "org/run@step0", "org/run@step99", "--quiet", env=offline, check=False)
     assert r.returncode == 2 and "step99" in r.stderr and "local Hub cache" in r.stderr
@@ -133,8 +139,20 @@ def test_offline_cka_compare_interpolate_eval_take_references(ckpts, offline, tm
     hub = (tmp / "cka_hub" / "cka.csv").read_text()
     assert hub == (tmp / "cka_local" / "cka.csv").read_text()
     prism("compare", "org/run@step0", "org/run@step1", "org/run@step0", "org/run@step2", "--quiet", env=offline)
-    prism("interpolate", "org/run@step0", "org/run@step1", "org/run@step2", "--a", "1", "--b", "0",
-          "--out", tmp / "interp", "--quiet", env=offline)  # fmt: skip
+    prism(
+        "interpolate",
+        "org/run@step0",
+        "org/run@step1",
+        "org/run@step2",
+        "--a",
+        "1",
+        "--b",
+        "0",
+        "--out",
+        tmp / "interp",
+        "--quiet",
+        env=offline,
+    )
     r = prism("audit", tmp / "interp", ckpts["step1"], "--quiet", env=offline)
     assert "normalized L2 (Eq. 1): 0 " in r.stdout, "W(1, 0) is mid, bit for bit"
     r = prism("eval", "org/run@step0", "--n", "2", env=offline)
@@ -167,8 +185,11 @@ def full_downloads(server: FakeHub) -> list[str]:
 
 
 def test_download_from_the_hub_equals_local_and_takes_only_weights(hub, ckpts, tmp):
-    prism("audit", "org/run@step0", "org/run@step2", "--out", tmp / "hub", "--quiet", env=hub.env)
-    prism("audit", ckpts["step0"], ckpts["step2"], "--out", tmp / "local", "--quiet", env=hub.env)
+    prism("audit", "org/run@step0", "org/run@step2", "--out", tmp / "hub", "--quiet", "--no-figure", env=hub.env)
+    assert (
+        main(["audit", str(ckpts["step0"]), str(ckpts["step2"]), "--out", str(tmp / "local"), "--quiet", "--no-figure"])
+        == 0
+    )
     assert numbers(tmp / "hub" / "summary.json") == numbers(tmp / "local" / "summary.json")
     fetched = {r.rsplit("/", 1)[-1] for r in full_downloads(hub)}
     assert fetched == {"model.safetensors", "config.json"}, "no tokenizer for a command that does not run the model"
@@ -225,8 +246,9 @@ def test_evict_keeps_three_checkpoints_on_disk_and_equals_the_full_trajectory(hu
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        prism("trajectory", "org/run", "--revisions", "step*", "--evict", "--out", tmp / "evict", "--quiet",
-              env=hub.env)  # fmt: skip
+        prism(
+            "trajectory", "org/run", "--revisions", "step*", "--evict", "--out", tmp / "evict", "--quiet", env=hub.env
+        )
     finally:
         done.set()
         watcher.join()
