@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .accumulator import group_stats
+from .accumulator import group_stats, part_stats
 from .checkpoint_reader import open_aligned, read_ahead
 from .compare import OverlapStats
 from .devices import resolve_device
@@ -125,8 +125,16 @@ def analyse_trajectory(
     thresholds = tuple(sorted(set(thresholds) | {tau}))
     dev = resolve_device(device)
     T = len(ckpts) - 1
-    upd = [{} for _ in ckpts]  # step index -> tensor name -> UpdateStats(theta_0, theta_t)
-    ovl = [{} for _ in ckpts]  # step index -> tensor name -> OverlapStats(t vs T)
+    config = opened[0].config
+
+    def new_update():
+        return UpdateStats(thresholds)
+
+    def new_overlap():
+        return OverlapStats(tau)
+
+    upd = [{} for _ in ckpts]  # step index -> tensor name -> [(part, UpdateStats(theta_0, theta_t))]
+    ovl = [{} for _ in ckpts]  # step index -> tensor name -> [(part, OverlapStats(t vs T))]
     # per tensor name: theta_0 and theta_T first (they stay loaded), then the middle checkpoints
     order = [0, T, *range(1, T)]
     tensors = read_ahead(((ckpts[i], n) for n in al.common for i in order), desc="trajectory", progress=progress)
@@ -134,14 +142,14 @@ def analyse_trajectory(
         first, last = next(tensors).to(dev), next(tensors).to(dev)
         for i in order:
             theta = first if i == 0 else last if i == T else next(tensors).to(dev)
-            upd[i][tensor_name] = UpdateStats(thresholds).update(first, theta)
-            ovl[i][tensor_name] = OverlapStats(tau).update(first, theta, first, last)
+            upd[i][tensor_name] = part_stats(tensor_name, (first, theta), config, new_update)
+            ovl[i][tensor_name] = part_stats(tensor_name, (first, theta, first, last), config, new_overlap)
             del theta
         del first, last
     rows = []
     for i, step in enumerate(steps):
-        gu = group_stats(upd[i], lambda: UpdateStats(thresholds))
-        go = group_stats(ovl[i], lambda: OverlapStats(tau))
+        gu = group_stats(upd[i], new_update)
+        go = group_stats(ovl[i], new_overlap)
         for comp, u, o in [("total", gu["total"], go["total"])] + [
             (c, gu["components"][c], go["components"][c]) for c in gu["components"]
         ]:
