@@ -72,27 +72,56 @@ class Accumulator:
         return self.add(other.states())
 
 
-def group_stats(per_tensor: dict[str, Accumulator], make) -> dict:
-    """Merge per-tensor accumulators by decoder layer, by component and in total.
+def part_stats(name: str, tensors, config: dict | None, make) -> list:
+    """Statistics of tensor ``name`` part by part: ``[(part, make().update(*pieces)), ...]``.
 
-    ``make()`` builds an empty accumulator. Returns ``{"layers": {i: acc}, "components": {c: acc},
-    "total": acc}`` with layers in index order and components in :data:`~prism_analysis.components.COMPONENTS`
-    order; tensors are merged in the order given, so the float64 sums are reproducible.
+    ``tensors`` are the tensors of one name that an accumulator's ``update`` takes (a pair for
+    UpdateStats, four for OverlapStats); the parts are :func:`prism_analysis.components.parts` of
+    the name, so a fused q/k/v projection counts under attn_q/k/v and a stack of experts per expert.
+    ``config`` is config.json (or None), which says whether a fused projection can be split.
     """
-    from .components import COMPONENTS, classify
+    from .components import parts
+
+    return [(p, make().update(*(p.take(t) for t in tensors))) for p in parts(name, tuple(tensors[0].shape), config)]
+
+
+def merge_all(accumulators, make) -> Accumulator:
+    """One accumulator holding all of ``accumulators`` (merged in order into ``make()``)."""
+    out = make()
+    for acc in accumulators:
+        out.merge(acc)
+    return out
+
+
+def group_stats(per_tensor: dict[str, list], make) -> dict:
+    """Merge per-part accumulators by decoder layer, by component, by expert and in total.
+
+    ``per_tensor`` maps a tensor name to its :func:`part_stats`; ``make()`` builds an empty
+    accumulator. Returns ``{"layers": {i: acc}, "components": {c: acc}, "experts": {(layer, expert):
+    acc}, "total": acc}`` with layers in index order, components in
+    :data:`~prism_analysis.components.COMPONENTS` order and experts by layer, then expert (empty
+    for a model without experts). Parts are merged in the order given, so the float64 sums are
+    reproducible; every part is in the total exactly once.
+    """
+    from .components import COMPONENTS, layer_index
 
     layers: dict = {}
     comps: dict = {}
+    experts: dict = {}
     total = make()
-    for name, s in per_tensor.items():
-        layer, comp = classify(name)
-        if layer is not None:
-            layers.setdefault(layer, make()).merge(s)
-        comps.setdefault(comp, make()).merge(s)
-        total.merge(s)
+    for name, pieces in per_tensor.items():
+        layer = layer_index(name)
+        for part, s in pieces:
+            if layer is not None:
+                layers.setdefault(layer, make()).merge(s)
+            comps.setdefault(part.component, make()).merge(s)
+            if part.expert is not None:
+                experts.setdefault((layer, part.expert), make()).merge(s)
+            total.merge(s)
     order = {c: i for i, c in enumerate(COMPONENTS)}
     return {
         "layers": dict(sorted(layers.items())),
         "components": dict(sorted(comps.items(), key=lambda kv: order.get(kv[0], len(order)))),
+        "experts": dict(sorted(experts.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0, kv[0][1]))),
         "total": total,
     }

@@ -80,8 +80,9 @@ def _add_audit(sub) -> None:
           prism audit mid/model.safetensors rl/model.safetensors --thresholds 0.1%,1%,10%
           prism audit base/ mid/ --out out/ --device cuda     # statistics on the GPU
 
-        writes OUT/summary.json, OUT/tensors.csv, OUT/layers.csv, OUT/components.csv and
-        OUT/update_by_layer_and_component.{png,pdf} (F11); OUT appears only when complete.""",
+        writes OUT/summary.json, OUT/tensors.csv, OUT/layers.csv, OUT/components.csv (OUT/experts.csv
+        for a MoE model) and OUT/update_by_layer_and_component.{png,pdf} (F11); OUT appears only when
+        complete.""",
     )
     p.add_argument("a", type=nonempty, help="earlier checkpoint (e.g. base)")
     p.add_argument("b", type=nonempty, help="later checkpoint (e.g. mid-trained)")
@@ -117,7 +118,8 @@ def _run_audit(args) -> None:
     if args.out:
         result.save(args.out, figure=not args.no_figure)
         figure = "" if args.no_figure else ", update_by_layer_and_component.png/.pdf"
-        print(f"\nwrote {args.out}/summary.json, tensors.csv, layers.csv, components.csv{figure}")
+        experts = ", experts.csv" if len(result.experts) else ""
+        print(f"\nwrote {args.out}/summary.json, tensors.csv, layers.csv, components.csv{experts}{figure}")
 
 
 # -- cka ----------------------------------------------------------------------------------------------

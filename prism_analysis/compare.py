@@ -11,7 +11,9 @@ base->MC and base->MCS), per component and for the whole model:
   |M1 & M2| / |M1| and |M1 & M2| / |M2|.
 
 The chance overlap is computed tensor by tensor and summed (E|M1 & M2| = sum_t n_t p1_t p2_t), so a
-group mixing dense and sparse tensors is not credited with overlap it gets from density alone.
+group mixing dense and sparse tensors is not credited with overlap it gets from density alone. A
+tensor that :func:`prism_analysis.components.parts` splits (fused q/k/v, a stack of experts) counts
+part by part, so components are grouped exactly as the audit groups them.
 Sums are float64; :class:`OverlapStats` follows update / compute / merge like
 :class:`prism_analysis.weights.UpdateStats`, which supplies the per-update L2 and fractions.
 """
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from .accumulator import Accumulator, group_stats, state
+from .accumulator import Accumulator, group_stats, part_stats, state
 from .checkpoint_reader import open_aligned, stream_aligned
 from .devices import resolve_device
 from .metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, bits_equal, changed_mask, threshold_key
@@ -173,15 +175,23 @@ def compare_updates(
     ckpts, al = open_aligned([a1, b1, a2, b2], allow_pickle, progress=progress)
     thresholds = tuple(sorted(set(thresholds) | {tau}))
     dev = resolve_device(device)
-    ov, s1, s2 = {}, {}, {}
+    config = ckpts[0].config
+
+    def new_overlap():
+        return OverlapStats(tau)
+
+    def new_update():
+        return UpdateStats(thresholds)
+
+    ov, s1, s2 = {}, {}, {}  # name -> [(part, statistics)], grouped as the audit groups them
     for name, ts in stream_aligned(ckpts, al.common, desc="compare", progress=progress):
         x1, y1, x2, y2 = (t.to(dev) for t in ts)
-        ov[name] = OverlapStats(tau).update(x1, y1, x2, y2)
-        s1[name] = UpdateStats(thresholds).update(x1, y1)
-        s2[name] = UpdateStats(thresholds).update(x2, y2)
-    g_ov = group_stats(ov, lambda: OverlapStats(tau))
-    g1 = group_stats(s1, lambda: UpdateStats(thresholds))
-    g2 = group_stats(s2, lambda: UpdateStats(thresholds))
+        ov[name] = part_stats(name, (x1, y1, x2, y2), config, new_overlap)
+        s1[name] = part_stats(name, (x1, y1), config, new_update)
+        s2[name] = part_stats(name, (x2, y2), config, new_update)
+    g_ov = group_stats(ov, new_overlap)
+    g1 = group_stats(s1, new_update)
+    g2 = group_stats(s2, new_update)
     key = threshold_key(tau)
     rows, summary = (
         [],

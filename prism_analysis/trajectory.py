@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .accumulator import group_stats
+from .accumulator import group_stats, part_stats
 from .checkpoint_reader import open_aligned, read_ahead, stream_aligned
 from .compare import OverlapStats
 from .devices import resolve_device
@@ -138,8 +138,8 @@ def analyse_trajectory(
     upd, ovl = stats.update, stats.overlap
     rows = []
     for i, step in enumerate(steps):
-        gu = group_stats(upd[i], lambda: UpdateStats(thresholds))
-        go = group_stats(ovl[i], lambda: OverlapStats(tau))
+        gu = group_stats(upd[i], stats.new_update)
+        go = group_stats(ovl[i], stats.new_overlap)
         for comp, u, o in [("total", gu["total"], go["total"])] + [
             (c, gu["components"][c], go["components"][c]) for c in gu["components"]
         ]:
@@ -160,17 +160,27 @@ def analyse_trajectory(
 
 
 class _StepStats:
-    """Per step index and tensor name: UpdateStats(theta_0, theta_t) and OverlapStats(t vs T)."""
+    """Per step index and tensor name, by part (fused q/k/v, experts): UpdateStats(theta_0, theta_t)
+    and OverlapStats(t vs T). ``config`` (theta_0's config.json) decides the parts."""
 
     def __init__(self, thresholds, tau, device):
         self.thresholds, self.tau, self.device = thresholds, tau, device
+        self.config = None
         self.update: dict[int, dict] = {}
         self.overlap: dict[int, dict] = {}
 
+    def new_update(self) -> UpdateStats:
+        return UpdateStats(self.thresholds)
+
+    def new_overlap(self) -> OverlapStats:
+        return OverlapStats(self.tau)
+
     def add(self, i: int, name: str, first, theta, last) -> None:
         first, theta, last = (t.to(self.device) for t in (first, theta, last))
-        self.update.setdefault(i, {})[name] = UpdateStats(self.thresholds).update(first, theta)
-        self.overlap.setdefault(i, {})[name] = OverlapStats(self.tau).update(first, theta, first, last)
+        self.update.setdefault(i, {})[name] = part_stats(name, (first, theta), self.config, self.new_update)
+        self.overlap.setdefault(i, {})[name] = part_stats(
+            name, (first, theta, first, last), self.config, self.new_overlap
+        )
 
 
 def _each_file_once(refs, stats: _StepStats, allow_pickle: bool, progress: bool) -> None:
@@ -180,6 +190,7 @@ def _each_file_once(refs, stats: _StepStats, allow_pickle: bool, progress: bool)
     # the names compared are those theta_0 and theta_T share; every middle checkpoint must have them
     opened, al = open_aligned([refs[0], refs[-1], *refs[1:-1]], allow_pickle, progress=progress)
     ckpts = [opened[0], *opened[2:], opened[1]]
+    stats.config = ckpts[0].config
     T = len(ckpts) - 1
     order = [0, T, *range(1, T)]
     tensors = read_ahead(((ckpts[i], n) for n in al.common for i in order), desc="trajectory", progress=progress)
@@ -200,6 +211,7 @@ def _one_checkpoint_at_a_time(refs, stats: _StepStats, allow_pickle: bool, progr
 
     fresh = {i: isinstance(r, HubReference) and not hub.is_cached(r) for i, r in enumerate(refs)}
     (first, last), al = open_aligned([refs[0], refs[-1]], allow_pickle, progress=progress)
+    stats.config = first.config
     T = len(refs) - 1
     sizes = {0: first.nbytes, T: last.nbytes}
     peak, evicted = first.nbytes + last.nbytes, []

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from .accumulator import Accumulator, group_stats, state
+from .accumulator import Accumulator, group_stats, merge_all, part_stats, state
 from .checkpoint_reader import label, open_aligned, stream_aligned
-from .components import classify
+from .components import classify, expert_index
 from .devices import resolve_device
 from .metrics import (
     DEFAULT_THRESHOLD,
@@ -201,9 +201,12 @@ def _torch_pair_stats(a: torch.Tensor, b: torch.Tensor, thresholds) -> tuple[lis
 class Audit:
     """Result of :func:`audit`: pandas tables at four levels plus what did not align.
 
-    ``tensors`` one row per tensor; ``layers`` per decoder-block index; ``components`` per
-    component; ``total`` a one-row table. Every table has ``numel``, ``normalized_l2``,
-    ``fraction_equal``, ``fraction_changed_<tau>`` and the raw sums it was computed from.
+    ``tensors`` one row per tensor (its ``layer``, ``expert`` when the name has one, ``component``,
+    and ``split_into`` the components a fused q/k/v projection is split into); ``layers`` per
+    decoder-block index; ``components`` per component; ``total`` a one-row table; ``experts`` per
+    (layer, expert) of a MoE model (empty without experts). Every table has ``numel``,
+    ``normalized_l2``, ``fraction_equal``, ``fraction_changed_<tau>`` and the raw sums it was
+    computed from. ``unclassified``: names no component rule knows (counted under ``other``).
     """
 
     a: str
@@ -218,9 +221,12 @@ class Audit:
     tied: list[str]
     stats: dict = field(repr=False, default_factory=dict)  # group -> UpdateStats
     cast: list[dict] = field(default_factory=list)  # tensors whose dtypes differ: name, dtype_a, dtype_b
+    experts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    unclassified: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
-        """The ``summary.json`` record (T12/T22/T23 numbers for the whole model, components, layers)."""
+        """The ``summary.json`` record (T12/T22/T23 numbers for the whole model, components, layers,
+        and experts by layer of a MoE model; names counted under ``other``)."""
 
         def brief(s: UpdateStats) -> dict:
             m = s.compute()
@@ -229,6 +235,9 @@ class Audit:
                 for k in ("numel", "normalized_l2", "fraction_equal", "fraction_changed", "max_abs_diff", "nonfinite")
             }
 
+        experts: dict = {}  # layer -> expert -> statistics
+        for (layer, expert), s in self.stats["experts"].items():
+            experts.setdefault(str(layer), {})[str(expert)] = brief(s)
         return {
             "a": self.a,
             "b": self.b,
@@ -236,6 +245,8 @@ class Audit:
             "total": brief(self.stats["total"]),
             "components": {c: brief(s) for c, s in self.stats["components"].items()},
             "layers": {str(i): brief(s) for i, s in self.stats["layers"].items()},
+            "experts": experts,
+            "unclassified": self.unclassified,
             "only_in_a": self.only_in_a,
             "only_in_b": self.only_in_b,
             "tied": self.tied,
@@ -243,12 +254,15 @@ class Audit:
         }
 
     def save(self, out: str | os.PathLike, figure: bool = True) -> None:
-        """Write summary.json, tensors/layers/components.csv (and the F11 figure) atomically."""
+        """Write summary.json, tensors/layers/components.csv, experts.csv for a MoE model (and the
+        F11 figure) atomically."""
         with atomic_output_dir(out, "audit", [self.a, self.b]) as tmp:
             write_json(tmp / "summary.json", self.summary())
             self.tensors.to_csv(tmp / "tensors.csv", index=False)
             self.layers.to_csv(tmp / "layers.csv", index=False)
             self.components.to_csv(tmp / "components.csv", index=False)
+            if len(self.experts):
+                self.experts.to_csv(tmp / "experts.csv", index=False)
             if figure:
                 from .figures import plot_audit
 
@@ -297,6 +311,12 @@ class Audit:
                 f"note: {len(self.cast)} tensors differ in dtype ({', '.join(kinds)}): compared in the wider dtype; "
                 "'bitwise equal' covers the tensors whose dtypes match",
             ]
+        if self.unclassified:
+            lines += [
+                "",
+                f"note: {len(self.unclassified)} tensors match no component rule and count under 'other': "
+                f"{self.unclassified[:5]}",
+            ]
         if self.only_in_a or self.only_in_b:
             lines += [
                 "",
@@ -333,24 +353,43 @@ def audit(
     """
     (ca, cb), al = open_aligned([a, b], allow_pickle, progress=progress)
     dev = resolve_device(device)
-    per_tensor: dict[str, UpdateStats] = {}
+
+    def make():
+        return UpdateStats(thresholds)
+
+    per_tensor: dict[str, list] = {}  # name -> [(part, UpdateStats)]
     rows, cast = [], []
     for name, (ta, tb) in stream_aligned([ca, cb], al.common, desc="audit", progress=progress, prefetch=prefetch):
-        s = UpdateStats(thresholds).update(ta.to(dev, non_blocking=True), tb.to(dev, non_blocking=True))
-        per_tensor[name] = s
+        pair = (ta.to(dev, non_blocking=True), tb.to(dev, non_blocking=True))
+        per_tensor[name] = pieces = part_stats(name, pair, ca.config, make)
+        s = merge_all((acc for _, acc in pieces), make)  # the whole tensor's row
         layer, comp = classify(name)
+        split = [part.component for part, _ in pieces if part.component != comp]  # fused q/k/v: q, k, v
         dtype_a, dtype_b = (str(t.dtype).replace("torch.", "") for t in (ta, tb))
         if dtype_a != dtype_b:
             cast.append({"name": name, "dtype_a": dtype_a, "dtype_b": dtype_b})
         shape = "x".join(map(str, ta.shape))
         rows.append(
-            {"name": name, "layer": layer, "component": comp, "shape": shape, "dtype": dtype_a, "dtype_b": dtype_b}
+            {
+                "name": name,
+                "layer": layer,
+                "expert": expert_index(name),
+                "component": comp,
+                "split_into": " ".join(split),
+                "shape": shape,
+                "dtype": dtype_a,
+                "dtype_b": dtype_b,
+            }
             | s.row()
         )
-        del ta, tb
-    groups = group_stats(per_tensor, lambda: UpdateStats(thresholds))
+        del ta, tb, pair
+    groups = group_stats(per_tensor, make)
     tensors = pd.DataFrame(rows)
     tensors["layer"] = tensors["layer"].astype("Int64")
+    tensors["expert"] = tensors["expert"].astype("Int64")
+    experts = pd.DataFrame(
+        [{"layer": layer, "expert": expert, **s.row()} for (layer, expert), s in groups["experts"].items()]
+    )
     total = _table({"total": groups["total"]}, "group")
     return Audit(
         a=label(ca),
@@ -365,4 +404,6 @@ def audit(
         tied=al.tied,
         stats=groups,
         cast=cast,
+        experts=experts,
+        unclassified=[r["name"] for r in rows if r["component"] == "other"],
     )

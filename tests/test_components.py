@@ -1,6 +1,6 @@
 import pytest
 
-from prism_analysis.components import COMPONENTS, classify, component, layer_index
+from prism_analysis.components import COMPONENTS, classify, component, expert_index, layer_index, parts
 from prism_train.models import FAMILIES, build_model
 
 CASES = [
@@ -38,13 +38,82 @@ CASES = [
     ("model.layers.0.mamba.norm.weight", 0, "mamba_norm"),
     ("model.layers.0.shared_mlp.input_linear.weight", 0, "mlp_gate_up"),
     ("model.layers.0.shared_mlp.output_linear.weight", 0, "mlp_down"),
+    # GPT-2 (Hub files have no "transformer." prefix)
+    ("transformer.wte.weight", None, "embed"),
+    ("wpe.weight", None, "embed"),
+    ("h.3.ln_1.weight", 3, "norm"),
+    ("transformer.h.3.attn.c_attn.weight", 3, "attn_qkv"),
+    ("transformer.h.3.attn.c_proj.bias", 3, "attn_o"),
+    ("transformer.h.3.mlp.c_fc.weight", 3, "mlp_up"),
+    ("transformer.h.3.mlp.c_proj.weight", 3, "mlp_down"),
+    ("transformer.ln_f.bias", None, "norm"),
+    # GPT-NeoX / Pythia
+    ("gpt_neox.embed_in.weight", None, "embed"),
+    ("gpt_neox.layers.5.attention.query_key_value.bias", 5, "attn_qkv"),
+    ("gpt_neox.layers.5.attention.dense.weight", 5, "attn_o"),
+    ("gpt_neox.layers.5.mlp.dense_h_to_4h.weight", 5, "mlp_up"),
+    ("gpt_neox.layers.5.mlp.dense_4h_to_h.bias", 5, "mlp_down"),
+    ("gpt_neox.final_layer_norm.weight", None, "norm"),
+    ("embed_out.weight", None, "lm_head"),
+    # Qwen3 / OLMo-2 / Gemma-3 q/k norms, Gemma-2 sandwich norms
+    ("model.layers.4.self_attn.q_norm.weight", 4, "norm"),
+    ("model.layers.4.self_attn.k_norm.weight", 4, "norm"),
+    ("model.layers.4.pre_feedforward_layernorm.weight", 4, "norm"),
+    # Phi, Phi-3
+    ("model.layers.1.self_attn.dense.weight", 1, "attn_o"),
+    ("model.layers.1.mlp.fc1.bias", 1, "mlp_up"),
+    ("model.layers.1.mlp.fc2.weight", 1, "mlp_down"),
+    ("model.final_layernorm.weight", None, "norm"),
+    ("lm_head.bias", None, "lm_head"),
+    ("model.layers.1.self_attn.qkv_proj.weight", 1, "attn_qkv"),
+    ("model.layers.1.mlp.gate_up_proj.weight", 1, "mlp_gate_up"),
+    # MoE: Mixtral (Hub and transformers 5), Qwen-MoE, Granite MoE
+    ("model.layers.6.block_sparse_moe.gate.weight", 6, "router"),
+    ("model.layers.6.block_sparse_moe.experts.7.w1.weight", 6, "mlp_gate"),
+    ("model.layers.6.block_sparse_moe.experts.7.w3.weight", 6, "mlp_up"),
+    ("model.layers.6.block_sparse_moe.experts.7.w2.weight", 6, "mlp_down"),
+    ("model.layers.6.mlp.gate.weight", 6, "router"),
+    ("model.layers.6.mlp.experts.gate_up_proj", 6, "mlp_gate_up"),
+    ("model.layers.6.mlp.experts.down_proj", 6, "mlp_down"),
+    ("model.layers.6.mlp.experts.12.gate_proj.weight", 6, "mlp_gate"),
+    ("model.layers.6.mlp.shared_expert.up_proj.weight", 6, "mlp_up"),
+    ("model.layers.6.mlp.shared_expert_gate.weight", 6, "router"),
+    ("model.layers.6.block_sparse_moe.router.layer.weight", 6, "router"),
+    ("model.layers.6.block_sparse_moe.input_linear.weight", 6, "mlp_gate_up"),
+    # never a guess
     ("something.unusual", None, "other"),
+    ("transformer.h.0.attn.bias", 0, "other"),  # GPT-2's causal-mask buffer in old files
 ]
 
 
 @pytest.mark.parametrize("name,layer,comp", CASES)
 def test_known_names(name, layer, comp):
     assert classify(name) == (layer, comp)
+
+
+@pytest.mark.parametrize(
+    "name,expert",
+    [
+        ("model.layers.6.block_sparse_moe.experts.7.w1.weight", 7),
+        ("model.layers.6.mlp.experts.12.down_proj.weight", 12),
+        ("model.layers.6.mlp.shared_expert.down_proj.weight", None),
+        ("model.layers.6.mlp.experts.down_proj", None),  # a stack: one part per expert instead
+        ("model.layers.6.self_attn.q_proj.weight", None),
+    ],
+)
+def test_expert_index(name, expert):
+    assert expert_index(name) == expert
+
+
+def test_parts_of_an_expert_stack_and_of_a_plain_tensor():
+    stack = parts("model.layers.6.mlp.experts.down_proj", (3, 8, 4))
+    assert [(p.component, p.expert, p.index) for p in stack] == [("mlp_down", e, (e,)) for e in range(3)]
+    stack = parts("model.layers.6.block_sparse_moe.input_linear.weight", (2, 16, 8))
+    assert [(p.component, p.expert) for p in stack] == [("mlp_gate_up", 0), ("mlp_gate_up", 1)]
+    (plain,) = parts("model.layers.6.shared_mlp.input_linear.weight", (16, 8))
+    assert (plain.component, plain.expert, plain.index) == ("mlp_gate_up", None, None)
+    (one,) = parts("model.layers.6.mlp.experts.5.w2.weight", (4, 8))
+    assert (one.component, one.expert, one.index) == ("mlp_down", 5, None)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
