@@ -227,7 +227,7 @@ def model_cka(
 def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress) -> ModelCKA:
     ma, ta = load_model(a, **load)
     mb, tb = load_model(b, **load)
-    if find_modules(ma)[2] != find_modules(mb)[2]:
+    if find_modules(ma)[1] != find_modules(mb)[1]:
         raise PrismError("models have different layer counts; token-level CKA compares matched layers", b)
     tables = []
     for name, texts in probes.items():
