@@ -83,7 +83,8 @@ print(round(s1.merge(s2).compute().item(), 6), round(cka.linear_cka(X, Y), 6))  
         ),
         (
             "md",
-            "On two checkpoints: per-layer CKA on probe prompts, with PRISM's bootstrap interval (F14). Here two "
+            "On two checkpoints: per-layer CKA on all probe prompts with its jackknife interval (`cka_ci_*`), and "
+            "PRISM's resamples of half the prompts alongside (`resample_*`) (F14). Here two "
             "tiny LLaMA checkpoints are made on the spot: a random model, and the same model with a small planted "
             "update of every weight.",
         ),

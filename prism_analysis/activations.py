@@ -2,11 +2,18 @@
 
 For each prompt we capture, in one forward pass, the embedding output and the output of every
 decoder block (PRISM: "embedding output and every block", so L + 1 representations for L blocks).
+
+The embedding output (layer 0) is what the first block receives: its input hidden states, read
+from the block's inputs, not the output of the token-embedding module. The two differ for GPT-2
+(token + position embeddings), Granite (token embedding times ``embedding_multiplier``) and any
+family that adds something between the embedding and the first block; reading the block's input
+gives, for every family, HF's ``output_hidden_states[0]``. It is the first positional argument
+of the block, or its ``hidden_states`` keyword (transformers 5 may pass it either way).
+
 The block outputs are read from the blocks themselves, not from ``output_hidden_states``, whose
 last entry has the final norm applied. In transformers >= 5 a decoder block returns a tensor, not
 a tuple; taking ``.output[0]`` there would silently keep batch element 0 -- we unwrap a tuple only
-when it is one. Granite multiplies the embedding output by a scalar ``embedding_multiplier`` before
-the first block; the captured embedding output is unscaled, which CKA (scale-invariant) ignores.
+when it is one.
 
 Pooling over the tokens of a prompt:
 
@@ -31,18 +38,17 @@ from .errors import PrismError, warn
 POOLS = ("mean", "last", "tokens")
 
 
-def find_modules(model: nn.Module) -> tuple[str, str, int]:
-    """``(embedding module path, decoder block list path, number of blocks)`` of a causal LM."""
-    names = {id(m): n for n, m in model.named_modules()}
-    embed = names.get(id(model.get_input_embeddings()))
+def find_modules(model: nn.Module) -> tuple[str, int]:
+    """``(decoder block list path, number of blocks)`` of a causal LM: its longest ModuleList
+    named ``layers``, ``h``, ``blocks`` or ``block``."""
     best = None
     for name, mod in model.named_modules():
         is_blocks = isinstance(mod, nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "blocks", "block")
         if is_blocks and (best is None or len(mod) > len(best[1])):
             best = (name, mod)
-    if embed is None or best is None:
-        raise PrismError(f"cannot find the embedding and decoder blocks of {type(model).__name__}")
-    return embed, best[0], len(best[1])
+    if best is None:
+        raise PrismError(f"cannot find the decoder blocks of {type(model).__name__}")
+    return best[0], len(best[1])
 
 
 def _envoy(root, path: str):
@@ -56,15 +62,27 @@ def _unwrap(out) -> torch.Tensor:
     return out if torch.is_tensor(out) else out[0]
 
 
-def _capture(nn_model, embed_path: str, layers_path: str, n_layers: int, input_ids, attention_mask):
-    """Hidden states (L + 1, batch, seq, d) of one forward pass, traced with nnsight."""
+def _block_input(inputs) -> torch.Tensor:
+    """The hidden states a block receives, from its ``(args, kwargs)``: the first positional
+    argument, else the ``hidden_states`` keyword."""
+    args, kwargs = inputs
+    if args:
+        return args[0]
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    raise PrismError(f"cannot find the hidden states among the first block's inputs ({', '.join(kwargs)})")
+
+
+def _capture(nn_model, layers_path: str, n_layers: int, input_ids, attention_mask):
+    """Hidden states (L + 1, batch, seq, d) of one forward pass, traced with nnsight: the first
+    block's input, then every block's output."""
     saved = []
     with torch.no_grad(), nn_model.trace(input_ids=input_ids, attention_mask=attention_mask):
-        saved.append(_envoy(nn_model, embed_path).output.save())
         blocks = _envoy(nn_model, layers_path)
+        saved.append(blocks[0].inputs.save())
         for i in range(n_layers):
             saved.append(blocks[i].output.save())
-    return torch.stack([_unwrap(s) for s in saved])
+    return torch.stack([_block_input(saved[0])] + [_unwrap(s) for s in saved[1:]])
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, pool: str) -> torch.Tensor:
@@ -101,7 +119,7 @@ def iter_activations(
 
     from .progress import progress_bar
 
-    embed_path, layers_path, n_layers = find_modules(model)
+    layers_path, n_layers = find_modules(model)
     nn_model = NNsight(model)
     device = next(model.parameters()).device
     if tokenizer.pad_token_id is None:
@@ -135,7 +153,7 @@ def iter_activations(
                 f"the tokenizer gives token id {int(ids.max())}, but the model embeds only {vocab} tokens: "
                 "it is not this model's tokenizer"
             )
-        hidden = _capture(nn_model, embed_path, layers_path, n_layers, ids, mask)
+        hidden = _capture(nn_model, layers_path, n_layers, ids, mask)
         yield _pool(hidden, mask, pool)
 
 

@@ -444,11 +444,24 @@ def open_aligned(
 
     sources = [s if is_checkpoint(s) else hub.parse_reference(s) for s in sources]
     if any(isinstance(s, hub.HubReference) for s in sources):
-        headers = [hub.remote_checkpoint(s, allow_pickle) if isinstance(s, hub.HubReference) else s for s in sources]
+        headers = [_remote_checkpoint(s) if isinstance(s, hub.HubReference) else s for s in sources]
         if all(h is not None for h in headers):
             _check_aligned([open_checkpoint(h, allow_pickle) for h in headers])
     ckpts = [open_checkpoint(s, allow_pickle, progress=progress) for s in sources]
     return ckpts, _check_aligned(ckpts)
+
+
+def _remote_checkpoint(ref) -> Checkpoint | None:
+    """A header-only checkpoint of a Hub reference (see :func:`prism_analysis.hub.remote_header`)."""
+    from . import hub
+
+    header = hub.remote_header(ref)
+    if header is None:
+        return None
+    config, tensors = header
+    dtypes = safetensors_dtypes()
+    infos = [TensorInfo(name, file, shape, dtypes.get(dtype)) for name, file, shape, dtype in tensors]
+    return Checkpoint.from_header(str(ref), config, infos)
 
 
 def _check_aligned(ckpts: list[Checkpoint]) -> Alignment:

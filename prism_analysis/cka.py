@@ -25,7 +25,10 @@ or numpy arrays; scalars come back as Python floats, matrices as tensors (numpy 
 - :class:`StreamingCKA`                exact linear CKA over unlimited rows fed in chunks, many
   layers at once, O(d^2) memory per layer, update / compute / merge.
 - :class:`MinibatchCKA`                Nguyen et al.'s minibatch CKA: sums of unbiased HSICs.
-- :func:`bootstrap_cka`                PRISM's protocol: resample 100 of 200, 20 times.
+- :func:`jackknife_cka`                CKA on all rows with its delete-one jackknife interval
+  (:func:`delete_one_cka`: every leave-one-out CKA in closed form, at the cost of one CKA).
+- :func:`bootstrap_cka`                PRISM's protocol: resample 100 of 200, 20 times (an interval
+  for CKA on 100 rows, which is biased upward from CKA on 200: see :func:`jackknife_cka`).
 """
 
 from __future__ import annotations
@@ -522,6 +525,111 @@ class MinibatchCKA:
 
 
 # -- uncertainty ------------------------------------------------------------------------------
+def delete_one_cka(Xs, Ys, debiased: bool = False) -> torch.Tensor:
+    """Linear CKA of matched layers with row i left out, for every i: an (n, L) float64 tensor.
+
+    Closed form, at the cost of one :func:`layerwise_cka`. With x~_i, y~_i the rows centred on the
+    mean of all n rows, a_i = |x~_i|^2, b_i = |y~_i|^2, T = ||X~^T Y~||_F^2 and
+    P_i = x~_i^T X~^T Y~ y~_i (in Gram terms: T = <K, L>, P = rows of K * L):
+
+    - biased: leaving row i out and re-centring the other n - 1 rows turns X~^T Y~ into
+      X~^T Y~ - c x~_i y~_i^T with c = n / (n - 1), so the numerator is T - 2c P_i + c^2 a_i b_i;
+    - debiased: HSIC_1 is translation invariant, so it needs no re-centring; on the zero-diagonal
+      Grams K~, L~ of the n - 1 rows left (m = n - 1), with K~1 = -a, L~1 = -b,
+      tr(K~L~) = T - sum(ab) - 2 (P_i - a_i b_i),  1'K~1 = 2 a_i - sum(a),  1'L~1 = 2 b_i - sum(b),
+      1'K~L~1 = a.b + (K b)_i + (L a)_i + P_i - 4 a_i b_i, in Song et al.'s formula with n -> m.
+
+    The self terms (hxx, hyy) are the same formulas with Y = X and with X = Y. Needs one row more
+    than CKA (:func:`min_rows`). A value is NaN where leaving that row out makes CKA undefined (a
+    representation with no variance, or a non-positive debiased self-HSIC) or nearly so: a self
+    term below 1e-12 of the full-sample T_xx (T_yy) is within a thousand rounding errors of these
+    differences, so it counts as undefined rather than as a number.
+    """
+    X, Y = _stack(Xs), _stack(Ys)
+    Y = Y.to(X.device)
+    if X.shape[:2] != Y.shape[:2]:
+        raise ValueError(f"X and Y need the same layers and rows: {tuple(X.shape[:2])} vs {tuple(Y.shape[:2])}")
+    n = X.shape[1]
+    _check_rows(n - 1, debiased)
+    Xc, Yc = _center(X), _center(Y)
+    a, b = (Xc * Xc).sum(-1), (Yc * Yc).sum(-1)
+    if n > X.shape[2] + Y.shape[2]:  # feature space: d x d products
+
+        def t_and_p(U, V):
+            S = U.mT @ V
+            return torch.linalg.matrix_norm(S) ** 2, ((U @ S) * V).sum(-1)
+
+        xy, xx, yy = t_and_p(Xc, Yc), t_and_p(Xc, Xc), t_and_p(Yc, Yc)
+    else:  # Gram form: n x n products
+
+        def t_and_p(K, L):
+            KL = K * L
+            return KL.sum((-2, -1)), KL.sum(-1)
+
+        K, L = Xc @ Xc.mT, Yc @ Yc.mT
+        xy, xx, yy = t_and_p(K, L), t_and_p(K, K), t_and_p(L, L)
+
+    def gram_times(U, w):  # (U U^T) w
+        return (U @ (U.mT @ w[..., None]))[..., 0]
+
+    def numerator(T, P, U, V, au, bv):
+        if not debiased:
+            c = n / (n - 1.0)
+            return T[:, None] - 2 * c * P + c * c * au * bv
+        m = n - 1.0
+        ab = au * bv
+        trace = (T - ab.sum(-1))[:, None] - 2 * (P - ab)
+        ones_k = 2 * au - au.sum(-1, keepdim=True)
+        ones_l = 2 * bv - bv.sum(-1, keepdim=True)
+        kl = ab.sum(-1, keepdim=True) + gram_times(U, bv) + gram_times(V, au) + P - 4 * ab
+        return trace + ones_k * ones_l / ((m - 1) * (m - 2)) - 2 / (m - 2) * kl
+
+    hxy, hxx, hyy = numerator(*xy, Xc, Yc, a, b), numerator(*xx, Xc, Xc, a, a), numerator(*yy, Yc, Yc, b, b)
+    defined = (hxx > 1e-12 * xx[0][:, None]) & (hyy > 1e-12 * yy[0][:, None])
+    values = hxy / hxx.clamp_min(0).sqrt() / hyy.clamp_min(0).sqrt()
+    return torch.where(defined, values, torch.nan).mT
+
+
+def jackknife_cka(Xs, Ys, debiased: bool = False, ci: float = 0.95) -> pd.DataFrame:
+    """CKA of matched layers on all n rows with its delete-one jackknife interval.
+
+    Returns one row per layer: ``layer``, ``cka`` (all n rows: the estimate), ``cka_se`` and the
+    interval ``cka_ci_low``, ``cka_ci_high`` = cka -/+ z se (z = 1.96 for 95%), clipped to the range
+    of CKA ([0, 1]; debiased [-1, 1]). With theta_i the CKA without row i (:func:`delete_one_cka`;
+    so n must be at least ``min_rows(debiased) + 1``),
+
+        se^2 = (n - 1) / n * sum_i (theta_i - mean_i theta_i)^2           (Tukey's jackknife)
+
+    Why this interval: it is an interval *for the printed estimate* -- the sampling spread of CKA
+    on n rows, centred on it, so it always contains it. Biased linear CKA is biased upward, the
+    more so the fewer rows (unrelated 64-d Gaussians: about 0.24 on 200 rows, 0.39 on 100), so a
+    percentile interval of CKA on resamples of fewer rows (PRISM's protocol, :func:`bootstrap_cka`)
+    or of resamples with replacement (duplicated rows act like fewer rows) sits above the estimate
+    and can exclude it. The jackknife on n - 1 rows carries almost none of that shift. It is
+    slightly conservative (Efron-Stein); it does not remove the bias of the estimate itself, which
+    ``debiased=True`` addresses. Where leaving a row out makes CKA undefined, se is infinite and
+    the interval is the whole range.
+    """
+    from statistics import NormalDist
+
+    full = layerwise_cka(Xs, Ys, debiased=debiased)
+    values = delete_one_cka(Xs, Ys, debiased=debiased)
+    n = values.shape[0]
+    se = ((n - 1) / n * ((values - values.mean(0)) ** 2).sum(0)).sqrt()
+    se = torch.where(se.isnan(), torch.inf, se)
+    z = NormalDist().inv_cdf(0.5 + ci / 2)
+    low = -1.0 if debiased else 0.0
+    return pd.DataFrame(
+        {
+            "layer": np.arange(len(full)),
+            "cka": full.cpu().numpy(),
+            "cka_se": se.cpu().numpy(),
+            "cka_ci_low": (full - z * se).clamp(low, 1.0).cpu().numpy(),
+            "cka_ci_high": (full + z * se).clamp(low, 1.0).cpu().numpy(),
+        }
+    )
+
+
 def bootstrap_cka(
     Xs,
     Ys,
@@ -532,12 +640,16 @@ def bootstrap_cka(
     replace: bool = False,
     ci: float = 0.95,
 ) -> pd.DataFrame:
-    """PRISM's uncertainty protocol: CKA of matched layers on ``n_resamples`` random subsets of
+    """PRISM's resampling protocol: CKA of matched layers on ``n_resamples`` random subsets of
     ``sample_size`` rows (default: 100 of the rows, drawn without replacement, 20 times; pass
-    ``replace=True`` for a classic bootstrap with replacement: duplicated rows inflate linear CKA).
+    ``replace=True`` for a classic bootstrap with replacement).
 
-    Returns one row per layer: ``layer``, ``cka`` (all rows), ``mean``, ``std`` (ddof=1) and the
-    percentile interval ``ci_low``, ``ci_high`` of the resampled values. Seeded: same seed, same result.
+    Returns one row per layer: ``layer``, ``resample_size``, and the ``resample_mean``,
+    ``resample_std`` (ddof=1) and percentile interval ``resample_ci_low``, ``resample_ci_high`` of
+    the resampled values. These describe CKA on ``sample_size`` rows, a different estimator from CKA
+    on all rows: biased linear CKA grows as rows get fewer (and duplicated rows count as fewer), so
+    this interval can lie above the all-rows CKA and exclude it. For the interval of the all-rows
+    estimate use :func:`jackknife_cka`. Seeded: same seed, same result.
     """
     X, Y = _stack(Xs), _stack(Ys)
     Y = Y.to(X.device)
@@ -546,7 +658,6 @@ def bootstrap_cka(
     if not replace and k > n:
         raise ValueError(f"cannot draw {k} of {n} rows without replacement")
     gen = np.random.default_rng(seed)
-    full = layerwise_cka(X, Y, debiased=debiased).cpu().numpy()
     draws = []
     for _ in range(n_resamples):
         idx = torch.from_numpy(gen.choice(n, size=k, replace=replace)).to(X.device)
@@ -556,11 +667,11 @@ def bootstrap_cka(
     return pd.DataFrame(
         {
             "layer": np.arange(X.shape[0]),
-            "cka": full,
-            "mean": draws.mean(0),
-            "std": draws.std(0, ddof=1) if n_resamples > 1 else np.zeros(X.shape[0]),
-            "ci_low": np.quantile(draws, alpha, axis=0),
-            "ci_high": np.quantile(draws, 1 - alpha, axis=0),
+            "resample_size": k,
+            "resample_mean": draws.mean(0),
+            "resample_std": draws.std(0, ddof=1) if n_resamples > 1 else np.zeros(X.shape[0]),
+            "resample_ci_low": np.quantile(draws, alpha, axis=0),
+            "resample_ci_high": np.quantile(draws, 1 - alpha, axis=0),
         }
     )
 
@@ -571,6 +682,8 @@ __all__ = [
     "bootstrap_cka",
     "center_gram",
     "cka_matrix",
+    "delete_one_cka",
+    "jackknife_cka",
     "layerwise_cka",
     "linear_cka",
     "rbf_cka",

@@ -130,13 +130,17 @@ def _add_cka(sub) -> None:
         "layer-by-layer CKA between two checkpoints on probe prompts (PRISM F14/T14)",
         """\
         Run both checkpoints on the prompts of each probe file (one prompt per forward pass),
-        pool every layer's hidden states (embedding output and every block), and compute the
-        linear CKA of layer l of A with layer l of B over the prompts:
+        pool every layer's hidden states (embedding output, i.e. the input of the first block,
+        and every block's output), and compute the linear CKA of layer l of A with layer l of B
+        over the prompts:
 
           CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F),  X, Y column-centred   (Eq. 4)
 
-        with PRISM's bootstrap interval (random subsets of half the prompts, 20 times).
-        The number PRISM reports (T14) is the minimum over layers.""",
+        The estimate is CKA on all n prompts, with its 95% delete-one jackknife interval
+        (cka_ci_low, cka_ci_high). PRISM's protocol (CKA on random subsets of half the prompts,
+        20 times) is in the resample_* columns: it estimates CKA on n/2 prompts, which is biased
+        upward, so its interval can exclude the estimate. The number PRISM reports (T14) is the
+        minimum over layers.""",
         """\
         examples:
           prism cka runs/mid runs/rl --probe wiki.txt --probe gsm8k.jsonl --out cka/mid_vs_rl
@@ -144,8 +148,9 @@ def _add_cka(sub) -> None:
           prism cka base/ other/ --probe p.txt --all-pairs           # + L x L heatmap
 
         probe files: .txt (one prompt per line) or .jsonl (field "text").
-        writes OUT/cka.csv (probe, layer, cka, ci_low, ci_high, ...), OUT/summary.json
-        ({probe: {min_cka, argmin_layer, layers}}) and OUT/cka_by_layer.{png,pdf} (F14).""",
+        writes OUT/cka.csv (probe, layer, cka, cka_ci_low, cka_ci_high, resample_mean, ...),
+        OUT/summary.json ({probe: {min_cka, min_cka_ci_low, min_cka_ci_high, argmin_layer, layers}})
+        and OUT/cka_by_layer.{png,pdf} (F14).""",
     )
     p.add_argument("a", type=nonempty, help="first checkpoint (e.g. mid-trained)")
     p.add_argument("b", type=nonempty, help="second checkpoint (e.g. after RL)")
@@ -165,7 +170,10 @@ def _add_cka(sub) -> None:
     )
     p.add_argument("--n", type=POSITIVE, default=200, help="prompts per probe set (default 200, as PRISM)")
     p.add_argument(
-        "--bootstrap", type=number(int, low=0), default=20, help="resamples for the interval (default 20; 0: none)"
+        "--bootstrap",
+        type=number(int, low=0),
+        default=20,
+        help="resamples of PRISM's protocol, the resample_* columns (default 20; 0: none)",
     )
     p.add_argument("--sample", type=POSITIVE, default=None, help="prompts per resample (default: half of n)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")

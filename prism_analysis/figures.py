@@ -58,15 +58,18 @@ def plot_audit(
 
 
 def plot_cka_layers(layers: pd.DataFrame, stem, title: str = "") -> plt.Figure:
-    """F14: linear CKA per layer, one line per probe set, bootstrap interval shaded."""
+    """F14: linear CKA per layer on all prompts (``cka``), one line per probe set, shaded with the
+    interval of that estimate (``cka_ci_low``..``cka_ci_high``, delete-one jackknife). PRISM's
+    resample interval (``resample_ci_*``) belongs to CKA on fewer prompts and is not drawn; a table
+    without ``cka_ci_*`` (written before they existed) is drawn unshaded."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
     for i, (probe, df) in enumerate(layers.groupby("probe", sort=False)):
         color = PALETTE[i % len(PALETTE)]
         ax.plot(df["layer"], df["cka"], marker="o", ms=3.5, color=color, label=probe)
-        if df["ci_low"].notna().any():
-            ax.fill_between(df["layer"], df["ci_low"], df["ci_high"], color=color, alpha=0.2, linewidth=0)
-    ax.set_xlabel("layer (0 = embedding output)")
-    ax.set_ylabel("linear CKA")
+        if "cka_ci_low" in df and df["cka_ci_low"].notna().any():
+            ax.fill_between(df["layer"], df["cka_ci_low"], df["cka_ci_high"], color=color, alpha=0.2, linewidth=0)
+    ax.set_xlabel("layer (0 = embedding output, the input of the first block)")
+    ax.set_ylabel("linear CKA, all prompts\n(shaded: 95% jackknife interval)")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_title("F14: representation similarity per layer" + (f"\n{title}" if title else ""))
     ax.grid(alpha=0.3)

@@ -16,8 +16,8 @@ Only what a command needs is downloaded: the safetensors weights, their index an
 (plus the tokenizer files for commands that run the model). A repository with pickle weights only
 is refused unless ``allow_pickle``.
 
-:func:`remote_checkpoint` reads the tensors' names, shapes and dtypes from the safetensors headers on
-the Hub (a few kilobytes each), so a mismatched pair fails before gigabytes are downloaded.
+:func:`remote_header` reads the tensors' names, shapes and dtypes from the safetensors headers on the
+Hub (a few kilobytes each), so a mismatched pair fails before gigabytes are downloaded.
 """
 
 from __future__ import annotations
@@ -195,15 +195,13 @@ def resolve(
     return fetch(ref, tokenizer=tokenizer, allow_pickle=allow_pickle, progress=progress, cache_dir=cache_dir)
 
 
-def remote_checkpoint(ref: HubReference, allow_pickle: bool = False):
-    """A header-only :class:`~prism_analysis.checkpoint_reader.Checkpoint` of ``ref``: names, shapes and
-    dtypes read from the safetensors headers on the Hub, and ``config.json``; None when offline or when
-    the repository has no safetensors (then the full download decides)."""
+def remote_header(ref: HubReference) -> tuple[dict | None, list[tuple[str, str, tuple, str]]] | None:
+    """``(config, [(tensor name, file, shape, safetensors dtype name), ...])`` of ``ref``, read from
+    the safetensors headers on the Hub (a few kilobytes each) and ``config.json``; None when offline
+    or when the repository has no safetensors (then the full download decides)."""
     import json
 
     from huggingface_hub import hf_hub_download
-
-    from .checkpoint_reader import Checkpoint, TensorInfo, safetensors_dtypes
 
     files = repo_files(ref)
     if files is None:
@@ -212,21 +210,17 @@ def remote_checkpoint(ref: HubReference, allow_pickle: bool = False):
     weights = [f for f in files if f.startswith(prefix) and f.endswith(".safetensors") and "/" not in f[len(prefix) :]]
     if not weights:
         return None
-    api, dtypes, infos = _api(), safetensors_dtypes(), []
-    config = None
+    api, tensors, config = _api(), [], None
     try:
         for f in weights:
             meta = api.parse_safetensors_file_metadata(ref.repo_id, f, revision=ref.revision)
-            for name, t in meta.tensors.items():
-                infos.append(TensorInfo(name, f, tuple(t.shape), dtypes.get(t.dtype)))
+            tensors += [(name, f, tuple(t.shape), t.dtype) for name, t in meta.tensors.items()]
         if prefix + "config.json" in files:
             path = hf_hub_download(ref.repo_id, prefix + "config.json", revision=ref.revision)
             config = json.loads(Path(path).read_text())
-    except PrismError:
-        raise
     except Exception as e:
         raise hub_error(e, ref) from None
-    return Checkpoint.from_header(str(ref), config, infos)
+    return config, tensors
 
 
 def revisions(ref: HubReference, pattern: str) -> list[str]:

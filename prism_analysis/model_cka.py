@@ -2,12 +2,22 @@
 
 For every probe set (a list of prompts) both models are run one prompt per forward pass, every
 layer's hidden states are pooled (mean over tokens by default), and the linear CKA of layer l of A
-with layer l of B is computed over the n prompts, with PRISM's bootstrap (20 random subsets of
-half the prompts; 100 of 200 in the paper) for an interval. The table PRISM reports is the minimum
-over layers (T14). ``all_pairs`` adds the L x L matrix of every layer of A against every layer of B.
+with layer l of B is computed over the n prompts. The table PRISM reports is the minimum over
+layers (T14). ``all_pairs`` adds the L x L matrix of every layer of A against every layer of B.
+
+Two estimators, with columns named after the one they belong to (:data:`COLUMNS`):
+
+- ``cka`` -- CKA on all n prompts, the number printed and plotted -- with its 95% delete-one
+  jackknife interval ``cka_ci_low``, ``cka_ci_high`` (and ``cka_se``): an interval for that
+  estimate, which always contains it (:func:`~prism_analysis.cka.jackknife_cka`).
+- ``resample_*`` -- PRISM's protocol, kept because the paper uses it: CKA on ``bootstrap`` random
+  subsets of ``resample_size`` prompts (half of them by default; 100 of 200 in the paper), their
+  mean, std and percentile interval. That is an estimate of CKA on ``resample_size`` prompts, which
+  is biased upward from CKA on n prompts (unrelated representations: 0.39 on 100 vs 0.24 on 200),
+  so its interval may exclude ``cka``; ``resample_mean`` is the estimate it belongs to.
 
 With ``pool="tokens"`` every real token is a row, streamed through :class:`StreamingCKA` (both
-models run side by side; no bootstrap interval).
+models run side by side; no interval).
 
 Models are loaded one after the other for ``mean``/``last`` pooling, so only one is in memory.
 """
@@ -26,7 +36,7 @@ import torch
 
 from .activations import collect_activations, find_modules, iter_activations
 from .checkpoint_reader import Checkpoint
-from .cka import StreamingCKA, bootstrap_cka, cka_matrix, min_rows
+from .cka import StreamingCKA, bootstrap_cka, cka_matrix, jackknife_cka, layerwise_cka, min_rows
 from .errors import PrismError
 from .hub import resolve
 from .model_loader import load_model
@@ -59,6 +69,31 @@ def read_probe(path: str | os.PathLike) -> list[str]:
     return texts
 
 
+#: The per-layer table: the all-prompts estimate and its jackknife interval, then PRISM's resamples.
+COLUMNS = [
+    "probe",
+    "layer",
+    "cka",
+    "cka_se",
+    "cka_ci_low",
+    "cka_ci_high",
+    "resample_size",
+    "resample_mean",
+    "resample_std",
+    "resample_ci_low",
+    "resample_ci_high",
+    "n",
+]
+
+#: What each group of columns estimates, written to summary.json.
+ESTIMATORS = {
+    "cka": "linear CKA on all n prompts (debiased if asked): the printed estimate",
+    "cka_ci": "95% delete-one jackknife interval of cka: cka -/+ 1.96 cka_se, clipped to CKA's range",
+    "resample": "PRISM's protocol: CKA on random subsets of `resample_size` prompts, repeated; mean, std and "
+    "percentile interval of those values (they estimate CKA on resample_size prompts, not cka)",
+}
+
+
 @dataclass
 class ModelCKA:
     """Result of :func:`model_cka`: tidy per-layer table and optional all-pairs matrices."""
@@ -66,7 +101,7 @@ class ModelCKA:
     a: str
     b: str
     pool: str
-    layers: pd.DataFrame  # probe, layer, cka, mean, std, ci_low, ci_high, n
+    layers: pd.DataFrame  # COLUMNS
     matrices: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def summary(self) -> dict:
@@ -75,6 +110,8 @@ class ModelCKA:
             i = int(df["cka"].values.argmin())
             out[probe] = {
                 "min_cka": float(df["cka"].iloc[i]),
+                "min_cka_ci_low": _float_or_none(df["cka_ci_low"].iloc[i]),
+                "min_cka_ci_high": _float_or_none(df["cka_ci_high"].iloc[i]),
                 "argmin_layer": int(df["layer"].iloc[i]),
                 "n": int(df["n"].iloc[0]),
                 "layers": [float(v) for v in df["cka"]],
@@ -87,7 +124,8 @@ class ModelCKA:
 
         with atomic_output_dir(out, "cka", [self.a, self.b]) as tmp:
             self.layers.to_csv(tmp / "cka.csv", index=False)
-            write_json(tmp / "summary.json", {**self.summary(), "_meta": {"a": self.a, "b": self.b, "pool": self.pool}})
+            meta = {"a": self.a, "b": self.b, "pool": self.pool, "estimators": ESTIMATORS}
+            write_json(tmp / "summary.json", {**self.summary(), "_meta": meta})
             plot_cka_layers(self.layers, tmp / "cka_by_layer", title=f"{Path(self.a).name} vs {Path(self.b).name}")
             for probe, m in self.matrices.items():
                 m.to_csv(tmp / f"cka_matrix_{probe}.csv")
@@ -99,16 +137,25 @@ class ModelCKA:
             f"B: {self.b}",
             f"pooling: {self.pool}",
             "",
-            f"{'probe (T14)':<20}{'n':>6}{'min CKA':>12}{'at layer':>10}",
+            f"{'probe (T14)':<20}{'n':>6}{'min CKA':>12}  {'95% CI (jackknife)':<22}{'at layer':>8}",
         ]
         for probe, s in self.summary().items():
-            lines.append(f"{probe:<20}{s['n']:>6}{s['min_cka']:>12.6f}{s['argmin_layer']:>10}")
+            low, high = s["min_cka_ci_low"], s["min_cka_ci_high"]
+            ci = "" if low is None else f"[{low:.6f}, {high:.6f}]"
+            lines.append(f"{probe:<20}{s['n']:>6}{s['min_cka']:>12.6f}  {ci:<22}{s['argmin_layer']:>8}")
+        lines.append("(CKA on all n prompts, with its delete-one jackknife interval; PRISM's resamples go to cka.csv)")
         return "\n".join(lines)
+
+
+def _float_or_none(v) -> float | None:
+    return None if pd.isna(v) else float(v)
 
 
 def _per_layer(
     probe: str, XA: torch.Tensor, XB: torch.Tensor, bootstrap: int, sample_size: int | None, seed: int, debiased: bool
 ) -> pd.DataFrame:
+    """One probe set's rows of :data:`COLUMNS`: CKA on all prompts with its jackknife interval,
+    and PRISM's resamples when ``bootstrap`` > 0."""
     n = XA.shape[1]
     k = sample_size if sample_size is not None else n // 2
     if bootstrap and k < min_rows(debiased):
@@ -118,18 +165,16 @@ def _per_layer(
         )
     if bootstrap and k > n:
         raise PrismError(f"probe set {probe!r}: --sample {k} is more than its {n} prompts")
-    if bootstrap and k < n:
-        df = bootstrap_cka(XA, XB, n_resamples=bootstrap, sample_size=k, seed=seed, debiased=debiased)
+    if n > min_rows(debiased):  # leaving one prompt out still leaves enough for CKA
+        df = jackknife_cka(XA, XB, debiased=debiased)
     else:
-        from .cka import layerwise_cka
-
         v = layerwise_cka(XA, XB, debiased=debiased).cpu().numpy()
-        df = pd.DataFrame(
-            {"layer": np.arange(len(v)), "cka": v, "mean": v, "std": np.nan, "ci_low": np.nan, "ci_high": np.nan}
-        )
-    df.insert(0, "probe", probe)
+        df = pd.DataFrame({"layer": np.arange(len(v)), "cka": v})
+    if bootstrap and k < n:
+        df = df.merge(bootstrap_cka(XA, XB, n_resamples=bootstrap, sample_size=k, seed=seed, debiased=debiased))
+    df["probe"] = probe
     df["n"] = n
-    return df
+    return df.reindex(columns=COLUMNS)
 
 
 def model_cka(
@@ -219,18 +264,14 @@ def model_cka(
                 matrices[name] = cka_matrix(XA, XB, debiased=debiased, as_frame=True)
         except ValueError as e:  # e.g. every prompt gives the same representation
             raise PrismError(f"probe set {name!r}: {e}") from None
-    layers = (
-        pd.concat(tables, ignore_index=True)
-        if tables
-        else pd.DataFrame(columns=["probe", "layer", "cka", "mean", "std", "ci_low", "ci_high", "n"])
-    )
+    layers = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
     return ModelCKA(*names, pool, layers, matrices)
 
 
 def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress, names) -> ModelCKA:
     ma, ta = load_model(a, **load)
     mb, tb = load_model(b, **load)
-    if find_modules(ma)[2] != find_modules(mb)[2]:
+    if find_modules(ma)[1] != find_modules(mb)[1]:
         raise PrismError("models have different layer counts; token-level CKA compares matched layers", b)
     tables = []
     for name, texts in probes.items():
@@ -250,18 +291,5 @@ def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress, n
             v = s.compute().cpu().numpy()
         except ValueError as e:
             raise PrismError(f"probe set {name!r}: {e}") from None
-        tables.append(
-            pd.DataFrame(
-                {
-                    "probe": name,
-                    "layer": np.arange(len(v)),
-                    "cka": v,
-                    "mean": v,
-                    "std": np.nan,
-                    "ci_low": np.nan,
-                    "ci_high": np.nan,
-                    "n": rows,
-                }
-            )
-        )
+        tables.append(pd.DataFrame({"probe": name, "layer": np.arange(len(v)), "cka": v, "n": rows}, columns=COLUMNS))
     return ModelCKA(*names, "tokens", pd.concat(tables, ignore_index=True))

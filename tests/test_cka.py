@@ -226,19 +226,131 @@ def test_minibatch_cka():
     assert mb.compute()[0, 1].item() == pytest.approx(hxy / np.sqrt(hxx * hyy), abs=1e-12)
 
 
-def test_bootstrap_is_seeded_and_brackets_the_estimate():
+def test_bootstrap_is_seeded_and_brackets_its_own_mean():
     rng = np.random.default_rng(5)
     X = rng.standard_normal((3, 200, 10))
     Y = X + rng.standard_normal((3, 200, 10)) * np.array([0.1, 1.0, 3.0])[:, None, None]
     a = cka.bootstrap_cka(X, Y, n_resamples=20, sample_size=100, seed=7)
     b = cka.bootstrap_cka(X, Y, n_resamples=20, sample_size=100, seed=7)
     assert a.equals(b)
-    assert list(a.columns) == ["layer", "cka", "mean", "std", "ci_low", "ci_high"]
-    assert (a["ci_low"] <= a["mean"]).all() and (a["mean"] <= a["ci_high"]).all()
-    assert (a["std"] > 0).all()
-    assert a["cka"].is_monotonic_decreasing  # more noise, lower CKA
+    assert list(a.columns) == [
+        "layer",
+        "resample_size",
+        "resample_mean",
+        "resample_std",
+        "resample_ci_low",
+        "resample_ci_high",
+    ]
+    assert (a["resample_size"] == 100).all()
+    assert (a["resample_ci_low"] <= a["resample_mean"]).all() and (a["resample_mean"] <= a["resample_ci_high"]).all()
+    assert (a["resample_std"] > 0).all()
+    assert a["resample_mean"].is_monotonic_decreasing  # more noise, lower CKA
     with pytest.raises(ValueError, match="without replacement"):
         cka.bootstrap_cka(X, Y, sample_size=300)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+@pytest.mark.parametrize("n,d", [(40, 6), (12, 20)])  # feature form, Gram form
+def test_delete_one_cka_is_cka_with_each_row_left_out(n, d, debiased):
+    rng = np.random.default_rng(n + d)
+    X = rng.standard_normal((2, n, d)) * rng.uniform(0.1, 30, d) + rng.uniform(-50, 50, d)
+    Y = X[..., :5] @ rng.standard_normal((5, 7)) + rng.standard_normal((2, n, 7))
+    values = cka.delete_one_cka(X, Y, debiased=debiased)
+    assert values.shape == (n, 2) and values.dtype == torch.float64
+    for i in range(n):
+        for layer in range(2):
+            Xi, Yi = np.delete(X[layer], i, 0), np.delete(Y[layer], i, 0)
+            assert values[i, layer].item() == pytest.approx(cka_reference(Xi, Yi, debiased), abs=1e-12)
+
+
+def test_delete_one_cka_keeps_float64_accuracy_on_llm_like_activations():
+    """Outlier channels (1e3-1e4), nonzero mean, CKA ~ 0.9994: the leave-one-out values differ from
+    each other by ~1e-5, and their deviations (what the jackknife uses) keep 7 digits (measured: 9)."""
+    X, Y = llm_like(120, 32, seed=1)
+    X, Y = X.astype(np.float64), Y.astype(np.float64)
+    values = cka.delete_one_cka(X[None], Y[None])[:, 0].numpy()
+    ref = np.array([cka_reference(np.delete(X, i, 0), np.delete(Y, i, 0), False) for i in range(len(X))])
+    spread = ref.std()
+    assert 0 < spread < 1e-4
+    assert np.abs((values - values.mean()) - (ref - ref.mean())).max() < 1e-7 * spread
+
+
+def test_printed_interval_contains_the_estimate_on_unrelated_representations():
+    """The issue: unrelated representations, 200 rows of 64 dims. CKA on 200 rows is ~0.24; on
+    PRISM's resamples of 100 rows it is ~0.39, so their interval lies above the estimate. The
+    interval printed next to the estimate is its jackknife interval, which contains it."""
+    from prism_analysis.model_cka import _per_layer
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((3, 200, 64)), rng.standard_normal((3, 200, 64))
+    table = _per_layer("random", torch.tensor(X), torch.tensor(Y), 20, None, 0, False)
+    assert (table["cka_ci_low"] <= table["cka"]).all() and (table["cka"] <= table["cka_ci_high"]).all()
+    assert (table["cka_ci_high"] - table["cka_ci_low"] < 0.05).all()  # an informative interval
+    # PRISM's protocol, kept in its own columns: an interval for CKA on 100 rows, above cka on 200
+    assert (table["resample_size"] == 100).all()
+    assert (table["resample_ci_low"] > table["cka"] + 0.1).all()
+    assert (
+        (table["resample_ci_low"] <= table["resample_mean"]) & (table["resample_mean"] <= table["resample_ci_high"])
+    ).all()
+
+
+def test_jackknife_se_is_the_spread_of_cka_over_independent_samples():
+    """The interval is for the all-rows estimator: its se matches the standard deviation of CKA on
+    n rows over independent data sets (jackknife: slightly conservative), and cka +- 1.96 se covers
+    the estimator's mean in about 95% of them (or more). Percentile resample intervals, for CKA on
+    fewer rows or on rows with duplicates, cover it almost never here."""
+    rng = np.random.default_rng(1)
+    n, d, runs = 100, 16, 200
+    estimates, ses, rows = [], [], []
+    for _ in range(runs):
+        X = rng.standard_normal((n, d))
+        Y = 0.5 * X + rng.standard_normal((n, d))
+        jk = cka.jackknife_cka(X, Y)
+        estimates.append(jk["cka"][0])
+        ses.append(jk["cka_se"][0])
+        rows.append(jk)
+    estimates, ses = np.array(estimates), np.array(ses)
+    sd = estimates.std(ddof=1)
+    assert 0.9 * sd < ses.mean() < 1.5 * sd
+    mean = estimates.mean()
+    covered = np.mean([(r["cka_ci_low"][0] <= mean <= r["cka_ci_high"][0]) for r in rows])
+    assert covered >= 0.93
+    X = rng.standard_normal((n, d))
+    Y = 0.5 * X + rng.standard_normal((n, d))
+    with_replacement = cka.bootstrap_cka(X, Y, n_resamples=20, sample_size=n, replace=True)
+    assert with_replacement["resample_ci_low"][0] > mean  # duplicated rows inflate linear CKA
+
+
+@st.composite
+def representation_pairs(draw):
+    """Two stacks of representations (L x n x d): related or not, heavy-tailed or not, and at times
+    with a single row carrying all the variance (leaving it out makes CKA undefined)."""
+    n, d1, d2, layers = draw(st.integers(4, 40)), draw(st.integers(1, 12)), draw(st.integers(1, 12)), 2
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    X = rng.standard_normal((layers, n, d1)) * np.array(draw(st.lists(st.floats(1e-2, 1e2), min_size=d1, max_size=d1)))
+    if draw(st.booleans()):
+        X = X**3  # heavy tails: a few rows dominate
+    relation = draw(st.floats(0, 3))
+    Y = relation * X[..., :1] * rng.standard_normal(d2) + rng.standard_normal((layers, n, d2))
+    if draw(st.booleans()):
+        X[:, 1:] = X[:, 1:2]  # every row but row 0 the same
+    return X + draw(st.floats(-1e3, 1e3)), Y
+
+
+@settings(max_examples=80, deadline=None)
+@given(representation_pairs(), st.booleans(), st.sampled_from([0.5, 0.9, 0.95, 0.99]))
+def test_the_interval_always_contains_the_estimate(pair, debiased, ci):
+    X, Y = pair
+    assume(X.shape[1] > cka.min_rows(debiased))
+    try:
+        table = cka.jackknife_cka(X, Y, debiased=debiased, ci=ci)
+    except ValueError:  # CKA itself undefined on these rows (no variance, or debiased self-HSIC <= 0)
+        return
+    low = -1.0 if debiased else 0.0
+    assert (low <= table["cka_ci_low"]).all() and (table["cka_ci_high"] <= 1.0).all()
+    assert (table["cka_ci_low"] <= table["cka"]).all() and (table["cka"] <= table["cka_ci_high"]).all()
+    assert (table["cka_se"] >= 0).all()  # inf where leaving a row out leaves CKA undefined
+    np.testing.assert_array_equal(table["cka"], cka.layerwise_cka(X, Y, debiased=debiased).numpy())
 
 
 def llm_like(n, d, seed):

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from helpers import PROSE, save_model
 
-from prism_analysis.model_cka import model_cka, read_probe
+from prism_analysis.model_cka import COLUMNS, model_cka, read_probe
 from prism_cli import main
 
 
@@ -59,23 +60,41 @@ def test_cli_writes_outputs(models, capsys):
     )
     assert code == 0
     df = pd.read_csv(out / "cka.csv")
-    assert {"probe", "layer", "cka", "ci_low", "ci_high"} <= set(df.columns)
-    assert set(df["probe"]) == {"wiki", "gsm8k"} and (df["n"] == 10).all()
+    assert list(df.columns) == COLUMNS
+    assert set(df["probe"]) == {"wiki", "gsm8k"} and (df["n"] == 10).all() and (df["resample_size"] == 5).all()
+    assert ((df["cka_ci_low"] <= df["cka"]) & (df["cka"] <= df["cka_ci_high"])).all()
+    assert ((df["resample_ci_low"] <= df["resample_mean"]) & (df["resample_mean"] <= df["resample_ci_high"])).all()
     s = json.loads((out / "summary.json").read_text())
     for probe in ("wiki", "gsm8k"):
-        assert {"min_cka", "argmin_layer", "layers"} <= set(s[probe]) and len(s[probe]["layers"]) == 5
-        assert s[probe]["min_cka"] == min(s[probe]["layers"])
+        v = s[probe]
+        assert {"min_cka", "min_cka_ci_low", "min_cka_ci_high", "argmin_layer", "layers"} <= set(v)
+        assert len(v["layers"]) == 5 and v["min_cka"] == min(v["layers"])
+        assert v["min_cka_ci_low"] <= v["min_cka"] <= v["min_cka_ci_high"]
+    assert set(s["_meta"]["estimators"]) == {"cka", "cka_ci", "resample"}
     for f in ["cka_by_layer.png", "cka_by_layer.pdf", "cka_matrix_wiki.csv", "cka_matrix_wiki.png"]:
         assert (out / f).is_file(), f
     m = pd.read_csv(out / "cka_matrix_wiki.csv", index_col=0)
     assert m.shape == (5, 5)
-    assert "min CKA" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "min CKA" in printed and "95% CI (jackknife)" in printed
+    wiki = s["wiki"]
+    assert f"{wiki['min_cka']:.6f}  [{wiki['min_cka_ci_low']:.6f}, {wiki['min_cka_ci_high']:.6f}]" in printed
+
+
+def test_figure_draws_tables_written_before_the_interval_columns(tmp):
+    """Tables saved by older versions (ci_low/ci_high: PRISM's resample interval) are drawn unshaded."""
+    from prism_analysis.figures import plot_cka_layers
+
+    old = pd.DataFrame({"probe": "wiki", "layer": range(3), "cka": [0.9, 0.8, 0.7], "ci_low": 0.5, "ci_high": 0.6})
+    plot_cka_layers(old, tmp / "f14")
+    assert (tmp / "f14.png").is_file()
 
 
 def test_token_pooling_streams(models):
     probes = {"wiki": read_probe(models / "wiki.txt")[:4]}
     res = model_cka(models / "base", models / "near", probes, pool="tokens", progress=False, device="cpu")
     assert (res.layers["cka"] > 0.9).all() and res.layers["n"].iloc[0] > 4
+    assert list(res.layers.columns) == COLUMNS and res.layers["cka_ci_low"].isna().all()  # no interval
 
 
 @pytest.mark.parametrize("case", ["missing_probe", "empty_probe", "bad_jsonl", "layer_count", "bad_ckpt"])
@@ -101,3 +120,18 @@ def test_bad_input(models, tmp, capsys, case):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("prism: error: ") and "\n" not in err, err
     assert not out.exists()
+
+
+def test_resamples_and_interval_are_left_empty_when_they_cannot_be_had():
+    """--bootstrap 0: no resample columns; 3 prompts (biased CKA's minimum): no jackknife, as
+    leaving one out leaves 2 rows, on which CKA is 1 whatever the data."""
+    from prism_analysis.model_cka import ModelCKA, _per_layer
+
+    rng = np.random.default_rng(0)
+    X, Y = torch.tensor(rng.standard_normal((2, 10, 4))), torch.tensor(rng.standard_normal((2, 10, 4)))
+    ten = _per_layer("p", X, Y, 0, None, 0, False)
+    assert list(ten.columns) == COLUMNS and ten["resample_mean"].isna().all() and ten["cka_ci_low"].notna().all()
+    three = _per_layer("p", X[:, :3], Y[:, :3], 0, None, 0, False)
+    assert three["cka"].notna().all() and three["cka_ci_low"].isna().all()
+    printed = ModelCKA("a", "b", "mean", three).format()
+    assert "[" not in printed.splitlines()[-2]  # the probe's line shows no interval
