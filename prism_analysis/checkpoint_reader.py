@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from .errors import PrismError, os_problem
+from .lora import ADAPTER_CONFIG, LoraCheckpoint, adapter_weights_file, split_reference
 from .progress import progress_bar
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -201,8 +202,27 @@ class Checkpoint:
 
 
 def open_checkpoint(path: str | os.PathLike | Checkpoint, allow_pickle: bool = False) -> Checkpoint:
-    """A :class:`Checkpoint` for ``path`` (passed through when it already is one)."""
-    return path if isinstance(path, Checkpoint) else Checkpoint(path, allow_pickle=allow_pickle)
+    """A :class:`Checkpoint` for ``path`` (passed through when it already is one, or a
+    :class:`~prism_analysis.lora.LoraCheckpoint`). ``BASE+ADAPTER`` -- an existing path, ``+``, a PEFT
+    adapter directory -- opens the base with the LoRA adapter merged (:func:`open_lora`)."""
+    if isinstance(path, (Checkpoint, LoraCheckpoint)):
+        return path
+    if (reference := split_reference(path)) is not None:
+        return open_lora(*reference, allow_pickle=allow_pickle)
+    return Checkpoint(path, allow_pickle=allow_pickle)
+
+
+def open_lora(base, adapter_dir: str | os.PathLike, allow_pickle: bool = False) -> LoraCheckpoint:
+    """``base`` (a path or an opened checkpoint) with the PEFT LoRA adapter in ``adapter_dir`` merged,
+    one tensor at a time (:mod:`prism_analysis.lora`): its ``adapter_config.json`` and
+    ``adapter_model.safetensors`` (``adapter_model.bin`` only with ``allow_pickle``)."""
+    adapter_dir = Path(adapter_dir)
+    config = adapter_dir / ADAPTER_CONFIG
+    if _kind(config, missing_ok=True) != "file":
+        raise PrismError(f"not a PEFT adapter directory (no {ADAPTER_CONFIG})", adapter_dir)
+    adapter_config = _read_json(config, ADAPTER_CONFIG)
+    weights = Checkpoint(adapter_weights_file(adapter_dir), allow_pickle=allow_pickle)
+    return LoraCheckpoint(open_checkpoint(base, allow_pickle), adapter_dir, adapter_config, weights)
 
 
 def _one_line(e: BaseException) -> str:
