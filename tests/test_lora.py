@@ -250,6 +250,17 @@ def test_cli_audit_base_against_base_plus_adapter(plain, tmp, capsys):
     assert "no adapter_config.json" in err and len(err.strip().splitlines()) == 1
 
 
+def test_out_may_not_hold_the_base_or_the_adapter(plain, tmp):
+    """--out is checked against both halves of BASE+ADAPTER: a previous audit output holding the
+    adapter is refused, not replaced (which would delete the adapter)."""
+    base, adapter, _ = plain
+    out = tmp / "out"
+    assert main(["audit", str(base), str(base), "--out", str(out), "--quiet", "--no-figure"]) == 0
+    shutil.move(adapter, out / "adapter")
+    assert main(["audit", str(base), f"{base}+{out / 'adapter'}", "--out", str(out), "--quiet"]) == 2
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_peak_memory_is_one_tensor_not_the_merged_model(tmp):
     """Audit a 256 MiB base against itself + a LoRA on every tensor: the merged model (256 MiB more)
     is never materialised; extra resident memory stays at a few tensors."""
