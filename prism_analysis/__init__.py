@@ -5,6 +5,7 @@ imports alone (the training package, ``prism_train``, is optional). Modules:
 
 - :mod:`prism_analysis.metrics`           the metric definitions: normalized L2, "changed at tau", thresholds
 - :mod:`prism_analysis.checkpoint_reader` read checkpoints lazily, align them, stream aligned tensors
+- :mod:`prism_analysis.lora`              ``BASE+ADAPTER``: a PEFT LoRA adapter merged one tensor at a time
 - :mod:`prism_analysis.components`        tensor name -> (layer, component), the parts of fused tensors
 - :mod:`prism_analysis.weights`           update size and sparsity of a pair (Eq. 1, T12/T22/T23)
 - :mod:`prism_analysis.compare`           two updates side by side (Eq. 2, F12, F26)

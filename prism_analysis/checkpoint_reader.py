@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from .errors import PrismError, os_problem
+from .lora import ADAPTER_CONFIG, LoraCheckpoint, adapter_weights_file, split_reference
 from .progress import progress_bar
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -246,18 +247,41 @@ def is_checkpoint(obj) -> bool:
 
 
 def open_checkpoint(source, allow_pickle: bool = False, tokenizer: bool = False, progress: bool = True) -> Checkpoint:
-    """The checkpoint ``source`` names: a local path, or a Hub reference (``org/name@revision:sub``,
-    see :mod:`prism_analysis.hub`), downloaded to the Hub cache first; an opened checkpoint passes
-    through. ``tokenizer``: also fetch the tokenizer files (for commands that run the model)."""
+    """The checkpoint ``source`` names, opened (an opened checkpoint passes through):
+
+    - a local path (it wins whenever it exists);
+    - a Hub reference (``org/name@revision:sub``, see :mod:`prism_analysis.hub`), downloaded to the
+      Hub cache first (``tokenizer``: with the tokenizer files, for commands that run the model);
+    - ``BASE+ADAPTER``: a base (a path or Hub reference) with a PEFT LoRA adapter (a directory or a
+      Hub reference) merged one tensor at a time (:func:`open_lora`).
+    """
     if is_checkpoint(source):
         return source
     from . import hub
 
+    if (pair := split_reference(source)) is not None or (pair := hub.split_adapter_reference(source)) is not None:
+        base, adapter = pair
+        if not isinstance(adapter, (str, os.PathLike)) or not Path(adapter).exists():
+            adapter = hub.fetch_adapter(hub.parse_reference(adapter), allow_pickle=allow_pickle, progress=progress)
+        return open_lora(open_checkpoint(base, allow_pickle, tokenizer, progress), adapter, allow_pickle)
     ref = hub.parse_reference(source)
     if isinstance(ref, Path):
         return Checkpoint(ref, allow_pickle=allow_pickle)
     local = hub.fetch(ref, tokenizer=tokenizer, allow_pickle=allow_pickle, progress=progress)
     return Checkpoint(local, allow_pickle=allow_pickle, source=str(ref))
+
+
+def open_lora(base, adapter_dir: str | os.PathLike, allow_pickle: bool = False) -> LoraCheckpoint:
+    """``base`` (a path or an opened checkpoint) with the PEFT LoRA adapter in ``adapter_dir`` merged,
+    one tensor at a time (:mod:`prism_analysis.lora`): its ``adapter_config.json`` and
+    ``adapter_model.safetensors`` (``adapter_model.bin`` only with ``allow_pickle``)."""
+    adapter_dir = Path(adapter_dir)
+    config = adapter_dir / ADAPTER_CONFIG
+    if _kind(config, missing_ok=True) != "file":
+        raise PrismError(f"not a PEFT adapter directory (no {ADAPTER_CONFIG})", adapter_dir)
+    adapter_config = _read_json(config, ADAPTER_CONFIG)
+    weights = Checkpoint(adapter_weights_file(adapter_dir), allow_pickle=allow_pickle)
+    return LoraCheckpoint(open_checkpoint(base, allow_pickle), adapter_dir, adapter_config, weights)
 
 
 def _one_line(e: BaseException) -> str:
@@ -442,13 +466,26 @@ def open_aligned(
     """
     from . import hub
 
-    sources = [s if is_checkpoint(s) else hub.parse_reference(s) for s in sources]
+    sources = [_reference(s) for s in sources]
     if any(isinstance(s, hub.HubReference) for s in sources):
         headers = [_remote_checkpoint(s) if isinstance(s, hub.HubReference) else s for s in sources]
         if all(h is not None for h in headers):
             _check_aligned([open_checkpoint(h, allow_pickle) for h in headers])
     ckpts = [open_checkpoint(s, allow_pickle, progress=progress) for s in sources]
     return ckpts, _check_aligned(ckpts)
+
+
+def _reference(source):
+    """An opened checkpoint as it is; a path or Hub reference parsed; anything else (``BASE+ADAPTER``)
+    left for :func:`open_checkpoint` to read."""
+    from . import hub
+
+    if is_checkpoint(source):
+        return source
+    try:
+        return hub.parse_reference(source)
+    except PrismError:
+        return source
 
 
 def _remote_checkpoint(ref) -> Checkpoint | None:

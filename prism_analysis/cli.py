@@ -73,12 +73,14 @@ def _add_audit(sub) -> None:
           normalized L2      ||W_B - W_A||_F / ||W_A||_F  (groups: over the concatenation)
           fraction changed   share of elements with |w_B - w_A| > tau * |w_A|, for every tau
           fraction equal     share of elements bitwise equal in the stored dtype
-        A and B may be model directories (single or sharded safetensors) or .safetensors files.""",
+        A and B may be model directories (single or sharded safetensors) or .safetensors files;
+        BASE+ADAPTER is BASE with a PEFT LoRA adapter directory merged (audit BASE against it).""",
         """\
         examples:
           prism audit runs/base runs/mid --out audits/base_to_mid
           prism audit mid/model.safetensors rl/model.safetensors --thresholds 0.1%,1%,10%
           prism audit base/ mid/ --out out/ --device cuda     # statistics on the GPU
+          prism audit base/ base/+lora/ --out audits/lora     # the update a LoRA adapter makes
 
         writes OUT/summary.json, OUT/tensors.csv, OUT/layers.csv, OUT/components.csv (OUT/experts.csv
         for a MoE model) and OUT/update_by_layer_and_component.{png,pdf} (F11); OUT appears only when

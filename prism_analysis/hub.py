@@ -125,6 +125,38 @@ def _patterns(ref: HubReference, names) -> list[str]:
     return [prefix + n for n in names]
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def split_adapter_reference(source) -> tuple[str, str] | None:
+    """``(BASE, ADAPTER)`` when ``source`` reads ``BASE+ADAPTER`` with either side on the Hub (each
+    side a local path that exists or a Hub reference); None otherwise. Local-only pairs are split by
+    :func:`prism_analysis.lora.split_reference`."""
+    text = os.fspath(source) if not isinstance(source, HubReference) else str(source)
+    if "+" not in text or Path(text).exists():
+        return None
+    for i, c in enumerate(text):
+        if c != "+":
+            continue
+        base, adapter = text[:i], text[i + 1 :]
+        sides = [Path(x).exists() or REFERENCE.match(x) is not None for x in (base, adapter)]
+        if all(sides) and (is_hub_reference(base) or is_hub_reference(adapter)):
+            return base, adapter
+    return None
+
+
+def fetch_adapter(ref: HubReference, allow_pickle: bool = False, progress: bool = True) -> Path:
+    """Download (or find in the cache) a PEFT adapter on the Hub; its local folder."""
+    from huggingface_hub import snapshot_download
+
+    names = list(ADAPTER_FILES) + (["adapter_model.bin"] if allow_pickle else [])
+    try:
+        folder = snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=_patterns(ref, names))
+    except Exception as e:
+        raise hub_error(e, ref) from None
+    return Path(folder) / ref.subfolder if ref.subfolder else Path(folder)
+
+
 def repo_files(ref: HubReference) -> list[str] | None:
     """The repository's files at the revision (paths inside the repo), or None offline."""
     if _offline():

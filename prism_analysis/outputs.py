@@ -90,6 +90,15 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+def _input_paths(src) -> list[Path]:
+    """The paths an input names: itself, or both halves of ``BASE+ADAPTER`` (:mod:`prism_analysis.lora`)."""
+    if "+" not in str(src) or Path(src).exists():
+        return [Path(src)]
+    from .lora import split_reference  # imports torch: only for a '+' that names no path
+
+    return [Path(p) for p in split_reference(src) or [src]]
+
+
 def check_destination(out: str | os.PathLike, command: str, inputs=()) -> Path:
     """Refuse an output path that would destroy something the command did not write.
 
@@ -106,11 +115,9 @@ def check_destination(out: str | os.PathLike, command: str, inputs=()) -> Path:
     for src in inputs:
         if src is None or not str(src):
             continue
-        p = Path(src)
-        if not p.exists():
-            continue
-        if _inside(p.resolve(), resolved):
-            raise PrismError(f"refusing to write over an input of this command ({src})", out)
+        for p in _input_paths(src):
+            if p.exists() and _inside(p.resolve(), resolved):
+                raise PrismError(f"refusing to write over an input of this command ({src})", out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise PrismError("exists and is not a directory; remove it or name another --out", out)
     if out.is_dir() and any(out.iterdir()) and not is_output_of(out, command):
