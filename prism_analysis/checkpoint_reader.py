@@ -259,9 +259,11 @@ def open_checkpoint(source, allow_pickle: bool = False, tokenizer: bool = False,
         return source
     from . import hub
 
-    if (pair := split_reference(source)) is not None or (pair := hub.split_adapter_reference(source)) is not None:
+    if not isinstance(source, hub.HubReference) and (
+        (pair := split_reference(source)) is not None or (pair := hub.split_adapter_reference(source)) is not None
+    ):
         base, adapter = pair
-        if not isinstance(adapter, (str, os.PathLike)) or not Path(adapter).exists():
+        if not Path(adapter).exists():
             adapter = hub.fetch_adapter(hub.parse_reference(adapter), allow_pickle=allow_pickle, progress=progress)
         return open_lora(open_checkpoint(base, allow_pickle, tokenizer, progress), adapter, allow_pickle)
     ref = hub.parse_reference(source)
