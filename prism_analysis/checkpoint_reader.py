@@ -27,13 +27,16 @@ import functools
 import json
 import mmap
 import os
-import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .checkpoint_base import CheckpointBase, TensorInfo
+from .checkpoint_base import file_kind as _kind
+from .checkpoint_base import one_line as _one_line
+from .checkpoint_base import read_json as _read_json
 from .errors import PrismError, os_problem
 from .progress import progress_bar
 
@@ -67,33 +70,7 @@ def safetensors_dtypes() -> dict[str, torch.dtype]:
     return table
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where a tensor lives and what it is, known from the header alone.
-
-    ``start``/``end``: byte range in ``file`` (safetensors; -1 for pickle files).
-    """
-
-    name: str
-    file: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    start: int = -1
-    end: int = -1
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
-
-
-class Checkpoint:
+class Checkpoint(CheckpointBase):
     """Lazy view of one checkpoint's tensors. Headers are read on open; data on :meth:`get`.
 
     Attributes: ``path``, ``tensors`` (name -> :class:`TensorInfo`), ``config`` (``config.json``
@@ -156,35 +133,7 @@ class Checkpoint:
         self.is_pickle = True
         return files
 
-    def _tied_aliases(self) -> dict[str, str]:
-        """``lm_head.weight`` -> embedding name when the head is tied and not stored."""
-        if "lm_head.weight" in self.tensors:
-            return {}
-        tied = (self.config or {}).get("tie_word_embeddings")
-        embeds = [n for n in self.tensors if n.endswith(("embed_tokens.weight", "embeddings.weight", "wte.weight"))]
-        if tied is not False and len(embeds) == 1:
-            return {"lm_head.weight": embeds[0]}
-        return {}
-
     # -- reading -----------------------------------------------------------------------------
-    @property
-    def names(self) -> list[str]:
-        return list(self.tensors)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
-
-    @property
-    def architecture(self) -> str | None:
-        """``model_type`` from config.json (else ``architectures[0]``), None without a config."""
-        cfg = self.config or {}
-        archs = cfg.get("architectures") or [None]
-        return cfg.get("model_type") or archs[0]
-
-    def info(self, name: str) -> TensorInfo:
-        return self.tensors[self.aliases.get(name, name)]
-
     def get(self, name: str) -> torch.Tensor:
         """The tensor ``name`` on the CPU, in its stored dtype, zero-copy from a private memory map
         of just its bytes (safetensors) that lives as long as the tensor."""
@@ -196,43 +145,10 @@ class Checkpoint:
         except OSError as e:
             raise PrismError(f"cannot read tensor {info.name!r} ({os_problem(e)})", info.file) from None
 
-    def __repr__(self) -> str:
-        return f"Checkpoint({str(self.path)!r}, tensors={len(self.tensors)}, bytes={self.nbytes})"
 
-
-def open_checkpoint(path: str | os.PathLike | Checkpoint, allow_pickle: bool = False) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike | CheckpointBase, allow_pickle: bool = False) -> CheckpointBase:
     """A :class:`Checkpoint` for ``path`` (passed through when it already is one)."""
-    return path if isinstance(path, Checkpoint) else Checkpoint(path, allow_pickle=allow_pickle)
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def _kind(p: Path, missing_ok: bool = False) -> str | None:
-    """``"file"``, ``"dir"`` (or None when missing and ``missing_ok``); refuses special files."""
-    try:
-        mode = p.stat().st_mode
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise PrismError("no such file or directory", p) from None
-    except OSError as e:
-        raise PrismError(f"cannot access ({os_problem(e)})", p) from None
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if not stat.S_ISREG(mode):
-        raise PrismError("not a regular file (a pipe, device or socket cannot be a checkpoint)", p)
-    return "file"
-
-
-def _read_json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise PrismError(f"cannot read {what} ({os_problem(e)})", path) from None
-    except ValueError as e:
-        raise PrismError(f"{what} is not valid JSON ({_one_line(e)})", path) from None
+    return path if isinstance(path, CheckpointBase) else Checkpoint(path, allow_pickle=allow_pickle)
 
 
 def _read_config(path: Path) -> dict | None:
