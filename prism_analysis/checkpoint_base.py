@@ -1,9 +1,9 @@
 """What every checkpoint view shares: :class:`TensorInfo`, :class:`CheckpointBase` and file checks.
 
-Readers of checkpoint formats build on it (:mod:`prism_analysis.checkpoint_reader`: Hugging Face
-safetensors and, when allowed, pickle files). Everything above them -- alignment, streaming, the
-statistics -- sees only this interface: ``tensors``, ``aliases``, ``config``, ``names``,
-``info(name)`` and ``get(name)``.
+Two readers build on it: :mod:`prism_analysis.checkpoint_reader` (Hugging Face safetensors and,
+when allowed, pickle files) and :mod:`prism_analysis.dcp_reader` (torch.distributed.checkpoint
+directories). Everything above them -- alignment, streaming, the statistics -- sees only this
+interface: ``tensors``, ``aliases``, ``config``, ``names``, ``info(name)`` and ``get(name)``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ EMBEDDING_SUFFIXES = ("embed_tokens.weight", "embeddings.weight", "wte.weight")
 class TensorInfo:
     """Where a tensor lives and what it is, known from the header alone.
 
-    ``start``/``end``: byte range in ``file`` (safetensors; -1 for pickle files).
+    ``start``/``end``: byte range in ``file`` (safetensors; -1 for pickle files and DCP directories,
+    whose tensors are read from their chunks).
     """
 
     name: str

@@ -8,6 +8,10 @@ A :class:`Checkpoint` is a read-only view of the tensors of
 - (only with ``allow_pickle=True``) ``pytorch_model.bin`` files, loaded with
   ``torch.load(weights_only=True, mmap=True)``. Pickle is refused by default: it can run code.
 
+A torch.distributed.checkpoint (DCP) directory -- sharded training checkpoints, an HF Trainer
+``checkpoint-N/pytorch_model_fsdp_0/`` -- opens as a :class:`~prism_analysis.dcp_reader.DcpCheckpoint`,
+from :func:`open_checkpoint` and from ``Checkpoint(path)`` alike.
+
 Time and memory. Each file's header is validated (by safetensors) and parsed once, on open, so the
 cost of reading grows linearly with the number of tensors. :meth:`Checkpoint.get` then maps just
 that tensor's bytes (``mmap`` of its page-aligned range, copy-on-write): the mapping lives exactly as
@@ -37,6 +41,7 @@ from .checkpoint_base import CheckpointBase, TensorInfo
 from .checkpoint_base import file_kind as _kind
 from .checkpoint_base import one_line as _one_line
 from .checkpoint_base import read_json as _read_json
+from .dcp_reader import DcpCheckpoint, is_dcp_checkpoint
 from .errors import PrismError, os_problem
 from .progress import progress_bar
 
@@ -77,6 +82,13 @@ class Checkpoint(CheckpointBase):
     as a dict, or None), ``aliases`` (names served by another tensor, e.g. a tied
     ``lm_head.weight`` -> ``model.embed_tokens.weight``).
     """
+
+    def __new__(cls, path: str | os.PathLike | None = None, *args, **kwargs):
+        """``Checkpoint(path)`` of a torch.distributed.checkpoint directory routes through
+        :func:`open_checkpoint` and gives a ``DcpCheckpoint``."""
+        if cls is Checkpoint and path is not None and is_dcp_checkpoint(path):
+            return open_checkpoint(path, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, path: str | os.PathLike, allow_pickle: bool = False):
         self.path = Path(path)
@@ -146,9 +158,19 @@ class Checkpoint(CheckpointBase):
             raise PrismError(f"cannot read tensor {info.name!r} ({os_problem(e)})", info.file) from None
 
 
-def open_checkpoint(path: str | os.PathLike | CheckpointBase, allow_pickle: bool = False) -> CheckpointBase:
-    """A :class:`Checkpoint` for ``path`` (passed through when it already is one)."""
-    return path if isinstance(path, CheckpointBase) else Checkpoint(path, allow_pickle=allow_pickle)
+def open_checkpoint(
+    path: str | os.PathLike | CheckpointBase, allow_pickle: bool = False, config=None
+) -> CheckpointBase:
+    """A :class:`Checkpoint` for ``path`` (passed through when it already is one).
+
+    A torch.distributed.checkpoint directory gives a :class:`~prism_analysis.dcp_reader.DcpCheckpoint`,
+    whose architecture comes from ``config`` (a config.json path) when given.
+    """
+    if isinstance(path, CheckpointBase):
+        return path
+    if is_dcp_checkpoint(path):
+        return DcpCheckpoint(path, allow_pickle=allow_pickle, config=config)
+    return Checkpoint(path, allow_pickle=allow_pickle)
 
 
 def _read_config(path: Path) -> dict | None:
@@ -291,13 +313,14 @@ def align(a: Checkpoint, b: Checkpoint) -> Alignment:
     return Alignment(common, only_a, only_b, tied)
 
 
-def open_aligned(sources: Iterable, allow_pickle: bool = False) -> tuple[list[Checkpoint], Alignment]:
+def open_aligned(sources: Iterable, allow_pickle: bool = False, config=None) -> tuple[list[Checkpoint], Alignment]:
     """Open checkpoints, check that they match, and align them.
 
     The names compared are those of the first two aligned (:func:`align`); every further checkpoint
     must hold each of them with the same shape, else :class:`PrismError` names the missing tensor.
+    ``config``: the config.json of torch.distributed.checkpoint inputs (:func:`open_checkpoint`).
     """
-    ckpts = [open_checkpoint(s, allow_pickle) for s in sources]
+    ckpts = [open_checkpoint(s, allow_pickle, config) for s in sources]
     check_same_architecture(ckpts)
     al = align(ckpts[0], ckpts[1])
     for other in ckpts[2:]:

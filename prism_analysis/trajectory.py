@@ -112,15 +112,19 @@ def analyse_trajectory(
     progress: bool = True,
     allow_pickle: bool = False,
     name: str | None = None,
+    config=None,
 ) -> Trajectory:
-    """Front-loading statistics of every checkpoint of ``source`` against the first and the last."""
+    """Front-loading statistics of every checkpoint of ``source`` against the first and the last.
+
+    ``config``: config.json for torch.distributed.checkpoint steps, which carry none.
+    """
     entries = discover(source)
     steps = [s for s, _ in entries]
     if len(set(steps)) != len(steps):
         raise PrismError(f"duplicate steps in the trajectory: {steps}", entries[0][1])
     paths = [p for _, p in entries]
     # the names compared are those theta_0 and theta_T share; every middle checkpoint must have them
-    opened, al = open_aligned([paths[0], paths[-1], *paths[1:-1]], allow_pickle)
+    opened, al = open_aligned([paths[0], paths[-1], *paths[1:-1]], allow_pickle, config)
     ckpts = [opened[0], *opened[2:], opened[1]]
     thresholds = tuple(sorted(set(thresholds) | {tau}))
     dev = resolve_device(device)
