@@ -15,7 +15,9 @@ What is read, and how.
   classes, ``torch.Size``, dtypes, layouts and paths; any other object in it is refused.
 - Each chunk of a tensor in a ``.distcp`` file is one ``torch.save`` of that chunk. A chunk is read
   with ``torch.load(weights_only=True)`` -- torch's restricted unpickler, which builds tensors and
-  plain containers only -- from a view of exactly its byte range, as DCP itself reads it.
+  plain containers only -- from a view of exactly its byte range, as DCP itself reads it. Chunks
+  in DCP's optional safetensors serialization, or written through stream transforms
+  (compression), are refused with a one-line error.
 - :meth:`DcpCheckpoint.get` allocates the full tensor and copies its chunks in one at a time (a
   tensor stored in one piece is returned as loaded): memory is one tensor plus one chunk, bounded by
   the largest tensor, and only the byte ranges of that tensor's chunks are read.
@@ -66,6 +68,8 @@ from .checkpoint_base import EMBEDDING_SUFFIXES, CheckpointBase, TensorInfo, fil
 from .errors import PrismError, os_problem
 
 METADATA = ".metadata"
+#: The first bytes of a torch.save archive (a zip file): every chunk FileSystemWriter writes by default.
+ZIP_MAGIC = b"PK\x03\x04"
 #: The DCP subdirectory of an HF Trainer / accelerate checkpoint saved with FSDP ``SHARDED_STATE_DICT``.
 HF_TRAINER_DCP = "pytorch_model_fsdp_0"
 #: Top-level keys of a training state that are not the model (rule 1, for keys saved at the top level).
@@ -335,9 +339,25 @@ class DcpCheckpoint(CheckpointBase):
         """One chunk, from exactly its byte range, with ``torch.load(weights_only=True)``."""
         try:
             with open(piece.file, "rb") as f:
-                chunk = torch.load(FileRange(f, piece.start, piece.length), map_location="cpu", weights_only=True)
+                stream = FileRange(f, piece.start, piece.length)
+                if stream.read(4) != ZIP_MAGIC:
+                    raise PrismError(
+                        f"a chunk of tensor {info.name!r} is not a torch.save archive (corrupt, or saved with "
+                        "serialization_format=SAFETENSORS, which this reader does not read)",
+                        piece.file,
+                    )
+                stream.seek(0)
+                chunk = torch.load(stream, map_location="cpu", weights_only=True)
         except OSError as e:
             raise PrismError(f"cannot read tensor {info.name!r} ({os_problem(e)})", piece.file) from None
+        except pickle.UnpicklingError:
+            raise PrismError(
+                f"a chunk of tensor {info.name!r} holds more than a tensor: torch.load(weights_only=True) "
+                "refused to unpickle it",
+                piece.file,
+            ) from None
+        except PrismError:
+            raise
         except Exception as e:  # torch.load raises many types for corrupt or hostile data
             raise PrismError(f"cannot read a chunk of tensor {info.name!r} ({one_line(e)[:200]})", piece.file) from None
         if not torch.is_tensor(chunk) or tuple(chunk.shape) != piece.sizes or chunk.dtype != info.dtype:

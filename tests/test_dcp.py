@@ -6,6 +6,7 @@ with accelerate's ``save_fsdp_model`` (the HF Trainer's layout); the HF Trainer 
 ``transformers.Trainer``.
 """
 
+import dataclasses
 import json
 import os
 import pickle
@@ -21,6 +22,7 @@ import psutil
 import pytest
 import torch
 from helpers import save_state
+from torch.distributed.checkpoint import FileSystemReader
 
 from prism_analysis import dcp_reader
 from prism_analysis.checkpoint_reader import Checkpoint
@@ -260,13 +262,28 @@ def test_bad_sharded_checkpoints_give_one_line_errors(saved, tmp, capsys):
     one_line_error(lambda: Checkpoint(bad), str(metadata), "refusing to unpickle")
     assert not marker.exists()
     metadata.write_bytes(good)
-    # a corrupt chunk: the error names the data file when the tensor is read
+    # corrupt chunks (their start, their end) and a chunk holding an object: the error names the data file
     ck = Checkpoint(bad)
-    chunk = ck._chunks["model.layers.1.mlp.up_proj.weight"][1]
-    with open(chunk.file, "r+b") as f:
-        f.seek(chunk.start)
+    (up, up_chunk), (down, down_chunk) = (
+        (f"model.layers.1.mlp.{n}.weight", ck._chunks[f"model.layers.1.mlp.{n}.weight"][1])
+        for n in ("up_proj", "down_proj")
+    )
+    with open(up_chunk.file, "r+b") as f:
+        f.seek(up_chunk.start)
         f.write(b"\0" * 64)
-    one_line_error(lambda: ck.get("model.layers.1.mlp.up_proj.weight"), str(chunk.file), "cannot read a chunk")
+        f.seek(down_chunk.start + down_chunk.length - 64)
+        f.write(b"\0" * 64)
+    one_line_error(lambda: ck.get(up), str(up_chunk.file), "not a torch.save archive")
+    one_line_error(lambda: ck.get(down), str(down_chunk.file), "cannot read a chunk")
+    # a chunk that unpickles to code: refused by torch.load(weights_only=True), nothing runs
+    trusted = FileSystemReader(bad).read_metadata()  # our own file: plain pickle.load is fine here
+    torch.save(Evil(), bad / "evil.distcp")
+    index = next(i for i in trusted.storage_data if i.fqn == "model.norm.weight")
+    evil = dataclasses.replace(trusted.storage_data[index], relative_path="evil.distcp", offset=0)
+    trusted.storage_data[index] = dataclasses.replace(evil, length=(bad / "evil.distcp").stat().st_size)
+    metadata.write_bytes(pickle.dumps(trusted))
+    one_line_error(lambda: Checkpoint(bad).get("model.norm.weight"), "evil.distcp", "refused to unpickle")
+    assert not marker.exists()
     # commands that run the model say why they cannot take a DCP directory
     one_line_error(lambda: load_model(bad), str(bad), "torch.distributed.checkpoint")
     one_line_error(lambda: DcpCheckpoint(saved / "base"), "base", "not a torch.distributed.checkpoint")
