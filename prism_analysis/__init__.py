@@ -5,6 +5,8 @@ imports alone (the training package, ``prism_train``, is optional). Modules:
 
 - :mod:`prism_analysis.metrics`           the metric definitions: normalized L2, "changed at tau", thresholds
 - :mod:`prism_analysis.checkpoint_reader` read checkpoints lazily, align them, stream aligned tensors
+- :mod:`prism_analysis.dcp_reader`        sharded torch.distributed.checkpoint directories, read in place
+- :mod:`prism_analysis.checkpoint_base`   TensorInfo and the interface every checkpoint view shares
 - :mod:`prism_analysis.lora`              ``BASE+ADAPTER``: a PEFT LoRA adapter merged one tensor at a time
 - :mod:`prism_analysis.components`        tensor name -> (layer, component), the parts of fused tensors
 - :mod:`prism_analysis.weights`           update size and sparsity of a pair (Eq. 1, T12/T22/T23)

@@ -8,6 +8,10 @@ A :class:`Checkpoint` is a read-only view of the tensors of
 - (only with ``allow_pickle=True``) ``pytorch_model.bin`` files, loaded with
   ``torch.load(weights_only=True, mmap=True)``. Pickle is refused by default: it can run code.
 
+A torch.distributed.checkpoint (DCP) directory -- sharded training checkpoints, an HF Trainer
+``checkpoint-N/pytorch_model_fsdp_0/`` -- opens as a :class:`~prism_analysis.dcp_reader.DcpCheckpoint`,
+from :func:`open_checkpoint` and from ``Checkpoint(path)`` alike.
+
 Time and memory. Each file's header is validated (by safetensors) and parsed once, on open, so the
 cost of reading grows linearly with the number of tensors. :meth:`Checkpoint.get` then maps just
 that tensor's bytes (``mmap`` of its page-aligned range, copy-on-write): the mapping lives exactly as
@@ -27,13 +31,17 @@ import functools
 import json
 import mmap
 import os
-import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .checkpoint_base import CheckpointBase, TensorInfo
+from .checkpoint_base import file_kind as _kind
+from .checkpoint_base import one_line as _one_line
+from .checkpoint_base import read_json as _read_json
+from .dcp_reader import DcpCheckpoint, is_dcp_checkpoint
 from .errors import PrismError, os_problem
 from .lora import ADAPTER_CONFIG, LoraCheckpoint, adapter_weights_file, split_reference
 from .progress import progress_bar
@@ -68,33 +76,7 @@ def safetensors_dtypes() -> dict[str, torch.dtype]:
     return table
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where a tensor lives and what it is, known from the header alone.
-
-    ``start``/``end``: byte range in ``file`` (safetensors; -1 for pickle files).
-    """
-
-    name: str
-    file: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    start: int = -1
-    end: int = -1
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
-
-
-class Checkpoint:
+class Checkpoint(CheckpointBase):
     """Lazy view of one checkpoint's tensors. Headers are read on open; data on :meth:`get`.
 
     Attributes: ``path`` (the local files), ``source`` (what the user named: the path, or a Hub
@@ -104,6 +86,13 @@ class Checkpoint:
     """
 
     header_only = False
+
+    def __new__(cls, path: str | os.PathLike | None = None, *args, **kwargs):
+        """``Checkpoint(path)`` of a torch.distributed.checkpoint directory routes through
+        :func:`open_checkpoint` and gives a ``DcpCheckpoint``."""
+        if cls is Checkpoint and path is not None and is_dcp_checkpoint(path):
+            return open_checkpoint(path, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, path: str | os.PathLike, allow_pickle: bool = False, source: str | None = None):
         self.path = Path(path)
@@ -180,45 +169,7 @@ class Checkpoint:
         self.is_pickle = True
         return files
 
-    def _tied_aliases(self) -> dict[str, str]:
-        """``lm_head.weight`` -> the embedding's name when the head is tied to the embedding.
-
-        Safetensors files leave a tied head out; ``pytorch_model.bin`` files keep a copy. The copy
-        is dropped from :attr:`tensors` when the config says the weights are tied (transformers'
-        default, when the key is absent), so a checkpoint counts the embedding once whatever its
-        file format, and two checkpoints align the same way whichever of them stores the head.
-        """
-        embeds = [n for n in self.tensors if n.endswith(("embed_tokens.weight", "embeddings.weight", "wte.weight"))]
-        if len(embeds) != 1:
-            return {}
-        tied = (self.config or {}).get("tie_word_embeddings", True if self.config is not None else None)
-        if "lm_head.weight" in self.tensors:
-            if tied is not True or self.tensors["lm_head.weight"].shape != self.tensors[embeds[0]].shape:
-                return {}
-            del self.tensors["lm_head.weight"]  # a stored copy of the tied embedding
-        elif tied is False:
-            return {}
-        return {"lm_head.weight": embeds[0]}
-
     # -- reading -----------------------------------------------------------------------------
-    @property
-    def names(self) -> list[str]:
-        return list(self.tensors)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
-
-    @property
-    def architecture(self) -> str | None:
-        """``model_type`` from config.json (else ``architectures[0]``), None without a config."""
-        cfg = self.config or {}
-        archs = cfg.get("architectures") or [None]
-        return cfg.get("model_type") or archs[0]
-
-    def info(self, name: str) -> TensorInfo:
-        return self.tensors[self.aliases.get(name, name)]
-
     def get(self, name: str) -> torch.Tensor:
         """The tensor ``name`` on the CPU, in its stored dtype, zero-copy from a private memory map
         of just its bytes (safetensors) that lives as long as the tensor."""
@@ -232,9 +183,6 @@ class Checkpoint:
         except OSError as e:
             raise PrismError(f"cannot read tensor {info.name!r} ({os_problem(e)})", info.file) from None
 
-    def __repr__(self) -> str:
-        return f"Checkpoint({str(self.path)!r}, tensors={len(self.tensors)}, bytes={self.nbytes})"
-
 
 def label(ckpt) -> str:
     """How to name an opened checkpoint to the user: the reference they gave, else its path."""
@@ -246,14 +194,19 @@ def is_checkpoint(obj) -> bool:
     return hasattr(obj, "tensors") and hasattr(obj, "get") and hasattr(obj, "aliases")
 
 
-def open_checkpoint(source, allow_pickle: bool = False, tokenizer: bool = False, progress: bool = True) -> Checkpoint:
+def open_checkpoint(
+    source, allow_pickle: bool = False, config=None, tokenizer: bool = False, progress: bool = True
+) -> CheckpointBase:
     """The checkpoint ``source`` names, opened (an opened checkpoint passes through):
 
     - a local path (it wins whenever it exists);
     - a Hub reference (``org/name@revision:sub``, see :mod:`prism_analysis.hub`), downloaded to the
       Hub cache first (``tokenizer``: with the tokenizer files, for commands that run the model);
     - ``BASE+ADAPTER``: a base (a path or Hub reference) with a PEFT LoRA adapter (a directory or a
-      Hub reference) merged one tensor at a time (:func:`open_lora`).
+      Hub reference) merged one tensor at a time (:func:`open_lora`);
+    - a torch.distributed.checkpoint directory, read in place as a
+      :class:`~prism_analysis.dcp_reader.DcpCheckpoint` whose architecture comes from ``config`` (a
+      config.json path) when given.
     """
     if is_checkpoint(source):
         return source
@@ -265,9 +218,11 @@ def open_checkpoint(source, allow_pickle: bool = False, tokenizer: bool = False,
         base, adapter = pair
         if not Path(adapter).exists():
             adapter = hub.fetch_adapter(hub.parse_reference(adapter), allow_pickle=allow_pickle, progress=progress)
-        return open_lora(open_checkpoint(base, allow_pickle, tokenizer, progress), adapter, allow_pickle)
+        return open_lora(open_checkpoint(base, allow_pickle, config, tokenizer, progress), adapter, allow_pickle)
     ref = hub.parse_reference(source)
     if isinstance(ref, Path):
+        if is_dcp_checkpoint(ref):
+            return DcpCheckpoint(ref, allow_pickle=allow_pickle, config=config)
         return Checkpoint(ref, allow_pickle=allow_pickle)
     local = hub.fetch(ref, tokenizer=tokenizer, allow_pickle=allow_pickle, progress=progress)
     return Checkpoint(local, allow_pickle=allow_pickle, source=str(ref))
@@ -284,36 +239,6 @@ def open_lora(base, adapter_dir: str | os.PathLike, allow_pickle: bool = False) 
     adapter_config = _read_json(config, ADAPTER_CONFIG)
     weights = Checkpoint(adapter_weights_file(adapter_dir), allow_pickle=allow_pickle)
     return LoraCheckpoint(open_checkpoint(base, allow_pickle), adapter_dir, adapter_config, weights)
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def _kind(p: Path, missing_ok: bool = False) -> str | None:
-    """``"file"``, ``"dir"`` (or None when missing and ``missing_ok``); refuses special files."""
-    try:
-        mode = p.stat().st_mode
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise PrismError("no such file or directory", p) from None
-    except OSError as e:
-        raise PrismError(f"cannot access ({os_problem(e)})", p) from None
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if not stat.S_ISREG(mode):
-        raise PrismError("not a regular file (a pipe, device or socket cannot be a checkpoint)", p)
-    return "file"
-
-
-def _read_json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise PrismError(f"cannot read {what} ({os_problem(e)})", path) from None
-    except ValueError as e:
-        raise PrismError(f"{what} is not valid JSON ({_one_line(e)})", path) from None
 
 
 def _read_config(path: Path) -> dict | None:
@@ -457,14 +382,15 @@ def align(a: Checkpoint, b: Checkpoint) -> Alignment:
 
 
 def open_aligned(
-    sources: Iterable, allow_pickle: bool = False, progress: bool = True
+    sources: Iterable, allow_pickle: bool = False, config=None, progress: bool = True
 ) -> tuple[list[Checkpoint], Alignment]:
     """Open checkpoints (paths or Hub references), check that they match, and align them.
 
     The names compared are those of the first two aligned (:func:`align`); every further checkpoint
     must hold each of them with the same shape, else :class:`PrismError` names the missing tensor.
     Hub references are checked first from their safetensors headers on the Hub, so a mismatched
-    pair fails before anything large is downloaded.
+    pair fails before anything large is downloaded. ``config``: the config.json of
+    torch.distributed.checkpoint inputs (:func:`open_checkpoint`).
     """
     from . import hub
 
@@ -472,8 +398,8 @@ def open_aligned(
     if any(isinstance(s, hub.HubReference) for s in sources):
         headers = [_remote_checkpoint(s) if isinstance(s, hub.HubReference) else s for s in sources]
         if all(h is not None for h in headers):
-            _check_aligned([open_checkpoint(h, allow_pickle) for h in headers])
-    ckpts = [open_checkpoint(s, allow_pickle, progress=progress) for s in sources]
+            _check_aligned([open_checkpoint(h, allow_pickle, config) for h in headers])
+    ckpts = [open_checkpoint(s, allow_pickle, config, progress=progress) for s in sources]
     return ckpts, _check_aligned(ckpts)
 
 

@@ -48,6 +48,18 @@ def add_checkpoint_options(p, device: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_config_option(p) -> None:
+    """``--config``: the architecture of torch.distributed.checkpoint inputs, which store no config.json."""
+    p.add_argument(
+        "--config",
+        type=nonempty,
+        default=None,
+        metavar="PATH",
+        help="config.json (or a directory holding one) for torch.distributed.checkpoint (DCP) inputs "
+        "(default: config.json in the DCP directory or its parent); HF checkpoints use their own",
+    )
+
+
 def add_command(sub, name: str, help: str, description: str, epilog: str = ""):
     """A subcommand parser whose description and examples keep their line breaks."""
     return sub.add_parser(
@@ -73,14 +85,18 @@ def _add_audit(sub) -> None:
           normalized L2      ||W_B - W_A||_F / ||W_A||_F  (groups: over the concatenation)
           fraction changed   share of elements with |w_B - w_A| > tau * |w_A|, for every tau
           fraction equal     share of elements bitwise equal in the stored dtype
-        A and B may be model directories (single or sharded safetensors) or .safetensors files;
-        BASE+ADAPTER is BASE with a PEFT LoRA adapter directory merged (audit BASE against it).""",
+        A and B may be model directories (single or sharded safetensors), .safetensors files,
+        sharded training checkpoints saved with torch.distributed.checkpoint (FSDP, HF Trainer
+        checkpoint-N/pytorch_model_fsdp_0/, torchtitan, Megatron torch_dist), read in place, or
+        Hub references (org/name[@revision][:subfolder]); BASE+ADAPTER is BASE with a PEFT LoRA
+        adapter merged (audit BASE against it).""",
         """\
         examples:
           prism audit runs/base runs/mid --out audits/base_to_mid
           prism audit mid/model.safetensors rl/model.safetensors --thresholds 0.1%,1%,10%
           prism audit base/ mid/ --out out/ --device cuda     # statistics on the GPU
           prism audit base/ base/+lora/ --out audits/lora     # the update a LoRA adapter makes
+          prism audit base/ run/checkpoint-500 --config base/config.json   # FSDP sharded checkpoint
 
         writes OUT/summary.json, OUT/tensors.csv, OUT/layers.csv, OUT/components.csv (OUT/experts.csv
         for a MoE model) and OUT/update_by_layer_and_component.{png,pdf} (F11); OUT appears only when
@@ -97,8 +113,19 @@ def _add_audit(sub) -> None:
         help="relative-change thresholds, fractions or percents (default 0.1%%,0.5%%,1%%,2%%,5%%,10%%)",
     )
     p.add_argument("--no-figure", action="store_true", help="skip the F11 figure")
+    add_config_option(p)
     add_checkpoint_options(p)
     p.set_defaults(func=_run_audit)
+
+
+def warn_unused_config(config, inputs) -> None:
+    """A warning when ``--config`` is given but no input is a torch.distributed.checkpoint directory."""
+    from .dcp_reader import is_dcp_checkpoint
+
+    if config and not any(is_dcp_checkpoint(p) for p in inputs):
+        from .errors import warn
+
+        warn(f"--config {config} is not used: no input is a torch.distributed.checkpoint directory")
 
 
 def _run_audit(args) -> None:
@@ -107,7 +134,8 @@ def _run_audit(args) -> None:
     from .weights import audit
 
     if args.out:
-        check_destination(args.out, "audit", [args.a, args.b])
+        check_destination(args.out, "audit", [args.a, args.b, args.config])
+    warn_unused_config(args.config, [args.a, args.b])
     result = audit(
         args.a,
         args.b,
@@ -115,6 +143,7 @@ def _run_audit(args) -> None:
         device=args.device,
         progress=not args.quiet,
         allow_pickle=args.allow_pickle,
+        config=args.config,
     )
     print(result.format(), flush=True)
     if args.out:
@@ -256,7 +285,9 @@ def _add_trajectory(sub) -> None:
         RUN is a directory with a trajectory.json manifest (written by prism train / prism rl),
         a directory of step directories (step_000020/, checkpoint-20/, global_step20/, ...),
         two or more checkpoints in order (paths or Hub references), or one Hub repository with
-        --revisions (its branches or tags) or --subfolders (its step folders).
+        --revisions (its branches or tags) or --subfolders (its step folders). Steps may be
+        torch.distributed.checkpoint directories (an HF Trainer FSDP run:
+        checkpoint-N/pytorch_model_fsdp_0/); --config gives their config.json when they carry none.
 
         examples:
           prism trajectory EleutherAI/pythia-160m --revisions 'step*' --evict --out traj/pythia
@@ -295,6 +326,7 @@ def _add_trajectory(sub) -> None:
         "--tau", type=TAU, default=DEFAULT_THRESHOLD, help="threshold for the changed sets (default 0.01 = 1%%)"
     )
     p.add_argument("--thresholds", type=THRESHOLD_LIST, default=None, metavar="LIST", help="threshold sweep")
+    add_config_option(p)
     add_checkpoint_options(p)
     p.set_defaults(func=_run_trajectory)
 
@@ -337,13 +369,14 @@ def _run_trajectory(args) -> None:
     from .trajectory import analyse_trajectory, save_trajectory
 
     if args.out:
-        check_destination(args.out, "trajectory", [*args.run, args.compare])
+        check_destination(args.out, "trajectory", [*args.run, args.compare, args.config])
     kw = dict(
         thresholds=args.thresholds or DEFAULT_THRESHOLDS,
         tau=args.tau,
         device=args.device,
         progress=not args.quiet,
         allow_pickle=args.allow_pickle,
+        config=args.config,
     )
     source = _hub_trajectory(args) if args.revisions or args.subfolders else args.run
     main_run = analyse_trajectory(source if len(source) > 1 else source[0], evict=args.evict, **kw)
@@ -464,8 +497,9 @@ DESCRIPTION = """\
     PRISM toolkit: see what training does to a language model's weights and representations
     (Runwal et al., "PRISM: Demystifying Retention and Interaction in Mid-Training", 2026).
 
-    Every command reads Hugging Face checkpoints (safetensors; pickle only with --allow-pickle),
-    writes tidy tables (CSV/JSON) and figures, and prints a short summary."""
+    Every command reads Hugging Face checkpoints (safetensors; pickle only with --allow-pickle);
+    audit, trajectory, compare and interpolate also read sharded torch.distributed.checkpoint
+    directories in place. Each writes tidy tables (CSV/JSON) and figures, and prints a short summary."""
 
 
 def build_parser(commands=COMMANDS) -> argparse.ArgumentParser:

@@ -29,7 +29,7 @@ from .outputs import atomic_output_dir
 from .progress import progress_bar
 
 SHARD_BYTES = 2 << 30
-_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth")
+_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".distcp", ".metadata")
 
 
 def _copy_side_files(src: Path, dst: Path) -> None:
@@ -100,6 +100,8 @@ def interpolate(
             }
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
         _copy_side_files(ckpts[0].path, tmp)
+        if ckpts[0].config is not None and not (tmp / "config.json").exists():  # a DCP base keeps it elsewhere
+            (tmp / "config.json").write_text(json.dumps(ckpts[0].config, indent=2))
     return out
 
 

@@ -13,6 +13,7 @@ import os
 import torch
 
 from .checkpoint_reader import Checkpoint
+from .dcp_reader import is_dcp_checkpoint
 from .devices import resolve_device
 from .errors import PrismError
 from .hub import resolve
@@ -45,6 +46,12 @@ def load_model(
     path = resolve(path, tokenizer=True, allow_pickle=allow_pickle, progress=progress)
     if tokenizer is not None:
         tokenizer = resolve(tokenizer, tokenizer=True, progress=progress)
+    if is_dcp_checkpoint(path):
+        raise PrismError(
+            "a torch.distributed.checkpoint directory: this command runs the model and needs a Hugging Face "
+            "checkpoint (safetensors); audit, trajectory, compare and interpolate read DCP directories",
+            path,
+        )
     Checkpoint(path, allow_pickle=allow_pickle)  # validates files with a one-line error first
     dev = resolve_device(device)
     torch_dtype = getattr(torch, dtype) if dtype else "auto"

@@ -115,13 +115,15 @@ def analyse_trajectory(
     allow_pickle: bool = False,
     name: str | None = None,
     evict: bool = False,
+    config=None,
 ) -> Trajectory:
     """Front-loading statistics of every checkpoint of ``source`` against the first and the last.
 
     ``source``: a run directory or manifest, or a list of checkpoints in order (paths or Hub
     references). ``evict``: for a trajectory of Hub revisions or folders, fetch one checkpoint at a
     time and drop it from the Hub cache after use, unless it is the first or the last or was cached
-    before (peak disk: three checkpoints, recorded in ``Trajectory.disk``).
+    before (peak disk: three checkpoints, recorded in ``Trajectory.disk``). ``config``: config.json
+    for torch.distributed.checkpoint steps, which carry none.
     """
     entries = discover(source)
     steps = [s for s, _ in entries]
@@ -131,9 +133,9 @@ def analyse_trajectory(
     thresholds = tuple(sorted(set(thresholds) | {tau}))
     stats = _StepStats(thresholds, tau, resolve_device(device))
     if evict:
-        disk = _one_checkpoint_at_a_time(refs, stats, allow_pickle, progress)
+        disk = _one_checkpoint_at_a_time(refs, stats, allow_pickle, progress, config)
     else:
-        _each_file_once(refs, stats, allow_pickle, progress)
+        _each_file_once(refs, stats, allow_pickle, progress, config)
         disk = None
     upd, ovl = stats.update, stats.overlap
     rows = []
@@ -183,12 +185,12 @@ class _StepStats:
         )
 
 
-def _each_file_once(refs, stats: _StepStats, allow_pickle: bool, progress: bool) -> None:
+def _each_file_once(refs, stats: _StepStats, allow_pickle: bool, progress: bool, config=None) -> None:
     """Tensor by tensor across all checkpoints: theta_0 and theta_T of a name stay loaded while the
     middle checkpoints stream past, so each file is read once (every checkpoint must be local or
     downloaded first)."""
     # the names compared are those theta_0 and theta_T share; every middle checkpoint must have them
-    opened, al = open_aligned([refs[0], refs[-1], *refs[1:-1]], allow_pickle, progress=progress)
+    opened, al = open_aligned([refs[0], refs[-1], *refs[1:-1]], allow_pickle, config, progress=progress)
     ckpts = [opened[0], *opened[2:], opened[1]]
     stats.config = ckpts[0].config
     T = len(ckpts) - 1
@@ -203,14 +205,14 @@ def _each_file_once(refs, stats: _StepStats, allow_pickle: bool, progress: bool)
         del first, last
 
 
-def _one_checkpoint_at_a_time(refs, stats: _StepStats, allow_pickle: bool, progress: bool) -> dict:
+def _one_checkpoint_at_a_time(refs, stats: _StepStats, allow_pickle: bool, progress: bool, config=None) -> dict:
     """Checkpoint by checkpoint: theta_0 and theta_T are fetched once and kept; each middle one is
     fetched, compared with both, and evicted from the Hub cache when this call downloaded it.
     Returns the disk record: bytes of each checkpoint, the peak held at once, what was evicted."""
     from . import hub
 
     fresh = {i: isinstance(r, HubReference) and not hub.is_cached(r) for i, r in enumerate(refs)}
-    (first, last), al = open_aligned([refs[0], refs[-1]], allow_pickle, progress=progress)
+    (first, last), al = open_aligned([refs[0], refs[-1]], allow_pickle, config, progress=progress)
     stats.config = first.config
     T = len(refs) - 1
     sizes = {0: first.nbytes, T: last.nbytes}
@@ -219,7 +221,7 @@ def _one_checkpoint_at_a_time(refs, stats: _StepStats, allow_pickle: bool, progr
         stats.add(0, name, a, a, z)
         stats.add(T, name, a, z, z)
     for i in range(1, T):
-        (_, _, mid), _ = open_aligned([first, last, refs[i]], allow_pickle, progress=progress)
+        (_, _, mid), _ = open_aligned([first, last, refs[i]], allow_pickle, config, progress=progress)
         sizes[i] = mid.nbytes
         peak = max(peak, first.nbytes + last.nbytes + mid.nbytes)
         for name, (a, t, z) in stream_aligned([first, mid, last], al.common, desc=f"step {i}", progress=progress):

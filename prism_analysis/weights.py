@@ -343,15 +343,17 @@ def audit(
     progress: bool = True,
     allow_pickle: bool = False,
     prefetch: int = 1,
+    config=None,
 ) -> Audit:
     """Update statistics of checkpoint ``b`` relative to ``a``, streamed one tensor pair at a time.
 
-    ``a``/``b``: paths (model directory, ``.safetensors`` file, shard index) or :class:`Checkpoint`.
+    ``a``/``b``: paths (model directory, ``.safetensors`` file, shard index, torch.distributed.checkpoint
+    directory) or :class:`Checkpoint`. ``config``: config.json for DCP inputs, which carry none.
     ``device``: where the statistics run (default: cuda when available, else cpu).
     Peak memory is ``prefetch + 1`` tensor pairs (the current one and those read ahead), whatever
     the checkpoint size.
     """
-    (ca, cb), al = open_aligned([a, b], allow_pickle, progress=progress)
+    (ca, cb), al = open_aligned([a, b], allow_pickle, config, progress=progress)
     dev = resolve_device(device)
 
     def make():
