@@ -223,6 +223,7 @@ def _add_cka(sub) -> None:
     p.add_argument("--tokenizer", type=nonempty, default=None, help="tokenizer path when the checkpoints have none")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
     add_checkpoint_options(p)
+    add_config_option(p)
     p.set_defaults(func=_run_cka)
 
 
@@ -259,6 +260,7 @@ def _run_cka(args) -> None:
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         progress=not args.quiet,
+        config=args.config,
     )
     print(result.format(), flush=True)
     if args.out:

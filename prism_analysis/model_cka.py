@@ -35,10 +35,9 @@ import pandas as pd
 import torch
 
 from .activations import collect_activations, find_modules, iter_activations
-from .checkpoint_reader import Checkpoint
+from .checkpoint_reader import open_checkpoint
 from .cka import StreamingCKA, bootstrap_cka, cka_matrix, jackknife_cka, layerwise_cka, min_rows
 from .errors import PrismError
-from .hub import resolve
 from .model_loader import load_model
 from .outputs import atomic_output_dir, write_json
 
@@ -196,8 +195,12 @@ def model_cka(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     progress: bool = True,
+    config=None,
 ) -> ModelCKA:
-    """Per-layer CKA of checkpoints ``a`` and ``b`` on each probe set (first ``n`` prompts)."""
+    """Per-layer CKA of checkpoints ``a`` and ``b`` on each probe set (first ``n`` prompts).
+
+    ``a``/``b``: any checkpoint form (paths, Hub references, ``BASE+ADAPTER``, sharded training
+    checkpoints with ``config``)."""
     probes = {name: list(texts)[:n] if n else list(texts) for name, texts in probes.items()}
     for name, texts in probes.items():
         if len(texts) < min_rows(debiased):
@@ -212,12 +215,9 @@ def model_cka(
                     f"probe set {name!r} repeats prompt {seen[t] + 1} as prompt {i + 1}; use distinct prompts"
                 )
             seen[t] = i
-    names = (str(a), str(b))  # as the user named them (a path or a Hub reference)
-    a, b = (resolve(x, tokenizer=True, allow_pickle=allow_pickle, progress=progress) for x in (a, b))
-    depth_a, depth_b = (
-        (Checkpoint(a, allow_pickle).config or {}).get("num_hidden_layers"),
-        (Checkpoint(b, allow_pickle).config or {}).get("num_hidden_layers"),
-    )
+    names = (str(a), str(b))  # as the user named them (a path, a Hub reference, BASE+ADAPTER, ...)
+    a, b = (open_checkpoint(x, allow_pickle, config, tokenizer=True, progress=progress) for x in (a, b))
+    depth_a, depth_b = ((c.config or {}).get("num_hidden_layers") for c in (a, b))
     if depth_a and depth_b and depth_a != depth_b and not all_pairs:
         raise PrismError(
             f"models have different layer counts ({depth_a} blocks vs {depth_b}); "

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from prism_analysis.cli import add_checkpoint_options, add_command
+from prism_analysis.cli import add_checkpoint_options, add_command, add_config_option
 from prism_analysis.options import add_options, from_args, nonempty, number
 
 from .config import RLConfig, TrainConfig
@@ -89,6 +89,7 @@ def add_eval(sub) -> None:
     p.add_argument("--pass-k", default=None, metavar="K,N", help="also pass@K from N samples (1 <= K <= N), e.g. 4,8")
     p.add_argument("--seed", type=int, default=2026, help="seed of the benchmark problems (default 2026)")
     add_checkpoint_options(p)
+    add_config_option(p)
     p.set_defaults(func=_run_eval)
 
 
@@ -112,7 +113,9 @@ def _run_eval(args) -> None:
         pass_k = (k, n)
     if args.out:
         check_destination(args.out, "eval", [args.checkpoint])
-    model, tok = load_model(args.checkpoint, device=args.device, allow_pickle=args.allow_pickle, progress=False)
+    model, tok = load_model(
+        args.checkpoint, device=args.device, allow_pickle=args.allow_pickle, progress=False, config=args.config
+    )
     res = evaluate(model, tok, n=args.n, seed=args.seed, pass_k=pass_k)
     for k, v in res.items():
         print(f"{k:<22}{v:.4f}")

@@ -219,3 +219,34 @@ def test_each_header_is_parsed_once_whatever_the_tensor_count(tmp, monkeypatch):
     seen = sum(torch.equal(x + 1, y) for _, (x, y) in reader.stream_aligned([ca, cb], ca.names, progress=False))
     assert seen == n
     assert len(opened) == 4, "two shards per checkpoint, each header read once"
+
+
+def test_a_tied_head_counts_once_whatever_the_file_format(tmp):
+    """pytorch_model.bin keeps a copy of a tied lm_head, safetensors leaves it out: the audit must
+    count the embedding once either way (it counted 104,960 elements instead of 104,576)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=256))
+    model.save_pretrained(tmp / "safetensors")
+    (tmp / "bin").mkdir()
+    torch.save(model.state_dict(), tmp / "bin" / "pytorch_model.bin")
+    shutil.copy(tmp / "safetensors" / "config.json", tmp / "bin" / "config.json")
+    assert "lm_head.weight" in torch.load(tmp / "bin" / "pytorch_model.bin", weights_only=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.01)
+    model.save_pretrained(tmp / "later")
+    st = audit(tmp / "safetensors", tmp / "later", progress=False, device="cpu")
+    for first, second in [(tmp / "bin", tmp / "later"), (tmp / "later", tmp / "bin")]:
+        res = audit(first, second, progress=False, device="cpu", allow_pickle=True)
+        assert res.summary()["total"]["numel"] == st.summary()["total"]["numel"]
+        assert res.summary()["total"]["normalized_l2"] == pytest.approx(
+            audit(tmp / "later", tmp / "safetensors", progress=False, device="cpu").summary()["total"]["normalized_l2"]
+            if first == tmp / "later"
+            else st.summary()["total"]["normalized_l2"],
+            rel=1e-12,
+        )
+        assert "lm_head" not in set(res.tensors["component"]), "the head is the embedding, counted once"

@@ -284,10 +284,24 @@ def test_bad_sharded_checkpoints_give_one_line_errors(saved, tmp, capsys):
     metadata.write_bytes(pickle.dumps(trusted))
     one_line_error(lambda: Checkpoint(bad).get("model.norm.weight"), "evil.distcp", "refused to unpickle")
     assert not marker.exists()
-    # commands that run the model say why they cannot take a DCP directory
-    one_line_error(lambda: load_model(bad), str(bad), "torch.distributed.checkpoint")
     one_line_error(lambda: DcpCheckpoint(saved / "base"), "base", "not a torch.distributed.checkpoint")
     one_line_error(lambda: DcpCheckpoint(saved / "dcp", config=tmp / "nope.json"), "nope.json", "no such file")
+
+
+def test_commands_that_run_the_model_load_a_sharded_checkpoint(saved, tmp):
+    """cka and eval build the model from its config and fill it from the shards, tensor by tensor:
+    the same weights, and the same outputs, as loading the consolidated copy with transformers."""
+    from helpers import tiny_tokenizer
+
+    tiny_tokenizer().save_pretrained(tmp / "tok")
+    config = saved / "consolidated" / "config.json"
+    ours, _ = load_model(saved / "dcp", device="cpu", tokenizer=tmp / "tok", progress=False, config=config)
+    theirs, _ = load_model(saved / "consolidated", device="cpu", tokenizer=tmp / "tok", progress=False)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    ids = torch.tensor([[5, 17, 42, 7]])
+    with torch.no_grad():
+        assert torch.equal(ours(ids).logits, theirs(ids).logits)
 
 
 def test_hf_trainer_run_is_a_trajectory_in_step_order(tmp, capsys):

@@ -303,3 +303,17 @@ def test_peak_memory_is_one_tensor_not_the_merged_model(tmp):
     # the pairs in flight and the merge's temporaries, a few 4 MiB tensors (~34 MiB measured; 94 MiB
     # before the merge wrote in place): far below the 256 MiB merged model
     assert extra < model_bytes / 4, f"extra RSS {extra / 2**20:.0f} MiB for a {model_bytes / 2**20:.0f} MiB model"
+
+
+def test_commands_that_run_the_model_load_base_plus_adapter(tmp):
+    """cka and eval take BASE+ADAPTER too: the model they run is PEFT's merged model, bit for bit."""
+    from helpers import tiny_tokenizer
+
+    from prism_analysis.model_loader import load_model
+
+    base, adapter, merged = make_lora(tmp, **QV)
+    tiny_tokenizer().save_pretrained(base)
+    ours, _ = load_model(f"{base}+{adapter}", device="cpu", progress=False)
+    theirs, _ = load_model(merged, device="cpu", tokenizer=base, progress=False)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
