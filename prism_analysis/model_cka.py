@@ -222,7 +222,7 @@ def model_cka(
         raise PrismError(
             f"models have different layer counts ({depth_a} blocks vs {depth_b}); "
             "use --all-pairs to compare every layer with every layer",
-            b,
+            names[1],
         )
     load = dict(
         device=device,
@@ -252,7 +252,7 @@ def model_cka(
         raise PrismError(
             f"models have different layer counts ({la - 1} blocks vs {lb - 1}); "
             "use --all-pairs to compare every layer with every layer",
-            b,
+            names[1],
         )
     tables, matrices = [], {}
     for name in probes:
@@ -272,7 +272,7 @@ def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress, n
     ma, ta = load_model(a, **load)
     mb, tb = load_model(b, **load)
     if find_modules(ma)[1] != find_modules(mb)[1]:
-        raise PrismError("models have different layer counts; token-level CKA compares matched layers", b)
+        raise PrismError("models have different layer counts; token-level CKA compares matched layers", names[1])
     tables = []
     for name, texts in probes.items():
         s = StreamingCKA(debiased=debiased)
