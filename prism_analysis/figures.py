@@ -163,6 +163,29 @@ def plot_trajectory(
     return fig
 
 
+def plot_cka_curve(curve: pd.DataFrame, stem, title: str = "") -> plt.Figure:
+    """CKA over training (live tracking): linear CKA of every layer to theta_0 against the step,
+    one panel per probe set, one line per layer (dark: early layers, light: late ones)."""
+    probes = list(curve["probe"].unique()) or ["probe"]
+    fig, axes = plt.subplots(1, len(probes), figsize=(6 * len(probes), 4.2), squeeze=False, constrained_layout=True)
+    cmap = plt.get_cmap("viridis")
+    for ax, probe in zip(axes[0], probes):
+        df = curve[curve["probe"] == probe]
+        layers = sorted(df["layer"].unique())
+        for layer in layers:
+            d = df[df["layer"] == layer].sort_values("step")
+            ax.plot(d["step"], d["cka"], color=cmap(layer / max(len(layers) - 1, 1)), lw=1.3, label=f"layer {layer}")
+        ax.set_xlabel("step")
+        ax.set_ylabel(r"linear CKA to $\theta_0$")
+        ax.set_title(f"probe set: {probe}")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle("Representation drift over training (layer 0 = embedding output)" + (f" — {title}" if title else ""))
+    _save(fig, stem)
+    return fig
+
+
 def plot_landscape(df: pd.DataFrame, stem, score_label: str = "score") -> plt.Figure:
     """F13: the score along base -> mid -> rl (left) and over the a x b grid (right)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)

@@ -44,15 +44,14 @@ def _jsonable(x):
     return x
 
 
-def write_json(path: str | os.PathLike, data) -> None:
-    """Write ``data`` as indented JSON atomically (NaN -> null, inf -> "inf"); the file gets the
-    permissions of any file the user creates (the umask), not a temp file's private ones."""
+def write_atomic(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp)`` with a temporary path beside ``path``, then rename it to ``path``: a
+    reader sees the old file or the new one, never half of one. The file gets the permissions
+    of any file the user creates (the umask). OS errors become one :class:`PrismError`."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with open(tmp, "x") as f:
-            json.dump(_jsonable(data), f, indent=2)
-            f.write("\n")
+        write(tmp)
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -62,6 +61,17 @@ def write_json(path: str | os.PathLike, data) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """Write ``data`` as indented JSON atomically (NaN -> null, inf -> "inf")."""
+
+    def write(tmp):
+        with open(tmp, "x") as f:
+            json.dump(_jsonable(data), f, indent=2)
+            f.write("\n")
+
+    write_atomic(path, write)
 
 
 def pid_alive(pid: int) -> bool:

@@ -39,6 +39,25 @@ from .outputs import atomic_output_dir, write_json
 from .run_manifest import discover
 from .weights import UpdateStats
 
+#: Columns of the tidy trajectory table (``prism trajectory`` and live tracking write the same).
+COLUMNS = ["step", "component", "metric", "value"]
+
+
+def by_component(groups: dict) -> list:
+    """``[("total", acc), (component, acc), ...]`` of :func:`~prism_analysis.accumulator.group_stats`."""
+    return [("total", groups["total"]), *groups["components"].items()]
+
+
+def update_rows(step: int, component: str, stats: UpdateStats, prefix: str = "") -> list[tuple]:
+    """Tidy rows of one step and component from UpdateStats vs the reference: ``normalized_l2``,
+    ``fraction_changed_<tau>`` for every threshold and ``fraction_equal`` (names prefixed with
+    ``prefix``, e.g. ``"k1_"`` for the k-step sparsity of live tracking)."""
+    m = stats.compute()
+    rows = [(step, component, prefix + "normalized_l2", m["normalized_l2"])]
+    rows += [(step, component, prefix + changed_column(float(k)), v) for k, v in m["fraction_changed"].items()]
+    rows.append((step, component, prefix + "fraction_equal", m["fraction_equal"]))
+    return rows
+
 
 def first_step_reaching(steps: list[int], values: list[float], fraction: float) -> int | None:
     """First step whose value is >= ``fraction`` of the last value (t50: 0.5, t80: 0.8)."""
@@ -137,22 +156,16 @@ def analyse_trajectory(
     else:
         _each_file_once(refs, stats, allow_pickle, progress, config)
         disk = None
-    upd, ovl = stats.update, stats.overlap
     rows = []
     for i, step in enumerate(steps):
-        gu = group_stats(upd[i], stats.new_update)
-        go = group_stats(ovl[i], stats.new_overlap)
-        for comp, u, o in [("total", gu["total"], go["total"])] + [
-            (c, gu["components"][c], go["components"][c]) for c in gu["components"]
-        ]:
-            m, mo = u.compute(), o.compute()
-            rows.append((step, comp, "normalized_l2", m["normalized_l2"]))
-            for k, v in m["fraction_changed"].items():
-                rows.append((step, comp, changed_column(float(k)), v))
-            rows.append((step, comp, "fraction_equal", m["fraction_equal"]))
+        gu = group_stats(stats.update[i], stats.new_update)
+        go = group_stats(stats.overlap[i], stats.new_overlap)
+        for comp, u in by_component(gu):
+            rows += update_rows(step, comp, u)
+            mo = (go["total"] if comp == "total" else go["components"][comp]).compute()
             rows.append((step, comp, "cosine_to_final", mo["cosine"]))
             rows.append((step, comp, "share_of_final_changed", mo["overlap_1_in_2"]))
-    table = pd.DataFrame(rows, columns=["step", "component", "metric", "value"])
+    table = pd.DataFrame(rows, columns=COLUMNS)
     single = source[0] if isinstance(source, (list, tuple)) and len(source) == 1 else source
     source_dir = None if isinstance(single, (list, tuple)) else str(single)
     if name is None:
