@@ -23,8 +23,8 @@ class _Config:
         check_options(self)
 
     def hashed(self) -> dict:
-        """The configuration that identifies a run (the device it runs on does not)."""
-        return {k: v for k, v in asdict(self).items() if k != "device"}
+        """The configuration that identifies a run (where it runs and what watches it do not)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("device", "track_every")}
 
 
 @dataclass
@@ -56,6 +56,12 @@ class TrainConfig(_Config):
     model: dict = field(default_factory=dict)  # tiny_config overrides for a fresh model
     tokenizer_vocab: int = option(1024, "vocabulary size of the tokenizer trained for a fresh model", low=16)
     device: str = option("auto", "where training runs: auto (a GPU when there is one), cpu or cuda", choices=DEVICES)
+    track_every: int = option(
+        0,
+        "track PRISM's update statistics live every N steps into OUT/tracking (0: off): the F16 curve at "
+        "every N-th step without saving those checkpoints",
+        low=0,
+    )
 
 
 @dataclass
@@ -86,3 +92,9 @@ class RLConfig(_Config):
     eval_n: int = option(30, "problems per benchmark in those evaluations", low=1)
     seed: int = option(0, "seed of the prompts and the sampling")
     device: str = option("auto", "where RL runs: auto (a GPU when there is one), cpu or cuda", choices=DEVICES)
+    track_every: int = option(
+        0,
+        "track PRISM's update statistics live every N steps into OUT/tracking (0: off): the F16 curve at "
+        "every N-th step without saving those checkpoints",
+        low=0,
+    )

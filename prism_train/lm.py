@@ -177,6 +177,7 @@ def train(
 
         if start == 0 and not run.manifest["steps"]:
             save(0, float("nan"), 0.0)
+        tracker = start_tracking(cfg, run, model, start)
         loss_ema = None
         bar = progress_bar(
             range(start, cfg.steps),
@@ -199,15 +200,37 @@ def train(
                 accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if tracker is not None:
+                tracker.step(step + 1)
             tokens += int((labels != -100).sum()) * accelerator.num_processes
             lv = float(loss.detach())
             loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
             bar.set_postfix(loss=f"{loss_ema:.3f}")
             if step + 1 in save_at:
                 save(step + 1, lv, lr)
+            if tracker is not None and step + 1 == cfg.steps:
+                tracker.finish(cfg.steps)
             if stop_after is not None and done_here >= stop_after:
                 break
         return run.manifest
+
+
+def start_tracking(cfg, run, model, start: int):
+    """The live :class:`~prism_analysis.tracking.UpdateTracker` of a run with ``--track-every``
+    (None without): writes ``OUT/tracking``; a resumed run continues the curve of its first part."""
+    if not cfg.track_every:
+        return None
+    from prism_analysis.tracking import UpdateTracker
+
+    return UpdateTracker(
+        model,
+        every=cfg.track_every,
+        out=run.out / "tracking",
+        step=start,
+        resume=start > 0,
+        total_steps=cfg.steps,
+        name=run.out.name,
+    )
 
 
 def _list_state(s):

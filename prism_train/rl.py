@@ -33,7 +33,7 @@ from prism_analysis.errors import PrismError
 from .config import RLConfig
 from .data.problem import REASONING_DOMAINS, Problem, in_split
 from .data.reasoning import generator
-from .lm import accelerator_for
+from .lm import accelerator_for, start_tracking
 from .rewards import reward
 from .run_dir import RunDir
 
@@ -200,6 +200,7 @@ def rl_train(
         if start == 0 and not manifest["steps"]:
             maybe_eval(0)
             save(0, {})
+        tracker = start_tracking(cfg, run, model, start)
         pool = (
             filtered_pool(accelerator.unwrap_model(model), tok, weights, cfg, 4 * cfg.prompts_per_step)
             if cfg.difficulty_filter
@@ -247,6 +248,8 @@ def rl_train(
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                 stats["loss"], stats["kl"] = float(loss.detach()), float(kl)
+            if tracker is not None:
+                tracker.step(step + 1)
             tokens += int(mask.sum())
             timing["train"] += time.perf_counter() - t
             manifest["log"].append(stats)
@@ -254,6 +257,8 @@ def rl_train(
             if step + 1 in save_at:
                 maybe_eval(step + 1)
                 save(step + 1, stats)
+            if tracker is not None and step + 1 == cfg.steps:
+                tracker.finish(cfg.steps)
             if stop_after is not None and done_here >= stop_after:
                 break
         return manifest

@@ -312,3 +312,24 @@ def test_trl_grpo_trainer_with_the_callback(tmp_path):
     assert summary["total"]["final_normalized_l2"] > 0
     curve = pd.read_csv(tmp_path / "track" / "cka_curve.csv")
     assert sorted(curve.step.unique()) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_prism_train_track_every_equals_trajectory_and_survives_resume(tmp_path):
+    """``prism train --track-every 1`` saving every step: OUT/tracking equals ``prism trajectory``
+    of OUT; a run cut after step 6 (last save at 4) and resumed tracks the same numbers."""
+    from prism_train.config import TrainConfig
+    from prism_train.lm import train
+
+    small = dict(steps=8, save_every=4, batch_size=4, seq_len=32, warmup=2, model={"hidden_size": 32, "num_layers": 2})
+    every = TrainConfig(**small, save_steps=list(range(1, 8)), track_every=1)
+    train(every, tmp_path / "full", progress=False)
+    live = pd.read_csv(tmp_path / "full" / "tracking" / "trajectory.csv")
+    offline = analyse_trajectory(tmp_path / "full", progress=False).table
+    assert compare_tables(live, offline, ["normalized_l2", *COUNTED]) == 9 * offline.component.nunique() * 8
+    cut = TrainConfig(**small, track_every=2)
+    train(cut, tmp_path / "cut", progress=False, stop_after=6)
+    train(cut, tmp_path / "cut", progress=False)
+    resumed = pd.read_csv(tmp_path / "cut" / "tracking" / "trajectory.csv")
+    assert sorted(resumed.step.unique()) == [0, 2, 4, 6, 8]
+    pd.testing.assert_frame_equal(resumed, live[live.step.isin([0, 2, 4, 6, 8])].reset_index(drop=True))
