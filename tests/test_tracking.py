@@ -220,15 +220,16 @@ def test_bf16_visibility_against_integer_rounding():
     assert acc.compute() == expected / 50_000
 
 
-def test_plain_loop_reference_modes_agree(tmp_path):
-    """cpu, device and disk references give the same table; a non-tracked step records nothing."""
+def test_plain_loop_reference_modes_agree(tmp_path, device):
+    """cpu, device and disk references give the same table, on every device this machine has (the
+    statistics run where the parameters are); a non-tracked step records nothing."""
     tables = []
     for where in ("cpu", "device", "disk"):
-        model = tiny_llama()
+        model = tiny_llama().to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         out = tmp_path / where if where == "disk" else None  # no figures to draw for the others
         tracker = UpdateTracker(model, every=3, out=out, reference=where, k_steps=(1, 4))
-        ids = torch.randint(3, 500, (2, 8), generator=torch.Generator().manual_seed(0))
+        ids = torch.randint(3, 500, (2, 8), generator=torch.Generator().manual_seed(0)).to(device)
         for step in range(1, 7):
             model(input_ids=ids, labels=ids).loss.backward()
             opt.step()
