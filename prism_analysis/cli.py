@@ -113,6 +113,15 @@ def _add_audit(sub) -> None:
         help="relative-change thresholds, fractions or percents (default 0.1%%,0.5%%,1%%,2%%,5%%,10%%)",
     )
     p.add_argument("--no-figure", action="store_true", help="skip the F11 figure")
+    p.add_argument(
+        "--spectral",
+        action="store_true",
+        help="also the update geometry of every 2-D tensor: effective_rank, stable_rank, principal angles "
+        "(max/mean, degrees), principal_alignment, fraction_visible_bf16 (+ geometry_by_layer_and_component figure)",
+    )
+    p.add_argument(
+        "--spectral-k", type=POSITIVE, default=16, metavar="K", help="top-K principal subspaces (default 16)"
+    )
     add_config_option(p)
     add_checkpoint_options(p)
     p.set_defaults(func=_run_audit)
@@ -144,11 +153,15 @@ def _run_audit(args) -> None:
         progress=not args.quiet,
         allow_pickle=args.allow_pickle,
         config=args.config,
+        spectral=args.spectral,
+        spectral_k=args.spectral_k,
     )
     print(result.format(), flush=True)
     if args.out:
         result.save(args.out, figure=not args.no_figure)
         figure = "" if args.no_figure else ", update_by_layer_and_component.png/.pdf"
+        if args.spectral and not args.no_figure:
+            figure += ", geometry_by_layer_and_component.png/.pdf"
         experts = ", experts.csv" if len(result.experts) else ""
         print(f"\nwrote {args.out}/summary.json, tensors.csv, layers.csv, components.csv{experts}{figure}")
 

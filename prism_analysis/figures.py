@@ -57,6 +57,47 @@ def plot_audit(
     return fig
 
 
+def plot_spectral(layers: pd.DataFrame, components: pd.DataFrame, stem, title: str = "") -> plt.Figure:
+    """The geometry of the update (``prism audit --spectral``): principal-subspace rotation (max and
+    mean principal angle, degrees) and effective rank of the update, by layer (top) and by component
+    (bottom); parameter-weighted means as in the tables."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    (angle_l, rank_l), (angle_c, rank_c) = axes
+    if len(layers):
+        for col, style, color in (
+            ("max_principal_angle_deg", "o-", PALETTE[3]),
+            ("mean_principal_angle_deg", "s--", PALETTE[0]),
+        ):
+            angle_l.plot(layers["layer"], layers[col], style, ms=4, color=color, label=col.replace("_deg", ""))
+        rank_l.plot(layers["layer"], layers["effective_rank"], "o-", ms=4, color=PALETTE[2])
+    for ax in (angle_l, rank_l):
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    angle_l.set_ylabel("principal angle, W_A vs W_B top-k (deg)")
+    angle_l.set_title("rotation of the principal subspaces by layer")
+    angle_l.legend(fontsize=8)
+    rank_l.set_ylabel(r"effective rank of $\Delta W$")
+    rank_l.set_title("effective rank of the update by layer")
+    x = range(len(components))
+    width = 0.4
+    angle_c.bar([i - width / 2 for i in x], components["max_principal_angle_deg"], width, color=PALETTE[3], label="max")
+    angle_c.bar([i + width / 2 for i in x], components["mean_principal_angle_deg"], width, color=PALETTE[0], label="mean")
+    angle_c.set_ylabel("principal angle (deg)")
+    angle_c.set_title("rotation by component")
+    angle_c.legend(fontsize=8)
+    rank_c.bar(list(x), components["effective_rank"], color=PALETTE[2])
+    rank_c.set_ylabel(r"effective rank of $\Delta W$")
+    rank_c.set_title("effective rank by component")
+    for ax in (angle_c, rank_c):
+        ax.set_xticks(list(x), components["component"], rotation=45, ha="right")
+        ax.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title)
+    _save(fig, stem)
+    return fig
+
+
 def plot_cka_layers(layers: pd.DataFrame, stem, title: str = "") -> plt.Figure:
     """F14: linear CKA per layer on all prompts (``cka``), one line per probe set, shaded with the
     interval of that estimate (``cka_ci_low``..``cka_ci_high``, delete-one jackknife). PRISM's
