@@ -222,6 +222,19 @@ def _add_cka(sub) -> None:
     p.add_argument("--sample", type=POSITIVE, default=None, help="prompts per resample (default: half of n)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     p.add_argument("--debiased", action="store_true", help="debiased CKA (unbiased HSIC)")
+    p.add_argument(
+        "--measure",
+        type=_measure_list,
+        default=("cka",),
+        metavar="LIST",
+        help="similarity measures, comma-separated, of cka,mutual_knn,cknna,procrustes,svcca,rsa (default: cka). "
+        "Beyond cka: OUT/similarity.csv with a permutation null (null mean, p-value, corrected score) per layer",
+    )
+    p.add_argument(
+        "--permutations", type=POSITIVE, default=100, help="row shuffles of the permutation null (default 100)"
+    )
+    p.add_argument("--knn-k", type=POSITIVE, default=10, help="neighbours of mutual_knn and cknna (default 10)")
+    p.add_argument("--svcca-k", type=POSITIVE, default=10, help="SVD directions kept by svcca (default 10)")
     p.add_argument("--all-pairs", action="store_true", help="also every layer of A vs every layer of B (heatmap)")
     p.add_argument(
         "--dtype",
@@ -274,11 +287,29 @@ def _run_cka(args) -> None:
         allow_pickle=args.allow_pickle,
         progress=not args.quiet,
         config=args.config,
+        measures=args.measure,
+        permutations=args.permutations,
+        knn_k=args.knn_k,
+        svcca_k=args.svcca_k,
     )
     print(result.format(), flush=True)
     if args.out:
         result.save(args.out)
-        print(f"\nwrote {args.out}/cka.csv, summary.json, cka_by_layer.png/.pdf")
+        suite = ", similarity.csv, similarity_by_layer.png/.pdf" if len(result.similarity) else ""
+        print(f"\nwrote {args.out}/cka.csv, summary.json, cka_by_layer.png/.pdf{suite}")
+
+
+def _measure_list(text: str) -> tuple[str, ...]:
+    """``--measure``: comma-separated names of prism_analysis.similarity.MEASURES, in that order."""
+    from .similarity import MEASURES
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in MEASURES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown measure {', '.join(unknown) or repr(text)}; choose from {', '.join(MEASURES)}"
+        )
+    return tuple(m for m in MEASURES if m in names)
 
 
 # -- trajectory -------------------------------------------------------------------------------------

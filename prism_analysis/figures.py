@@ -82,7 +82,9 @@ def plot_spectral(layers: pd.DataFrame, components: pd.DataFrame, stem, title: s
     x = range(len(components))
     width = 0.4
     angle_c.bar([i - width / 2 for i in x], components["max_principal_angle_deg"], width, color=PALETTE[3], label="max")
-    angle_c.bar([i + width / 2 for i in x], components["mean_principal_angle_deg"], width, color=PALETTE[0], label="mean")
+    angle_c.bar(
+        [i + width / 2 for i in x], components["mean_principal_angle_deg"], width, color=PALETTE[0], label="mean"
+    )
     angle_c.set_ylabel("principal angle (deg)")
     angle_c.set_title("rotation by component")
     angle_c.legend(fontsize=8)
@@ -115,6 +117,38 @@ def plot_cka_layers(layers: pd.DataFrame, stem, title: str = "") -> plt.Figure:
     ax.set_title("F14: representation similarity per layer" + (f"\n{title}" if title else ""))
     ax.grid(alpha=0.3)
     ax.legend(title="probe set", fontsize=8)
+    _save(fig, stem)
+    return fig
+
+
+def plot_similarity(table: pd.DataFrame, stem, title: str = "") -> plt.Figure:
+    """The calibrated similarity suite (``prism cka --measure``): one panel per measure, the score by
+    layer (solid, one colour per probe set), its permutation-null mean (dashed) and the null's
+    +-2 std band; a hollow marker where the layer's p-value is above 0.05."""
+    from .similarity import MEASURES
+
+    measures = [m for m in MEASURES if m in table]
+    cols = min(3, len(measures))
+    rows = -(-len(measures) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), constrained_layout=True, squeeze=False)
+    for ax, m in zip(axes.flat, measures):
+        for i, (probe, df) in enumerate(table.groupby("probe", sort=False)):
+            color = PALETTE[i % len(PALETTE)]
+            ax.plot(df["layer"], df[m], "-", color=color, label=probe)
+            sig = df[f"{m}_p_value"] <= 0.05
+            ax.plot(df["layer"][sig], df[m][sig], "o", ms=4, color=color)
+            ax.plot(df["layer"][~sig], df[m][~sig], "o", ms=4, mfc="none", color=color)
+            null, spread = df[f"{m}_null_mean"], 2 * df[f"{m}_null_std"]
+            ax.plot(df["layer"], null, "--", color=color, alpha=0.7)
+            ax.fill_between(df["layer"], null - spread, null + spread, color=color, alpha=0.15, linewidth=0)
+        ax.set_title(m + (" (distance, rad)" if m == "procrustes" else ""))
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(measures) :]:
+        ax.axis("off")
+    axes.flat[0].legend(title="probe (dashed: null)", fontsize=7)
+    fig.suptitle("representation similarity per layer against a permutation null" + (f"\n{title}" if title else ""))
     _save(fig, stem)
     return fig
 

@@ -205,9 +205,7 @@ def update_geometry(
         energy = float((S[:k] ** 2).sum()) / frob_sq
     else:
         erank = srank = energy = math.nan
-    angles = torch.cat(
-        [principal_angles(Ua[:, :k], Ub[:, :k]), principal_angles(Va[:, :k], Vb[:, :k])]
-    ).rad2deg()
+    angles = torch.cat([principal_angles(Ua[:, :k], Ub[:, :k]), principal_angles(Va[:, :k], Vb[:, :k])]).rad2deg()
     return {
         "effective_rank": erank,
         "stable_rank": srank,
@@ -279,7 +277,9 @@ def spectral_summary(a, b, k: int = DEFAULT_K, device=None, allow_pickle: bool =
 
     from .weights import audit
 
-    res = audit(a, b, device=device, progress=False, allow_pickle=allow_pickle, config=config, spectral=True, spectral_k=k)
+    res = audit(
+        a, b, device=device, progress=False, allow_pickle=allow_pickle, config=config, spectral=True, spectral_k=k
+    )
     keep = ["component", "normalized_l2", "fraction_equal", *COLUMNS]
     total = res.total.rename(columns={"group": "component"})
     table = pd.concat([res.components[keep], total[keep]])

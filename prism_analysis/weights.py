@@ -342,7 +342,6 @@ class Audit:
             ]
         return "\n".join(lines)
 
-
     def _format_spectral(self) -> list[str]:
         """The update-geometry block of :meth:`format` (parameter-weighted means over 2-D tensors)."""
         head = ["erank", "stable", "max angle", "mean angle", "align", "bf16 vis"]
