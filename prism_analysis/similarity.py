@@ -135,7 +135,7 @@ def _pad(p: torch.Tensor, width: int) -> torch.Tensor:
 def _prep_svcca(X: torch.Tensor, svcca_k: int = DEFAULT_SVCCA_K, **_) -> torch.Tensor:
     Xc = _centered(X)
     U, S, _ = torch.linalg.svd(_reduced(Xc), full_matrices=False)
-    k = min(svcca_k, int((S > S[0] * 1e-12).sum()) if S.numel() and S[0] > 0 else 0)
+    k = min(svcca_k, int((S[0] * 1e-12 < S).sum()) if S.numel() and S[0] > 0 else 0)
     if k < 1:
         raise ValueError("SVCCA is undefined: a representation has no variance across rows")
     return U[:, :k]

@@ -197,7 +197,7 @@ def update_geometry(
     dW = B - A
     frob_sq = float(torch.linalg.matrix_norm(dW) ** 2)
     rank = max(rank, k)
-    Ua, Sa, Va, how = top_svd(A, k, method, full_max)
+    Ua, _, Va, how = top_svd(A, k, method, full_max)
     Ub, _, Vb, _ = top_svd(B, k, how)
     if frob_sq > 0:
         _, S, _, _ = top_svd(dW, rank, how)
