@@ -14,7 +14,8 @@ dtype; the work is in float64):
   diagonal), ``s(K, L) = HSIC_1(M o K, M o L)`` with M = M_K o M_L, and
   ``cknna = s(K, L) / sqrt(s(K, K) s(L, L))`` (platonic-rep adds 1e-6 to the denominator; here a
   non-positive one gives NaN instead). The masked Grams are not symmetric, so Cauchy-Schwarz does
-  not bound it: values slightly above 1 occur, in platonic-rep's code as here.
+  not bound it: values slightly above 1 occur, in platonic-rep's code as here; nor is it exactly
+  symmetric in X and Y (its 1'K~L~1 term), which this implementation keeps, as the reference does.
 - :func:`procrustes_distance` (Williams et al. 2021, "Generalized shape metrics", angular form):
   X, Y centred and scaled to unit Frobenius norm, ``arccos(||X^T Y||_*)`` in radians, in
   [0, pi/2]; 0 iff Y is an orthogonal transform of X (up to translation and scale). A distance:
@@ -26,7 +27,7 @@ dtype; the work is in float64):
   correlations are the singular values of U_k^X^T U_k^Y.
 - :func:`rsa` (Kriegeskorte et al. 2008, representational similarity analysis): the Spearman
   correlation of the condensed (i < j) dissimilarity matrices, dissimilarity = correlation distance
-  ``1 - pearson(x_i, x_j)`` between rows.
+  ``1 - pearson(x_i, x_j)`` between rows; distances equal to 12 decimals share their average rank.
 - ``cka``: linear CKA (:mod:`prism_analysis.cka`, Eq. 4).
 
 Calibration (:func:`similarity_table`): a permutation null per layer -- the rows of Y shuffled
@@ -60,6 +61,8 @@ F64 = torch.float64
 DEFAULT_K = 10
 DEFAULT_SVCCA_K = 10
 DEFAULT_PERMUTATIONS = 100
+#: RSA: correlation distances (in [0, 2]) equal to this many decimals are tied ranks.
+TIE_DECIMALS = 12
 
 
 # -- inputs -----------------------------------------------------------------------------------------
@@ -215,7 +218,9 @@ def _prep_rsa(X: torch.Tensor, **_) -> torch.Tensor:
         raise ValueError("RSA's correlation distance is undefined: a row is constant")
     D = 1.0 - (R / norms) @ (R / norms).mT
     iu = torch.triu_indices(n, n, 1, device=X.device)
-    ranks = torch.from_numpy(_average_ranks(D[iu[0], iu[1]].cpu().numpy())).to(X.device)
+    # distances equal to 12 decimals are ties (equal distances must not be ranked by rounding noise)
+    condensed = np.round(D[iu[0], iu[1]].cpu().numpy(), TIE_DECIMALS)
+    ranks = torch.from_numpy(_average_ranks(condensed)).to(X.device)
     M = torch.zeros_like(D)
     M[iu[0], iu[1]] = ranks
     return M + M.mT

@@ -223,6 +223,7 @@ def ckpts(tmp):
     return tmp
 
 
+@pytest.mark.slow
 def test_cli_audit_spectral_writes_columns_summary_and_figure(ckpts, capsys):
     out = ckpts / "out"
     args = ["audit", str(ckpts / "a"), str(ckpts / "b"), "--out", str(out), "--quiet", "--spectral"]
