@@ -314,17 +314,15 @@ def model_cka(
             names[1],
         )
     tables, matrices, suites = [], {}, []
+    settings = dict(k=knn_k, svcca_k=svcca_k, permutations=permutations, bootstrap=bootstrap)
+    settings |= dict(sample_size=sample_size, seed=seed, progress=progress)
     for name in probes:
         XA, XB = acts_a[name], acts_b[name]
         try:
             if la == lb:
                 tables.append(_per_layer(name, XA, XB, bootstrap, sample_size, seed, debiased))
             if la == lb and suite:
-                suites.append(
-                    _similarity(
-                        name, XA, XB, measures, permutations, knn_k, svcca_k, bootstrap, sample_size, seed, progress
-                    )
-                )
+                suites.append(_similarity(name, XA, XB, measures, settings))
             if all_pairs:
                 matrices[name] = cka_matrix(XA, XB, debiased=debiased, as_frame=True)
         except ValueError as e:  # e.g. every prompt gives the same representation
@@ -334,22 +332,11 @@ def model_cka(
     return ModelCKA(*names, pool, layers, matrices, similarity)
 
 
-def _similarity(probe, XA, XB, measures, permutations, knn_k, svcca_k, bootstrap, sample_size, seed, progress):
+def _similarity(probe, XA, XB, measures, settings: dict) -> pd.DataFrame:
     """One probe set's rows of the calibrated similarity suite (probe, then similarity_table's columns)."""
     from .similarity import similarity_table
 
-    df = similarity_table(
-        XA,
-        XB,
-        measures,
-        k=knn_k,
-        svcca_k=svcca_k,
-        permutations=permutations,
-        bootstrap=bootstrap,
-        sample_size=sample_size,
-        seed=seed,
-        progress=progress,
-    )
+    df = similarity_table(XA, XB, measures, **settings)
     df.insert(0, "probe", probe)
     return df
 
