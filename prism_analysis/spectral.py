@@ -286,24 +286,3 @@ class SpectralStats(Accumulator):
 
     def row(self) -> dict:
         return self.compute()
-
-
-def spectral_summary(a, b, k: int = DEFAULT_K, device=None, allow_pickle: bool = False, config=None):
-    """The update geometry of checkpoint ``b`` against ``a`` by component, for a report: one row per
-    component plus ``total``, with :data:`COLUMNS`, ``normalized_l2`` and ``fraction_changed``
-    (share not bitwise equal, the exact counterpart of ``fraction_visible_bf16``).
-
-    Runs :func:`prism_analysis.weights.audit` with ``spectral=True`` (any checkpoint form, streamed).
-    """
-    import pandas as pd
-
-    from .weights import audit
-
-    res = audit(
-        a, b, device=device, progress=False, allow_pickle=allow_pickle, config=config, spectral=True, spectral_k=k
-    )
-    keep = ["component", "normalized_l2", "fraction_equal", *COLUMNS]
-    total = res.total.rename(columns={"group": "component"})
-    table = pd.concat([res.components[keep], total[keep]])
-    table["fraction_changed"] = 1 - table.pop("fraction_equal")
-    return table.reset_index(drop=True)

@@ -472,3 +472,23 @@ def audit(
         experts=experts,
         unclassified=[r["name"] for r in rows if r["component"] == "other"],
     )
+
+
+def spectral_summary(a, b, k: int = 16, device=None, allow_pickle: bool = False, config=None):
+    """The update geometry of checkpoint ``b`` against ``a`` by component, for a report: one row per
+    component plus ``total``, with :data:`prism_analysis.spectral.COLUMNS`, ``normalized_l2``, ``fraction_changed``
+    (share not bitwise equal, the exact counterpart of ``fraction_visible_bf16``).
+
+    Runs :func:`audit` with ``spectral=True`` (any checkpoint form, streamed); the columns are those of
+    :mod:`prism_analysis.spectral`.
+    """
+    from .spectral import COLUMNS
+
+    res = audit(
+        a, b, device=device, progress=False, allow_pickle=allow_pickle, config=config, spectral=True, spectral_k=k
+    )
+    keep = ["component", "normalized_l2", "fraction_equal", *COLUMNS]
+    total = res.total.rename(columns={"group": "component"})
+    table = pd.concat([res.components[keep], total[keep]])
+    table["fraction_changed"] = 1 - table.pop("fraction_equal")
+    return table.reset_index(drop=True)

@@ -21,9 +21,9 @@ from prism_analysis.spectral import (
     fraction_visible_bf16,
     principal_angles,
     randomized_svd,
-    spectral_summary,
     update_geometry,
 )
+from prism_analysis.weights import spectral_summary
 from prism_cli import main
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
