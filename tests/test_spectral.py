@@ -259,3 +259,17 @@ def test_spectral_summary_for_the_study(ckpts):
     assert {"normalized_l2", "fraction_changed", *COLUMNS} <= set(table.columns)
     up = table.set_index("component").loc["mlp_up"]
     assert up["fraction_changed"] > 0 and up["fraction_visible_bf16"] <= up["fraction_changed"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpu_numbers():
+    """The audit runs the geometry on its device: on a GPU the same numbers as on the CPU."""
+    rng = np.random.default_rng(9)
+    A = torch.from_numpy(rng.standard_normal((300, 200)).astype(np.float32))
+    B = A + 1e-3 * torch.from_numpy(rng.standard_normal((300, 200)).astype(np.float32))
+    for method in ("full", "randomized"):
+        cpu, gpu = update_geometry(A, B, k=8, method=method), update_geometry(A.cuda(), B.cuda(), k=8, method=method)
+        for c in ("effective_rank", "stable_rank", "principal_alignment", "max_principal_angle_deg"):
+            assert gpu[c] == pytest.approx(cpu[c], rel=1e-6, abs=1e-9), (method, c)
+    assert fraction_visible_bf16(A.cuda(), B.cuda()) == fraction_visible_bf16(A, B)
