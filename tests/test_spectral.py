@@ -272,5 +272,7 @@ def test_cuda_gives_the_cpu_numbers():
     for method in ("full", "randomized"):
         cpu, gpu = update_geometry(A, B, k=8, method=method), update_geometry(A.cuda(), B.cuda(), k=8, method=method)
         for c in ("effective_rank", "stable_rank", "principal_alignment", "max_principal_angle_deg"):
-            assert gpu[c] == pytest.approx(cpu[c], rel=1e-6, abs=1e-9), (method, c)
+            # dW is noise (a flat spectrum): another device's sketch moves its randomized s_1 by ~1e-4
+            rel = 1e-3 if method == "randomized" and c.endswith("rank") else 1e-6
+            assert gpu[c] == pytest.approx(cpu[c], rel=rel, abs=1e-9), (method, c)
     assert fraction_visible_bf16(A.cuda(), B.cuda()) == fraction_visible_bf16(A, B)
