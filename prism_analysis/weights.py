@@ -364,11 +364,9 @@ def _short_name(p: str) -> str:
 
 
 def _table(groups: dict, key_name: str, extra: dict | None = None) -> pd.DataFrame:
-    """One row per group; ``extra``: more statistics by the same keys (the update geometry), or
-    for the total table the one accumulator of its row."""
-    if extra is not None and not isinstance(extra, dict):
-        extra = dict.fromkeys(groups, extra)
-    rows = [{key_name: k, **s.row(), **(extra[k].row() if extra and k in extra else {})} for k, s in groups.items()]
+    """One row per group; ``extra``: more statistics by the same keys (the update geometry)."""
+    extra = extra or {}
+    rows = [{key_name: k, **s.row(), **(extra[k].row() if k in extra else {})} for k, s in groups.items()]
     return pd.DataFrame(rows)
 
 
@@ -454,7 +452,7 @@ def audit(
             for (layer, expert), s in groups["experts"].items()
         ]
     )
-    total = _table({"total": groups["total"]}, "group", spectral_groups.get("total"))
+    total = _table({"total": groups["total"]}, "group", {"total": spectral_groups["total"]} if spectral else None)
     return Audit(
         a=label(ca),
         b=label(cb),
