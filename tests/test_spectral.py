@@ -276,3 +276,22 @@ def test_cuda_gives_the_cpu_numbers():
             rel = 1e-3 if method == "randomized" and c.endswith("rank") else 1e-6
             assert gpu[c] == pytest.approx(cpu[c], rel=rel, abs=1e-9), (method, c)
     assert fraction_visible_bf16(A.cuda(), B.cuda()) == fraction_visible_bf16(A, B)
+
+
+@pytest.mark.slow
+def test_audit_spectral_reads_base_plus_lora_adapter_and_finds_its_rank(tmp):
+    """Any checkpoint form: BASE+ADAPTER (merged tensor by tensor). A rank-4 LoRA update of q and v
+    has stable and effective rank at most 4 (up to the float32 rounding of the merge); k is unchanged."""
+    pytest.importorskip("peft")
+    from test_lora import QV, make_lora
+
+    from prism_analysis.weights import audit
+
+    base, adapter, _ = make_lora(tmp, **QV)
+    res = audit(base, f"{base}+{adapter}", progress=False, spectral=True, spectral_k=4)
+    rows = res.tensors.set_index("component")
+    for comp in ("attn_q", "attn_v"):
+        assert (rows.loc[comp, "stable_rank"] <= 4 + 1e-6).all() and (rows.loc[comp, "effective_rank"] <= 4.01).all()
+        assert (rows.loc[comp, "effective_rank"] > 1).all()
+    assert rows.loc["attn_k", "effective_rank"].isna().all()
+    assert res.summary()["components"]["attn_q"]["effective_rank"] <= 4.01
