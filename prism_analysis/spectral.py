@@ -34,7 +34,8 @@ in float64 on the tensors' device (the GPU when the audit runs there):
   does (round to nearest, ties to even). Next to the exact share changed (1 - fraction_equal) it
   shows how much of an update a bf16 checkpoint would hide (RL's Razor, arXiv 2509.04259).
 
-Large matrices (min(m, n) above :data:`FULL_SVD_MAX`) take a randomized SVD (Halko, Martinsson &
+Large matrices (min(m, n) above :data:`FULL_SVD_MAX`, or more than :data:`FULL_SVD_MAX_NUMEL`
+elements: a large vocabulary's embedding) take a randomized SVD (Halko, Martinsson &
 Tropp 2011, Alg. 4.4: Gaussian sketch of ``rank + OVERSAMPLE`` columns, ``POWER_ITERS`` power
 iterations re-orthonormalised by QR, seeded) for the top :data:`RANDOMIZED_RANK` singular triplets
 of W_A, W_B and dW, of which the subspaces keep the top k. There the effective rank is an
@@ -67,6 +68,8 @@ F64 = torch.float64
 DEFAULT_K = 16
 #: Matrices whose smaller side is above this take the randomized SVD.
 FULL_SVD_MAX = 1024
+#: ... and so do matrices with more elements than this (the full SVD's U would be m x n in float64).
+FULL_SVD_MAX_NUMEL = 1 << 24
 #: Singular triplets the randomized SVD keeps for the spectrum of dW (at least k).
 RANDOMIZED_RANK = 128
 OVERSAMPLE = 10
@@ -112,9 +115,9 @@ def randomized_svd(
 def top_svd(W: torch.Tensor, rank: int, method: str = "auto", full_max: int = FULL_SVD_MAX):
     """(U, S, V, method): the top-``rank`` singular triplets of ``W`` (all of them for the full SVD,
     S complete). ``method``: ``full``, ``randomized`` or ``auto`` (randomized when min(m, n) >
-    ``full_max``)."""
+    ``full_max`` or m n > :data:`FULL_SVD_MAX_NUMEL`)."""
     if method == "auto":
-        method = "randomized" if min(W.shape) > full_max else "full"
+        method = "randomized" if min(W.shape) > full_max or W.numel() > FULL_SVD_MAX_NUMEL else "full"
     if method == "full":
         U, S, Vh = torch.linalg.svd(W, full_matrices=False)
         return U, S, Vh.mT, method
