@@ -252,6 +252,10 @@ def test_cli_cka_measure_writes_the_calibrated_table_and_figure(models, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["_similarity"]["wiki"]) == set(MEASURES)
     assert (out / "similarity_by_layer.png").is_file()
+    from prism_analysis.figures import plot_similarity  # redrawn from the saved table alone
+
+    plot_similarity(sim, models / "redrawn")
+    assert (models / "redrawn.pdf").is_file()
     with pytest.raises(SystemExit) as e:
         main([*args, "--measure", "cka,nope"])
     assert e.value.code == 2

@@ -245,6 +245,10 @@ def test_cli_audit_spectral_writes_columns_summary_and_figure(ckpts, capsys):
     for level in ("layers", "components"):
         assert set(COLUMNS) <= set(pd.read_csv(out / f"{level}.csv").columns)
     assert (out / "geometry_by_layer_and_component.png").is_file()
+    from prism_analysis.figures import plot_spectral  # redrawn from the saved tables alone
+
+    plot_spectral(pd.read_csv(out / "layers.csv"), pd.read_csv(out / "components.csv"), ckpts / "redrawn")
+    assert (ckpts / "redrawn.pdf").is_file()
     plain = ckpts / "plain"
     assert main(["audit", str(ckpts / "a"), str(ckpts / "b"), "--out", str(plain), "--quiet", "--no-figure"]) == 0
     assert "effective_rank" not in pd.read_csv(plain / "tensors.csv").columns
