@@ -97,9 +97,11 @@ def _add_audit(sub) -> None:
           prism audit base/ mid/ --out out/ --device cuda     # statistics on the GPU
           prism audit base/ base/+lora/ --out audits/lora     # the update a LoRA adapter makes
           prism audit base/ run/checkpoint-500 --config base/config.json   # FSDP sharded checkpoint
+          prism audit mid/ rl/ --spectral --out audits/geometry   # + ranks, principal angles, bf16 visibility
 
         writes OUT/summary.json, OUT/tensors.csv, OUT/layers.csv, OUT/components.csv (OUT/experts.csv
-        for a MoE model) and OUT/update_by_layer_and_component.{png,pdf} (F11); OUT appears only when
+        for a MoE model) and OUT/update_by_layer_and_component.{png,pdf} (F11); with --spectral six more
+        columns in every table and OUT/geometry_by_layer_and_component.{png,pdf}. OUT appears only when
         complete.""",
     )
     p.add_argument("a", type=nonempty, help="earlier checkpoint (e.g. base)")
@@ -190,11 +192,13 @@ def _add_cka(sub) -> None:
           prism cka runs/mid runs/rl --probe wiki.txt --probe gsm8k.jsonl --out cka/mid_vs_rl
           prism cka base/ mid/ --probe c4.txt --pool tokens          # every token a row, streamed
           prism cka base/ other/ --probe p.txt --all-pairs           # + L x L heatmap
+          prism cka mid/ rl/ --probe p.txt --measure cka,mutual_knn,cknna,procrustes,svcca,rsa --out cka/suite
 
         probe files: .txt (one prompt per line) or .jsonl (field "text").
         writes OUT/cka.csv (probe, layer, cka, cka_ci_low, cka_ci_high, resample_mean, ...),
         OUT/summary.json ({probe: {min_cka, min_cka_ci_low, min_cka_ci_high, argmin_layer, layers}})
-        and OUT/cka_by_layer.{png,pdf} (F14).""",
+        and OUT/cka_by_layer.{png,pdf} (F14); with --measure beyond cka also OUT/similarity.csv and
+        OUT/similarity_by_layer.{png,pdf} (each measure, its permutation null, p-value, corrected score).""",
     )
     p.add_argument("a", type=nonempty, help="first checkpoint (e.g. mid-trained)")
     p.add_argument("b", type=nonempty, help="second checkpoint (e.g. after RL)")
