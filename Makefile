@@ -60,6 +60,8 @@ figures: $(VENV)/.train
 bench: $(VENV)/.test
 	$(PY) benchmarks/audit.py --quick
 	$(PY) benchmarks/cka.py --quick
+	$(PY) benchmarks/spectral.py --quick
+	$(PY) benchmarks/similarity.py --quick
 	$(PY) benchmarks/trajectory.py --quick
 	$(PY) benchmarks/startup.py --quick
 

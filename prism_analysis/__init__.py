@@ -17,6 +17,8 @@ imports alone (the training package, ``prism_train``, is optional). Modules:
 - :mod:`prism_analysis.cka`               linear / debiased / RBF / streaming CKA (Eq. 4)
 - :mod:`prism_analysis.activations`       every layer's hidden states of a causal LM (nnsight)
 - :mod:`prism_analysis.model_cka`         CKA between two checkpoints on probe sets (F14, T14)
+- :mod:`prism_analysis.spectral`          update geometry: effective rank, principal angles, bf16 visibility
+- :mod:`prism_analysis.similarity`        mutual kNN, CKNNA, Procrustes, SVCCA, RSA with a permutation null
 - :mod:`prism_analysis.model_loader`      a model and its tokenizer from a checkpoint
 - :mod:`prism_analysis.figures`           the paper's figures, drawn from saved tables
 - :mod:`prism_analysis.accumulator`       update / compute / merge statistics (declared reductions)

@@ -97,9 +97,11 @@ def _add_audit(sub) -> None:
           prism audit base/ mid/ --out out/ --device cuda     # statistics on the GPU
           prism audit base/ base/+lora/ --out audits/lora     # the update a LoRA adapter makes
           prism audit base/ run/checkpoint-500 --config base/config.json   # FSDP sharded checkpoint
+          prism audit mid/ rl/ --spectral --out audits/geometry   # + ranks, principal angles, bf16 visibility
 
         writes OUT/summary.json, OUT/tensors.csv, OUT/layers.csv, OUT/components.csv (OUT/experts.csv
-        for a MoE model) and OUT/update_by_layer_and_component.{png,pdf} (F11); OUT appears only when
+        for a MoE model) and OUT/update_by_layer_and_component.{png,pdf} (F11); with --spectral six more
+        columns in every table and OUT/geometry_by_layer_and_component.{png,pdf}. OUT appears only when
         complete.""",
     )
     p.add_argument("a", type=nonempty, help="earlier checkpoint (e.g. base)")
@@ -113,6 +115,15 @@ def _add_audit(sub) -> None:
         help="relative-change thresholds, fractions or percents (default 0.1%%,0.5%%,1%%,2%%,5%%,10%%)",
     )
     p.add_argument("--no-figure", action="store_true", help="skip the F11 figure")
+    p.add_argument(
+        "--spectral",
+        action="store_true",
+        help="also the update geometry of every 2-D tensor: effective_rank, stable_rank, principal angles "
+        "(max/mean, degrees), principal_alignment, fraction_visible_bf16 (+ geometry_by_layer_and_component figure)",
+    )
+    p.add_argument(
+        "--spectral-k", type=POSITIVE, default=16, metavar="K", help="top-K principal subspaces (default 16)"
+    )
     add_config_option(p)
     add_checkpoint_options(p)
     p.set_defaults(func=_run_audit)
@@ -144,11 +155,15 @@ def _run_audit(args) -> None:
         progress=not args.quiet,
         allow_pickle=args.allow_pickle,
         config=args.config,
+        spectral=args.spectral,
+        spectral_k=args.spectral_k,
     )
     print(result.format(), flush=True)
     if args.out:
         result.save(args.out, figure=not args.no_figure)
         figure = "" if args.no_figure else ", update_by_layer_and_component.png/.pdf"
+        if args.spectral and not args.no_figure:
+            figure += ", geometry_by_layer_and_component.png/.pdf"
         experts = ", experts.csv" if len(result.experts) else ""
         print(f"\nwrote {args.out}/summary.json, tensors.csv, layers.csv, components.csv{experts}{figure}")
 
@@ -177,11 +192,13 @@ def _add_cka(sub) -> None:
           prism cka runs/mid runs/rl --probe wiki.txt --probe gsm8k.jsonl --out cka/mid_vs_rl
           prism cka base/ mid/ --probe c4.txt --pool tokens          # every token a row, streamed
           prism cka base/ other/ --probe p.txt --all-pairs           # + L x L heatmap
+          prism cka mid/ rl/ --probe p.txt --measure cka,mutual_knn,cknna,procrustes,svcca,rsa --out cka/suite
 
         probe files: .txt (one prompt per line) or .jsonl (field "text").
         writes OUT/cka.csv (probe, layer, cka, cka_ci_low, cka_ci_high, resample_mean, ...),
         OUT/summary.json ({probe: {min_cka, min_cka_ci_low, min_cka_ci_high, argmin_layer, layers}})
-        and OUT/cka_by_layer.{png,pdf} (F14).""",
+        and OUT/cka_by_layer.{png,pdf} (F14); with --measure beyond cka also OUT/similarity.csv and
+        OUT/similarity_by_layer.{png,pdf} (each measure, its permutation null, p-value, corrected score).""",
     )
     p.add_argument("a", type=nonempty, help="first checkpoint (e.g. mid-trained)")
     p.add_argument("b", type=nonempty, help="second checkpoint (e.g. after RL)")
@@ -209,6 +226,19 @@ def _add_cka(sub) -> None:
     p.add_argument("--sample", type=POSITIVE, default=None, help="prompts per resample (default: half of n)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     p.add_argument("--debiased", action="store_true", help="debiased CKA (unbiased HSIC)")
+    p.add_argument(
+        "--measure",
+        type=_measure_list,
+        default=("cka",),
+        metavar="LIST",
+        help="similarity measures, comma-separated, of cka,mutual_knn,cknna,procrustes,svcca,rsa (default: cka). "
+        "Beyond cka: OUT/similarity.csv with a permutation null (null mean, p-value, corrected score) per layer",
+    )
+    p.add_argument(
+        "--permutations", type=POSITIVE, default=100, help="row shuffles of the permutation null (default 100)"
+    )
+    p.add_argument("--knn-k", type=POSITIVE, default=10, help="neighbours of mutual_knn and cknna (default 10)")
+    p.add_argument("--svcca-k", type=POSITIVE, default=10, help="SVD directions kept by svcca (default 10)")
     p.add_argument("--all-pairs", action="store_true", help="also every layer of A vs every layer of B (heatmap)")
     p.add_argument(
         "--dtype",
@@ -261,11 +291,29 @@ def _run_cka(args) -> None:
         allow_pickle=args.allow_pickle,
         progress=not args.quiet,
         config=args.config,
+        measures=args.measure,
+        permutations=args.permutations,
+        knn_k=args.knn_k,
+        svcca_k=args.svcca_k,
     )
     print(result.format(), flush=True)
     if args.out:
         result.save(args.out)
-        print(f"\nwrote {args.out}/cka.csv, summary.json, cka_by_layer.png/.pdf")
+        suite = ", similarity.csv, similarity_by_layer.png/.pdf" if len(result.similarity) else ""
+        print(f"\nwrote {args.out}/cka.csv, summary.json, cka_by_layer.png/.pdf{suite}")
+
+
+def _measure_list(text: str) -> tuple[str, ...]:
+    """``--measure``: comma-separated names of prism_analysis.similarity.MEASURES, in that order."""
+    from .similarity import MEASURES
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in MEASURES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown measure {', '.join(unknown) or repr(text)}; choose from {', '.join(MEASURES)}"
+        )
+    return tuple(m for m in MEASURES if m in names)
 
 
 # -- trajectory -------------------------------------------------------------------------------------

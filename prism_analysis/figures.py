@@ -57,6 +57,49 @@ def plot_audit(
     return fig
 
 
+def plot_spectral(layers: pd.DataFrame, components: pd.DataFrame, stem, title: str = "") -> plt.Figure:
+    """The geometry of the update (``prism audit --spectral``): principal-subspace rotation (max and
+    mean principal angle, degrees) and effective rank of the update, by layer (top) and by component
+    (bottom); parameter-weighted means as in the tables."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    (angle_l, rank_l), (angle_c, rank_c) = axes
+    if len(layers):
+        for col, style, color in (
+            ("max_principal_angle_deg", "o-", PALETTE[3]),
+            ("mean_principal_angle_deg", "s--", PALETTE[0]),
+        ):
+            angle_l.plot(layers["layer"], layers[col], style, ms=4, color=color, label=col.replace("_deg", ""))
+        rank_l.plot(layers["layer"], layers["effective_rank"], "o-", ms=4, color=PALETTE[2])
+    for ax in (angle_l, rank_l):
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    angle_l.set_ylabel("principal angle, W_A vs W_B top-k (deg)")
+    angle_l.set_title("rotation of the principal subspaces by layer")
+    angle_l.legend(fontsize=8)
+    rank_l.set_ylabel(r"effective rank of $\Delta W$")
+    rank_l.set_title("effective rank of the update by layer")
+    x = range(len(components))
+    width = 0.4
+    angle_c.bar([i - width / 2 for i in x], components["max_principal_angle_deg"], width, color=PALETTE[3], label="max")
+    angle_c.bar(
+        [i + width / 2 for i in x], components["mean_principal_angle_deg"], width, color=PALETTE[0], label="mean"
+    )
+    angle_c.set_ylabel("principal angle (deg)")
+    angle_c.set_title("rotation by component")
+    angle_c.legend(fontsize=8)
+    rank_c.bar(list(x), components["effective_rank"], color=PALETTE[2])
+    rank_c.set_ylabel(r"effective rank of $\Delta W$")
+    rank_c.set_title("effective rank by component")
+    for ax in (angle_c, rank_c):
+        ax.set_xticks(list(x), components["component"], rotation=45, ha="right")
+        ax.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title)
+    _save(fig, stem)
+    return fig
+
+
 def plot_cka_layers(layers: pd.DataFrame, stem, title: str = "") -> plt.Figure:
     """F14: linear CKA per layer on all prompts (``cka``), one line per probe set, shaded with the
     interval of that estimate (``cka_ci_low``..``cka_ci_high``, delete-one jackknife). PRISM's
@@ -74,6 +117,38 @@ def plot_cka_layers(layers: pd.DataFrame, stem, title: str = "") -> plt.Figure:
     ax.set_title("F14: representation similarity per layer" + (f"\n{title}" if title else ""))
     ax.grid(alpha=0.3)
     ax.legend(title="probe set", fontsize=8)
+    _save(fig, stem)
+    return fig
+
+
+def plot_similarity(table: pd.DataFrame, stem, title: str = "") -> plt.Figure:
+    """The calibrated similarity suite (``prism cka --measure``): one panel per measure, the score by
+    layer (solid, one colour per probe set), its permutation-null mean (dashed) and the null's
+    +-2 std band; a hollow marker where the layer's p-value is above 0.05."""
+    from .similarity import MEASURES
+
+    measures = [m for m in MEASURES if m in table]
+    cols = min(3, len(measures))
+    rows = -(-len(measures) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), constrained_layout=True, squeeze=False)
+    for ax, m in zip(axes.flat, measures):
+        for i, (probe, df) in enumerate(table.groupby("probe", sort=False)):
+            color = PALETTE[i % len(PALETTE)]
+            ax.plot(df["layer"], df[m], "-", color=color, label=probe)
+            sig = df[f"{m}_p_value"] <= 0.05
+            ax.plot(df["layer"][sig], df[m][sig], "o", ms=4, color=color)
+            ax.plot(df["layer"][~sig], df[m][~sig], "o", ms=4, mfc="none", color=color)
+            null, spread = df[f"{m}_null_mean"], 2 * df[f"{m}_null_std"]
+            ax.plot(df["layer"], null, "--", color=color, alpha=0.7)
+            ax.fill_between(df["layer"], null - spread, null + spread, color=color, alpha=0.15, linewidth=0)
+        ax.set_title(m + (" (distance, rad)" if m == "procrustes" else ""))
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(measures) :]:
+        ax.axis("off")
+    axes.flat[0].legend(title="probe (dashed: null)", fontsize=7)
+    fig.suptitle("representation similarity per layer against a permutation null" + (f"\n{title}" if title else ""))
     _save(fig, stem)
     return fig
 

@@ -102,6 +102,8 @@ class ModelCKA:
     pool: str
     layers: pd.DataFrame  # COLUMNS
     matrices: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: ``--measure`` beyond cka: probe + :func:`prism_analysis.similarity.similarity_table` columns
+    similarity: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def summary(self) -> dict:
         out = {}
@@ -124,11 +126,32 @@ class ModelCKA:
         with atomic_output_dir(out, "cka", [self.a, self.b]) as tmp:
             self.layers.to_csv(tmp / "cka.csv", index=False)
             meta = {"a": self.a, "b": self.b, "pool": self.pool, "estimators": ESTIMATORS}
-            write_json(tmp / "summary.json", {**self.summary(), "_meta": meta})
+            extra = {"_similarity": self.similarity_summary()} if len(self.similarity) else {}
+            write_json(tmp / "summary.json", {**self.summary(), **extra, "_meta": meta})
             plot_cka_layers(self.layers, tmp / "cka_by_layer", title=f"{Path(self.a).name} vs {Path(self.b).name}")
             for probe, m in self.matrices.items():
                 m.to_csv(tmp / f"cka_matrix_{probe}.csv")
                 plot_cka_matrix(m, tmp / f"cka_matrix_{probe}", title=f"{probe}: every layer pair")
+            if len(self.similarity):
+                from .figures import plot_similarity
+
+                self.similarity.to_csv(tmp / "similarity.csv", index=False)
+                plot_similarity(
+                    self.similarity, tmp / "similarity_by_layer", title=f"{Path(self.a).name} vs {Path(self.b).name}"
+                )
+
+    def similarity_summary(self) -> dict:
+        """{probe: {measure: {layers, null_mean, p_value, corrected}}} of the ``--measure`` suite."""
+        from .similarity import MEASURES
+
+        out: dict = {}
+        for probe, df in self.similarity.groupby("probe", sort=False):
+            out[probe] = {
+                m: {key: [float(v) for v in df[m if key == "layers" else f"{m}_{key}"]] for key in SIMILARITY_KEYS}
+                for m in MEASURES
+                if m in df
+            }
+        return out
 
     def format(self) -> str:
         lines = [
@@ -143,7 +166,27 @@ class ModelCKA:
             ci = "" if low is None else f"[{low:.6f}, {high:.6f}]"
             lines.append(f"{probe:<20}{s['n']:>6}{s['min_cka']:>12.6f}  {ci:<22}{s['argmin_layer']:>8}")
         lines.append("(CKA on all n prompts, with its delete-one jackknife interval; PRISM's resamples go to cka.csv)")
+        if len(self.similarity):
+            lines += ["", *self._format_similarity()]
         return "\n".join(lines)
+
+    def _format_similarity(self) -> list[str]:
+        """Per probe and measure: the mean over layers of the score, its null mean, the corrected
+        score and the largest p-value (the least significant layer)."""
+        from .similarity import MEASURES
+
+        lines = [f"{'probe / measure':<24}{'mean score':>12}{'null mean':>12}{'corrected':>12}{'max p':>10}"]
+        for probe, df in self.similarity.groupby("probe", sort=False):
+            for m in (m for m in MEASURES if m in df):
+                lines.append(
+                    f"{probe + ' ' + m:<24}{df[m].mean():>12.4f}{df[f'{m}_null_mean'].mean():>12.4f}"
+                    f"{df[f'{m}_corrected'].mean():>12.4f}{df[f'{m}_p_value'].max():>10.3g}"
+                )
+        lines.append("(means over layers; procrustes is a distance in radians; corrected: 0 chance, 1 perfect)")
+        return lines
+
+
+SIMILARITY_KEYS = ("layers", "null_mean", "p_value", "corrected")
 
 
 def _float_or_none(v) -> float | None:
@@ -196,11 +239,27 @@ def model_cka(
     allow_pickle: bool = False,
     progress: bool = True,
     config=None,
+    measures=("cka",),
+    permutations: int = 100,
+    knn_k: int = 10,
+    svcca_k: int = 10,
 ) -> ModelCKA:
     """Per-layer CKA of checkpoints ``a`` and ``b`` on each probe set (first ``n`` prompts).
 
     ``a``/``b``: any checkpoint form (paths, Hub references, ``BASE+ADAPTER``, sharded training
-    checkpoints with ``config``)."""
+    checkpoints with ``config``). ``measures`` other than ``("cka",)``: also the calibrated suite of
+    :mod:`prism_analysis.similarity` on the same activations (``ModelCKA.similarity``), with a
+    permutation null of ``permutations`` shuffles, ``knn_k`` neighbours and ``svcca_k`` SVD directions;
+    the resamples are the CKA ones (``bootstrap``, ``sample_size``, ``seed``)."""
+    from .similarity import MEASURES
+
+    measures = tuple(measures)
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown:
+        raise PrismError(f"--measure: unknown {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    suite = measures != ("cka",)
+    if suite and pool == "tokens":
+        raise PrismError("--measure beyond cka needs pooled activations (--pool mean or last), not --pool tokens")
     probes = {name: list(texts)[:n] if n else list(texts) for name, texts in probes.items()}
     for name, texts in probes.items():
         if len(texts) < min_rows(debiased):
@@ -254,18 +313,32 @@ def model_cka(
             "use --all-pairs to compare every layer with every layer",
             names[1],
         )
-    tables, matrices = [], {}
+    tables, matrices, suites = [], {}, []
+    settings = dict(k=knn_k, svcca_k=svcca_k, permutations=permutations, bootstrap=bootstrap)
+    settings |= dict(sample_size=sample_size, seed=seed, progress=progress)
     for name in probes:
         XA, XB = acts_a[name], acts_b[name]
         try:
             if la == lb:
                 tables.append(_per_layer(name, XA, XB, bootstrap, sample_size, seed, debiased))
+            if la == lb and suite:
+                suites.append(_similarity(name, XA, XB, measures, settings))
             if all_pairs:
                 matrices[name] = cka_matrix(XA, XB, debiased=debiased, as_frame=True)
         except ValueError as e:  # e.g. every prompt gives the same representation
             raise PrismError(f"probe set {name!r}: {e}") from None
     layers = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
-    return ModelCKA(*names, pool, layers, matrices)
+    similarity = pd.concat(suites, ignore_index=True) if suites else pd.DataFrame()
+    return ModelCKA(*names, pool, layers, matrices, similarity)
+
+
+def _similarity(probe, XA, XB, measures, settings: dict) -> pd.DataFrame:
+    """One probe set's rows of the calibrated similarity suite (probe, then similarity_table's columns)."""
+    from .similarity import similarity_table
+
+    df = similarity_table(XA, XB, measures, **settings)
+    df.insert(0, "probe", probe)
+    return df
 
 
 def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress, names) -> ModelCKA:

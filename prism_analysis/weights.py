@@ -223,6 +223,7 @@ class Audit:
     only_in_b: list[str]
     tied: list[str]
     stats: dict = field(repr=False, default_factory=dict)  # group -> UpdateStats
+    spectral: dict = field(repr=False, default_factory=dict)  # group -> SpectralStats (audit(spectral=True))
     cast: list[dict] = field(default_factory=list)  # tensors whose dtypes differ: name, dtype_a, dtype_b
     experts: pd.DataFrame = field(default_factory=pd.DataFrame)
     unclassified: list[str] = field(default_factory=list)
@@ -238,16 +239,21 @@ class Audit:
                 for k in ("numel", "normalized_l2", "fraction_equal", "fraction_changed", "max_abs_diff", "nonfinite")
             }
 
+        def block(level: str) -> dict:  # key -> statistics, with the update geometry when taken
+            spec = self.spectral.get(level, {})
+            return {k: brief(s) | (spec[k].compute() if k in spec else {}) for k, s in self.stats[level].items()}
+
         experts: dict = {}  # layer -> expert -> statistics
-        for (layer, expert), s in self.stats["experts"].items():
-            experts.setdefault(str(layer), {})[str(expert)] = brief(s)
+        for (layer, expert), s in block("experts").items():
+            experts.setdefault(str(layer), {})[str(expert)] = s
+        total = brief(self.stats["total"]) | (self.spectral["total"].compute() if self.spectral else {})
         return {
             "a": self.a,
             "b": self.b,
             "thresholds": [threshold_key(t) for t in self.thresholds],
-            "total": brief(self.stats["total"]),
-            "components": {c: brief(s) for c, s in self.stats["components"].items()},
-            "layers": {str(i): brief(s) for i, s in self.stats["layers"].items()},
+            "total": total,
+            "components": block("components"),
+            "layers": {str(i): s for i, s in block("layers").items()},
             "experts": experts,
             "unclassified": self.unclassified,
             "only_in_a": self.only_in_a,
@@ -275,6 +281,15 @@ class Audit:
                     tmp / "update_by_layer_and_component",
                     title=f"{_short_name(self.a)} -> {_short_name(self.b)}",
                 )
+                if self.spectral:
+                    from .figures import plot_spectral
+
+                    plot_spectral(
+                        self.layers,
+                        self.components,
+                        tmp / "geometry_by_layer_and_component",
+                        title=f"{_short_name(self.a)} -> {_short_name(self.b)}",
+                    )
 
     def format(self, tau: float = DEFAULT_THRESHOLD) -> str:
         """A compact text summary in the style of PRISM Tables 12, 22 and 23."""
@@ -301,6 +316,8 @@ class Audit:
                 f"{comp:<16}{m['numel']:>14,}{m['normalized_l2']:>12.4g}"
                 f"{100 * m['fraction_changed'].get(key, float('nan')):>16.2f}{100 * m['fraction_equal']:>10.2f}"
             )
+        if self.spectral:
+            lines += ["", *self._format_spectral()]
         if total["nonfinite"]:
             lines += [
                 "",
@@ -328,14 +345,36 @@ class Audit:
             ]
         return "\n".join(lines)
 
+    def _format_spectral(self) -> list[str]:
+        """The update-geometry block of :meth:`format` (parameter-weighted means over 2-D tensors)."""
+        head = ["erank", "stable", "max angle", "mean angle", "align", "bf16 vis"]
+        cols = ["effective_rank", "stable_rank", "max_principal_angle_deg", "mean_principal_angle_deg"]
+        cols += ["principal_alignment", "fraction_visible_bf16"]
+        lines = [
+            "update geometry (parameter-weighted means; angles in degrees; bf16 vis = % visible in bf16)",
+            f"{'component':<16}" + "".join(f"{h:>11}" for h in head),
+        ]
+        groups = [*self.spectral["components"].items(), ("total", self.spectral["total"])]
+        for name, acc in groups:
+            m = acc.compute()
+            values = [m[c] * (100 if c == "fraction_visible_bf16" else 1) for c in cols]
+            lines.append(f"{name:<16}" + "".join(f"{v:>11.4g}" for v in values))
+        return lines
+
 
 def _short_name(p: str) -> str:
     return os.path.basename(os.path.normpath(p)) or p
 
 
-def _table(groups: dict, key_name: str) -> pd.DataFrame:
-    rows = [{key_name: k, **s.row()} for k, s in groups.items()]
+def _table(groups: dict, key_name: str, extra: dict | None = None) -> pd.DataFrame:
+    """One row per group; ``extra``: more statistics by the same keys (the update geometry)."""
+    extra = extra or {}
+    rows = [{key_name: k, **s.row(), **(extra[k].row() if k in extra else {})} for k, s in groups.items()]
     return pd.DataFrame(rows)
+
+
+def _extra(groups: dict, level: str, key) -> dict:
+    return groups[level][key].row() if groups and key in groups[level] else {}
 
 
 def audit(
@@ -347,6 +386,8 @@ def audit(
     allow_pickle: bool = False,
     prefetch: int = 1,
     config=None,
+    spectral: bool = False,
+    spectral_k: int | None = None,
 ) -> Audit:
     """Update statistics of checkpoint ``b`` relative to ``a``, streamed one tensor pair at a time.
 
@@ -355,6 +396,9 @@ def audit(
     ``device``: where the statistics run (default: cuda when available, else cpu).
     Peak memory is ``prefetch + 1`` tensor pairs (the current one and those read ahead), whatever
     the checkpoint size.
+    ``spectral``: also the update geometry of every 2-D tensor (:mod:`prism_analysis.spectral`, top
+    ``spectral_k`` principal subspaces), computed alongside in the same pass, as extra columns of
+    every table (its accumulators are in ``Audit.spectral``).
     """
     (ca, cb), al = open_aligned([a, b], allow_pickle, config, progress=progress)
     dev = resolve_device(device)
@@ -362,12 +406,23 @@ def audit(
     def make():
         return UpdateStats(thresholds)
 
+    if spectral:
+        from .spectral import DEFAULT_K, SpectralStats
+
+        def make_spectral():
+            return SpectralStats(k=spectral_k or DEFAULT_K)
+
     per_tensor: dict[str, list] = {}  # name -> [(part, UpdateStats)]
+    per_spectral: dict[str, list] = {}  # name -> [(part, SpectralStats)]
     rows, cast = [], []
     for name, (ta, tb) in stream_aligned([ca, cb], al.common, desc="audit", progress=progress, prefetch=prefetch):
         pair = (ta.to(dev, non_blocking=True), tb.to(dev, non_blocking=True))
         per_tensor[name] = pieces = part_stats(name, pair, ca.config, make)
         s = merge_all((acc for _, acc in pieces), make)  # the whole tensor's row
+        extra = {}
+        if spectral:  # per part, as the statistics above: q, k, v of a fused projection, each expert
+            per_spectral[name] = spec = part_stats(name, pair, ca.config, make_spectral)
+            extra = merge_all((acc for _, acc in spec), make_spectral).row()
         layer, comp = classify(name)
         split = [part.component for part, _ in pieces if part.component != comp]  # fused q/k/v: q, k, v
         dtype_a, dtype_b = (str(t.dtype).replace("torch.", "") for t in (ta, tb))
@@ -386,29 +441,55 @@ def audit(
                 "dtype_b": dtype_b,
             }
             | s.row()
+            | extra
         )
         del ta, tb, pair
     groups = group_stats(per_tensor, make)
+    spectral_groups = group_stats(per_spectral, make_spectral) if spectral else {}
     tensors = pd.DataFrame(rows)
     tensors["layer"] = tensors["layer"].astype("Int64")
     tensors["expert"] = tensors["expert"].astype("Int64")
     experts = pd.DataFrame(
-        [{"layer": layer, "expert": expert, **s.row()} for (layer, expert), s in groups["experts"].items()]
+        [
+            {"layer": layer, "expert": expert, **s.row(), **_extra(spectral_groups, "experts", (layer, expert))}
+            for (layer, expert), s in groups["experts"].items()
+        ]
     )
-    total = _table({"total": groups["total"]}, "group")
+    total = _table({"total": groups["total"]}, "group", {"total": spectral_groups["total"]} if spectral else None)
     return Audit(
         a=label(ca),
         b=label(cb),
         thresholds=check_thresholds(thresholds),
         tensors=tensors,
-        layers=_table(groups["layers"], "layer"),
-        components=_table(groups["components"], "component"),
+        layers=_table(groups["layers"], "layer", spectral_groups.get("layers")),
+        components=_table(groups["components"], "component", spectral_groups.get("components")),
         total=total,
         only_in_a=al.only_in_a,
         only_in_b=al.only_in_b,
         tied=al.tied,
         stats=groups,
+        spectral=spectral_groups,
         cast=cast,
         experts=experts,
         unclassified=[r["name"] for r in rows if r["component"] == "other"],
     )
+
+
+def spectral_summary(a, b, k: int = 16, device=None, allow_pickle: bool = False, config=None):
+    """The update geometry of checkpoint ``b`` against ``a`` by component, for a report: one row per
+    component plus ``total``, with :data:`prism_analysis.spectral.COLUMNS`, ``normalized_l2``, ``fraction_changed``
+    (share not bitwise equal, the exact counterpart of ``fraction_visible_bf16``).
+
+    Runs :func:`audit` with ``spectral=True`` (any checkpoint form, streamed); the columns are those of
+    :mod:`prism_analysis.spectral`.
+    """
+    from .spectral import COLUMNS
+
+    res = audit(
+        a, b, device=device, progress=False, allow_pickle=allow_pickle, config=config, spectral=True, spectral_k=k
+    )
+    keep = ["component", "normalized_l2", "fraction_equal", *COLUMNS]
+    total = res.total.rename(columns={"group": "component"})
+    table = pd.concat([res.components[keep], total[keep]])
+    table["fraction_changed"] = 1 - table.pop("fraction_equal")
+    return table.reset_index(drop=True)

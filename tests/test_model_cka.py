@@ -71,6 +71,7 @@ def test_cli_writes_outputs(models, capsys):
         assert len(v["layers"]) == 5 and v["min_cka"] == min(v["layers"])
         assert v["min_cka_ci_low"] <= v["min_cka"] <= v["min_cka_ci_high"]
     assert set(s["_meta"]["estimators"]) == {"cka", "cka_ci", "resample"}
+    assert "_similarity" not in s and not (out / "similarity.csv").exists()  # --measure defaults to cka only
     for f in ["cka_by_layer.png", "cka_by_layer.pdf", "cka_matrix_wiki.csv", "cka_matrix_wiki.png"]:
         assert (out / f).is_file(), f
     m = pd.read_csv(out / "cka_matrix_wiki.csv", index_col=0)
