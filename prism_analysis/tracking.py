@@ -78,24 +78,19 @@ WRAPPER_PREFIXES = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_
 
 
 # -- bf16 visibility ------------------------------------------------------------------------------
-def bf16_bits(t: torch.Tensor) -> torch.Tensor:
-    """The bits of ``t`` rounded to bfloat16 (round to nearest even, as ``Tensor.to(torch.bfloat16)``)."""
-    return t.to(torch.bfloat16).view(torch.int16)
-
-
 @dataclass
 class Bf16Visibility(Accumulator):
-    """Elements whose change a bfloat16 checkpoint would show: ``bf16(b) != bf16(a)`` bitwise."""
+    """Elements whose change a bfloat16 checkpoint would show, ``bf16(b) != bf16(a)`` bitwise
+    (:func:`prism_analysis.spectral.fraction_visible_bf16`; float32 tensors only)."""
 
     numel: int = state(0)
     n_visible: int = state(0)
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> Bf16Visibility:
-        a, b = a.reshape(-1), b.reshape(-1)
-        chunk, visible = 1 << 22, 0  # bounded temporaries for any tensor
-        for i in range(0, a.numel(), chunk):
-            visible += int((bf16_bits(a[i : i + chunk]) != bf16_bits(b[i : i + chunk])).sum())
-        return self.add({"numel": a.numel(), "n_visible": visible})
+        from .spectral import fraction_visible_bf16
+
+        visible, numel = fraction_visible_bf16(a, b)
+        return self.add({"numel": numel, "n_visible": visible})
 
     def compute(self) -> float:
         return self.n_visible / self.numel if self.numel else math.nan
