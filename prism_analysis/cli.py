@@ -17,6 +17,7 @@ import os
 import sys
 import textwrap
 
+from .distributed import is_root
 from .errors import PrismError, from_os_error
 from .metrics import DEFAULT_THRESHOLD
 from .options import nonempty, number, number_list
@@ -141,10 +142,12 @@ def _run_audit(args) -> None:
         args.b,
         thresholds=args.thresholds or DEFAULT_THRESHOLDS,
         device=args.device,
-        progress=not args.quiet,
+        progress=not args.quiet and is_root(),
         allow_pickle=args.allow_pickle,
         config=args.config,
     )
+    if not is_root():  # under a launcher, rank 0 alone prints and writes
+        return
     print(result.format(), flush=True)
     if args.out:
         result.save(args.out, figure=not args.no_figure)
@@ -259,9 +262,11 @@ def _run_cka(args) -> None:
         tokenizer=args.tokenizer,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
-        progress=not args.quiet,
+        progress=not args.quiet and is_root(),
         config=args.config,
     )
+    if not is_root():  # under a launcher, rank 0 alone prints and writes
+        return
     print(result.format(), flush=True)
     if args.out:
         result.save(args.out)
@@ -376,13 +381,15 @@ def _run_trajectory(args) -> None:
         thresholds=args.thresholds or DEFAULT_THRESHOLDS,
         tau=args.tau,
         device=args.device,
-        progress=not args.quiet,
+        progress=not args.quiet and is_root(),
         allow_pickle=args.allow_pickle,
         config=args.config,
     )
     source = _hub_trajectory(args) if args.revisions or args.subfolders else args.run
     main_run = analyse_trajectory(source if len(source) > 1 else source[0], evict=args.evict, **kw)
     other = analyse_trajectory(args.compare, **kw) if args.compare else None
+    if not is_root():  # under a launcher, rank 0 alone prints and writes
+        return
     for t in [main_run] + ([other] if other else []):
         print(t.format())
     sys.stdout.flush()
@@ -439,10 +446,12 @@ def _run_compare(args) -> None:
         args.b2,
         tau=args.tau,
         device=args.device,
-        progress=not args.quiet,
+        progress=not args.quiet and is_root(),
         allow_pickle=args.allow_pickle,
         labels=tuple(args.labels),
     )
+    if not is_root():  # under a launcher, rank 0 alone prints and writes
+        return
     print(res.format(), flush=True)
     if args.out:
         res.save(args.out)
@@ -518,15 +527,47 @@ def build_parser(commands=COMMANDS) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
     for add in commands:
         add(sub)
+    for command in sub.choices.values():
+        add_nproc_option(command)
     return parser
 
 
-def run(argv: list[str] | None = None, commands=COMMANDS) -> int:
-    """Parse ``argv`` and run the command; bad input -> one line on stderr and exit status 2."""
+def add_nproc_option(p) -> None:
+    """``--nproc N``: run the command in N processes (``torch.distributed.run``, one node)."""
+    p.add_argument(
+        "--nproc",
+        type=POSITIVE,
+        default=1,
+        metavar="N",
+        help="run in N processes on this machine through torch.distributed's launcher (default 1); "
+        "for several nodes run 'torchrun ... prism COMMAND' instead (see README: distributed runs)",
+    )
+
+
+def run(argv: list[str] | None = None, commands=COMMANDS, module: str = "prism_analysis.cli") -> int:
+    """Parse ``argv`` and run the command; bad input -> one line on stderr and exit status 2.
+
+    ``--nproc N`` relaunches the command in N processes through torch.distributed's launcher
+    (``python -m MODULE`` in each, :mod:`prism_analysis.launch`). Under a launcher every rank runs
+    the command; an error on any rank ends all of them, and rank 0 prints it.
+    """
+    from . import distributed
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(commands).parse_args(argv)
     try:
-        args.func(args)
+        if getattr(args, "nproc", 1) > 1:
+            from .launch import relaunch
+
+            return relaunch(module, argv, args.nproc)
+        try:
+            args.func(args)
+        except Exception as e:  # tell the other ranks, in step (one process: re-raised as it is)
+            distributed.finish(e)
+        distributed.finish()
     except PrismError as e:
+        if isinstance(e, distributed.RankFailed) and not distributed.is_root():
+            return EXIT_BAD_INPUT  # rank 0 prints the error of the rank that failed
         print(f"prism: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # output piped into `head`: stop quietly
@@ -544,6 +585,8 @@ def run(argv: list[str] | None = None, commands=COMMANDS) -> int:
     except KeyboardInterrupt:
         print("prism: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        distributed.close()
     return 0
 
 
