@@ -585,8 +585,6 @@ def run(argv: list[str] | None = None, commands=COMMANDS, module: str = "prism_a
     except KeyboardInterrupt:
         print("prism: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        distributed.close()
     return 0
 
 

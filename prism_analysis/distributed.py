@@ -20,6 +20,7 @@ Without a launcher (``WORLD_SIZE`` unset or 1) nothing here touches torch.distri
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from collections.abc import Callable, Sequence
@@ -83,18 +84,26 @@ def init() -> bool:
         return False
     import torch.distributed as dist
 
+    global _joined
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout()))
+        atexit.register(close)  # several commands in one process share the group; leave it at exit
+    _joined = True
     return True
 
 
-def close() -> None:
-    """Leave the process group (before the interpreter exits, so gloo's threads stop cleanly)."""
-    if world_size() > 1:
-        import torch.distributed as dist
+#: Whether this process exchanges results through this module (the analyses); the trainers'
+#: process group belongs to accelerate, whose collectives :func:`finish` must not cut across.
+_joined = False
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+
+def close() -> None:
+    """Leave the process group (at exit, before the interpreter's teardown, so gloo's threads stop
+    cleanly)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def assign(sizes: Sequence[int], world: int) -> list[int]:
@@ -186,7 +195,10 @@ def finish(error: BaseException | None = None) -> None:
     (``error`` itself for one process, or when the other ranks can no longer be reached).
     Without: returns once every rank is done, or raises :class:`RankFailed` when one failed.
     """
-    if world_size() <= 1 or isinstance(error, RankFailed):
+    import torch.distributed as dist
+
+    theirs = not _joined and dist.is_available() and dist.is_initialized()  # a trainer's (accelerate's) group
+    if world_size() <= 1 or isinstance(error, RankFailed) or theirs:
         if error is not None:
             raise error
         return

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from prism_analysis.cli import add_checkpoint_options, add_command, add_config_option
+from prism_analysis.distributed import is_root
 from prism_analysis.options import add_options, from_args, nonempty, number
 
 from .config import RLConfig, TrainConfig
@@ -49,6 +50,7 @@ def add_train(sub) -> None:
         examples:
           prism train --phase pretrain --mix pretrain --init llama --out runs/base --steps 300
           prism train --phase mid --mix mcs --init runs/base/step_000300 --out runs/mid_mcs --steps 1000
+          prism train ... --nproc 2                                  # data-parallel, 2 processes
           accelerate launch --config_file configs/fsdp.yaml -m prism_cli train ...   # GPUs""",
     )
     add_options(p, TrainConfig)
@@ -60,7 +62,9 @@ def _run_train(args) -> None:
     from .lm import train
 
     cfg = from_args(TrainConfig, args)
-    m = train(cfg, args.out, force=args.force, progress=not args.quiet)
+    m = train(cfg, args.out, force=args.force, progress=not args.quiet and is_root())
+    if not is_root():  # data-parallel: rank 0 alone reports
+        return
     last = m["steps"][-1]
     print(
         f"{cfg.phase}: {last['step']} steps, {last['tokens']:,} tokens, loss {last['loss']:.4f}, "
@@ -159,7 +163,9 @@ def add_rl(sub) -> None:
 def _run_rl(args) -> None:
     from .rl import rl_train
 
-    m = rl_train(from_args(RLConfig, args), args.out, force=args.force, progress=not args.quiet)
+    m = rl_train(from_args(RLConfig, args), args.out, force=args.force, progress=not args.quiet and is_root())
+    if not is_root():  # data-parallel: rank 0 alone reports
+        return
     logs = m["log"]
     if logs:
         fifth = max(1, len(logs) // 5)
