@@ -30,6 +30,10 @@ from .errors import PrismError
 #: Seconds a rank waits for the others at an exchange before the run fails (env ``PRISM_DIST_TIMEOUT``).
 DEFAULT_TIMEOUT = 7200.0
 
+#: Whether this process exchanges results through this module (the analyses); the trainers'
+#: process group belongs to accelerate, whose collectives :func:`finish` must not cut across.
+_joined = False
+
 
 class RankFailed(PrismError):
     """Raised on every rank when some rank failed: carries that rank's one-line error."""
@@ -92,11 +96,6 @@ def init() -> bool:
     return True
 
 
-#: Whether this process exchanges results through this module (the analyses); the trainers'
-#: process group belongs to accelerate, whose collectives :func:`finish` must not cut across.
-_joined = False
-
-
 def close() -> None:
     """Leave the process group (at exit, before the interpreter's teardown, so gloo's threads stop
     cleanly)."""
@@ -109,9 +108,9 @@ def close() -> None:
 def assign(sizes: Sequence[int], world: int) -> list[int]:
     """The rank that owns each item: largest first, each to the rank with the fewest bytes so far.
 
-    Greedy longest-processing-time scheduling: the busiest rank holds at most 4/3 of the best
-    possible share plus nothing worse than one item. Ties go to the lower index and the lower rank,
-    so every rank computes the same assignment from the same sizes.
+    Greedy longest-processing-time scheduling (Graham 1969): the busiest rank's load is at most
+    (4/3 - 1/(3 world)) times the best possible. Ties go to the lower index and the lower rank, so
+    every rank computes the same assignment from the same sizes.
     """
     loads = [0] * world
     owner = [0] * len(sizes)

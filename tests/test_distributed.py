@@ -65,15 +65,22 @@ COMMANDS = {
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """Four checkpoints of a tiny LLaMA along a run (c1 sharded), two complete models, a probe file,
-    and every command's single-process output under ref/."""
+def checkpoints(tmp_path_factory) -> Path:
+    """Four checkpoints of a tiny LLaMA along a run, c0..c3 (c1 sharded)."""
     root = tmp_path_factory.mktemp("dist")
     state, config = model_state("llama", **TINY)
     for i in range(4):
         g = torch.Generator().manual_seed(i)
         step = {k: v + (0.004 * i) * torch.randn(v.shape, generator=g) * v for k, v in state.items()}
         save_state(step, root / f"c{i}", config, shards=2 if i == 1 else 1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(checkpoints) -> Path:
+    """The checkpoints, two complete models, a probe file, and every command's single-process
+    output under ref/."""
+    root = checkpoints
     save_model(root / "m0", seed=0, **TINY)
     save_model(root / "m1", seed=0, perturb=0.05, **TINY)
     (root / "probe.txt").write_text("\n".join(f"{i}: {t}" for i, t in enumerate(PROSE[:10])))
@@ -139,7 +146,7 @@ def test_ordered_dot_has_the_same_bits_with_any_number_of_threads():
     assert abs(values.pop() - exact) <= 1e-12 * math.fsum((x * y).abs().tolist())
 
 
-def test_a_rank_reads_only_the_tensors_it_owns(data, monkeypatch):
+def test_a_rank_reads_only_the_tensors_it_owns(checkpoints, monkeypatch):
     """Rank 1 of 2 (simulated in this process): reads exactly its share, sends exactly those results."""
     from prism_analysis import checkpoint_reader, weights
 
@@ -159,8 +166,8 @@ def test_a_rank_reads_only_the_tensors_it_owns(data, monkeypatch):
     monkeypatch.setattr(distributed, "init", lambda: True)
     monkeypatch.setattr(distributed, "exchange", fake_exchange)
     with pytest.raises(Sent):
-        weights.audit(data / "c0", data / "c2", progress=False)
-    ca = checkpoint_reader.Checkpoint(data / "c0")
+        weights.audit(checkpoints / "c0", checkpoints / "c2", progress=False)
+    ca = checkpoint_reader.Checkpoint(checkpoints / "c0")
     names = list(ca.tensors)
     owner = distributed.assign([2 * ca.info(n).nbytes for n in names], 2)
     mine = [n for n, r in zip(names, owner) if r == 1]
@@ -180,9 +187,9 @@ def test_every_command_has_nproc_and_it_is_stripped_for_the_workers():
     assert strip_nproc(["audit", "a", "--nproc", "2", "b", "--nproc=3", "--n", "4"]) == ["audit", "a", "b", "--n", "4"]
 
 
-def test_nproc_under_a_launcher_and_a_relayed_error_are_one_line(data, monkeypatch, capsys):
+def test_nproc_under_a_launcher_and_a_relayed_error_are_one_line(checkpoints, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["audit", str(data / "c0"), str(data / "c1"), "--nproc", "2"]) == 2
+    assert main(["audit", str(checkpoints / "c0"), str(checkpoints / "c1"), "--nproc", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["prism: error: --nproc is for a run started without a launcher; this one already runs under one"]
     monkeypatch.setenv("WORLD_SIZE", "1")
