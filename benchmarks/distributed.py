@@ -35,6 +35,9 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 
+CKA_OPTIONS = ["--n", "64", "--batch-size", "4", "--bootstrap", "0"]
+
+
 def cores() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -67,8 +70,7 @@ def inputs(root: Path) -> dict:
     return {
         "audit": ["audit", str(a), str(b), "--no-figure"],
         "trajectory": ["trajectory", str(root / "trajectory")],
-        "cka": ["cka", str(models / "m0"), str(models / "m1"), "--probe", str(models / "probe.txt")]
-        + ["--n", "64", "--batch-size", "4", "--bootstrap", "0"],
+        "cka": ["cka", str(models / "m0"), str(models / "m1"), "--probe", str(models / "probe.txt"), *CKA_OPTIONS],
     }
 
 
@@ -126,7 +128,7 @@ def main() -> None:
         base, reference = None, None
         for n in counts:
             walls, result = [], None
-            for i in range(args.repeat):
+            for _ in range(args.repeat):
                 wall, summary = run_once(commands[name], n, root / "out" / f"{name}_{n}")
                 walls.append(wall)
                 result = numbers(summary)

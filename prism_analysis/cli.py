@@ -482,7 +482,7 @@ def _add_interpolate(sub) -> None:
     p.add_argument("--b", type=coefficient, required=True, help="weight of the RL update (|b| <= 1000)")
     p.add_argument("--out", type=nonempty, required=True, help="output checkpoint directory (written atomically)")
     add_checkpoint_options(p, device=False)
-    p.set_defaults(func=_run_interpolate)
+    p.set_defaults(func=_run_interpolate, one_process=True)
 
 
 def _run_interpolate(args) -> None:
@@ -539,7 +539,8 @@ def add_nproc_option(p) -> None:
         type=POSITIVE,
         default=1,
         metavar="N",
-        help="run in N processes on this machine through torch.distributed's launcher (default 1); "
+        help="run in N processes on this machine through torch.distributed's launcher (default 1; audit, "
+        "trajectory, compare, cka, train and rl split their work, the other commands run in one process); "
         "for several nodes run 'torchrun ... prism COMMAND' instead (see README: distributed runs)",
     )
 
@@ -556,6 +557,8 @@ def run(argv: list[str] | None = None, commands=COMMANDS, module: str = "prism_a
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(commands).parse_args(argv)
     try:
+        if getattr(args, "one_process", False) and (args.nproc > 1 or distributed.world_size() > 1):
+            raise PrismError(f"'prism {args.command}' runs in one process; run it without --nproc or a launcher")
         if getattr(args, "nproc", 1) > 1:
             from .launch import relaunch
 

@@ -94,7 +94,7 @@ def add_eval(sub) -> None:
     p.add_argument("--seed", type=int, default=2026, help="seed of the benchmark problems (default 2026)")
     add_checkpoint_options(p)
     add_config_option(p)
-    p.set_defaults(func=_run_eval)
+    p.set_defaults(func=_run_eval, one_process=True)
 
 
 def _run_eval(args) -> None:
@@ -212,7 +212,7 @@ def add_reproduce(sub) -> None:
     p.add_argument("--family", default=None, help="llama (default), granite, mistral or nemotron_h")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun a stage (repeatable), or all")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_reproduce)
+    p.set_defaults(func=_run_reproduce, one_process=True)
 
 
 def _run_reproduce(args) -> None:
@@ -241,7 +241,7 @@ def add_figures(sub) -> None:
     )
     p.add_argument("--run", type=nonempty, default="runs/tiny", help="study run directory (default runs/tiny)")
     p.add_argument("--into", type=nonempty, default="figures", help="destination (default figures/)")
-    p.set_defaults(func=_run_figures)
+    p.set_defaults(func=_run_figures, one_process=True)
 
 
 def _run_figures(args) -> None:
