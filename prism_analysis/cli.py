@@ -202,7 +202,14 @@ def _add_cka(sub) -> None:
         default="mean",
         help="pooling over a prompt's tokens (default: mean, as PRISM)",
     )
-    p.add_argument("--n", type=POSITIVE, default=200, help="prompts per probe set (default 200, as PRISM)")
+    p.add_argument(
+        "--n",
+        "--n-prompts",
+        type=POSITIVE,
+        default=200,
+        help="prompts per probe set (default 200, as PRISM); under torchrun write --n-prompts (torchrun "
+        "reads --n as an abbreviation of its own options)",
+    )
     p.add_argument(
         "--bootstrap",
         type=number(int, low=0),

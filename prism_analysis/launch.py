@@ -3,9 +3,10 @@
 This is ``torchrun --standalone --nproc-per-node N -m MODULE COMMAND ...`` run from inside ``prism``:
 ``torch.distributed.run`` starts N workers on this machine with a local rendezvous, each worker runs
 the command with ``RANK``/``WORLD_SIZE`` set (:mod:`prism_analysis.distributed`), and the launcher
-returns when all are done. Why an option and not only torchrun: torchrun takes any unknown option
-that abbreviates one of its own (``--n`` for ``--nnodes``/``--nproc-per-node``) unless it comes
-after the script, so ``--nproc`` sidesteps that class of mistakes and needs no path to the script.
+returns when all are done. Why an option and not only torchrun: torchrun's argument parser reads
+every word that looks like an abbreviation of one of its own options, even after the script, so
+``torchrun ... prism cka ... --n 200`` fails (``--n`` could be ``--nnodes``, ``--nproc-per-node``,
+...); ``--nproc`` passes the command's own arguments untouched and needs no path to the script.
 
 Threads: each worker gets ``OMP_NUM_THREADS`` = cores / N (at least 1) unless set, so N workers do
 not oversubscribe the cores. A failed worker has already printed its one-line error (rank 0 prints

@@ -59,7 +59,21 @@ COMMANDS = {
     "audit": ["audit", "c0", "c1", "--no-figure"],
     "trajectory": ["trajectory", "c0", "c1", "c2", "c3"],
     "compare": ["compare", "c0", "c1", "c0", "c2"],
-    "cka_mean": ["cka", "m0", "m1", "--probe", "probe.txt", "--batch-size", "3", "--bootstrap", "5", "--seed", "7"],
+    "cka_mean": [
+        "cka",
+        "m0",
+        "m1",
+        "--probe",
+        "probe.txt",
+        "--batch-size",
+        "3",
+        "--bootstrap",
+        "5",
+        "--seed",
+        "7",
+        "--n-prompts",
+        "10",
+    ],
     "cka_tokens": ["cka", "m0", "m1", "--probe", "probe.txt", "--pool", "tokens", "--batch-size", "2"],
 }
 
