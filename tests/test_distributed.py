@@ -1,11 +1,14 @@
 """Distributed analyses: N processes over gloo give the single-process outputs exactly.
 
-The multi-process tests launch the real launcher (``torchrun`` and ``prism --nproc``) on tiny
-checkpoints and compare every CSV byte for byte and summary.json value for value with an in-process
-single-process run (which uses all of this process's threads, the workers one each); only the
-record of the run (world_size, bytes or prompts per rank) may differ. The fast tests check the
-pieces: the share assignment against brute force, the thread-independent dot, that a rank reads
-only the tensors it owns, and the option on every command.
+Three real launches on tiny checkpoints: ``torchrun --nproc-per-node 2`` of the installed ``prism``
+script (audit); two torchrun agents with ``--nnodes 2`` meeting at a local c10d rendezvous, whose
+one launch runs trajectory, compare and cka (mean and token pooling) through tests/dist_driver.py;
+and ``prism audit --nproc 2`` with a chunk that only rank 1 reads corrupted. Every CSV is compared
+byte for byte and summary.json value for value with an in-process single-process run (two threads;
+the workers of a standalone launch have one each); only the record of the run (world_size, bytes
+or prompts per rank) may differ. The fast tests check the pieces: the share assignment against
+brute force, the thread-independent dot, that a rank reads only the tensors it owns, and the
+option on every command.
 """
 
 from __future__ import annotations
