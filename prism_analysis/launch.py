@@ -60,13 +60,24 @@ def relaunch(module: str, argv: list[str], nproc: int) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", threads)
     os.environ.setdefault("NUMBA_NUM_THREADS", threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = get_args_parser().parse_args(
-        ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", module, *strip_nproc(argv)]
-    )
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", module])
+    args.training_script_args = strip_nproc(argv)  # never through torchrun's parser (it would read --n)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the workers report errors
     try:
         launch(args)
     except ChildFailedError as e:
-        codes = [f.exitcode for f in e.failures.values()]
-        return next((c for c in codes if c and c > 0), EXIT_FAILED)
+        return failure_status(e.failures)
     return 0
+
+
+def failure_status(failures: dict) -> int:
+    """The exit status of a failed launch (the first worker's own status, 2 for bad input). A worker
+    that ended without reporting (killed by a signal: out of memory, say) gets one line here."""
+    import sys
+
+    for rank, f in sorted(failures.items()):
+        if f.exitcode is not None and f.exitcode < 0:
+            print(f"prism: error: rank {rank} was killed ({f.signal_name()}; out of memory?)", file=sys.stderr)
+            return EXIT_FAILED
+    codes = [f.exitcode for _, f in sorted(failures.items())]
+    return next((c for c in codes if c and c > 0), EXIT_FAILED)

@@ -310,3 +310,30 @@ def test_a_failing_rank_stops_the_run_with_its_one_line_error_and_no_output(data
     assert errors == [single.replace("prism: error: ", "prism: error: rank 1: ")]
     assert "Traceback" not in r.stderr and r.stdout == ""
     assert not (data / "t_fail").exists() and not list(data.glob(".t_fail*"))
+
+
+def test_a_launch_failure_keeps_the_workers_status_and_names_a_killed_rank(capsys):
+    from types import SimpleNamespace
+
+    from prism_analysis.launch import failure_status
+
+    def failed(code):
+        return SimpleNamespace(exitcode=code, signal_name=lambda: "SIGKILL")
+
+    assert failure_status({0: failed(2), 1: failed(2)}) == 2  # bad input: the worker printed the line
+    assert capsys.readouterr().err == ""
+    assert failure_status({0: failed(1), 1: failed(-9)}) == 1
+    assert capsys.readouterr().err == "prism: error: rank 1 was killed (SIGKILL; out of memory?)\n"
+
+
+def test_nproc_hands_the_command_line_to_the_workers_untouched(checkpoints, monkeypatch):
+    """torchrun's own parser would take cka's --n for an abbreviation of --nnodes: --nproc never
+    lets it see the command's arguments."""
+    import torch.distributed.run as torch_run
+
+    seen = {}
+    monkeypatch.setattr(torch_run, "run", lambda args: seen.update(vars(args)))
+    argv = ["cka", "a", "b", "--probe", "p.txt", "--n", "5", "--nproc", "3"]
+    assert main(argv) == 0
+    assert seen["nproc_per_node"] == "3" and seen["standalone"] and seen["module"]
+    assert (seen["training_script"], seen["training_script_args"]) == ("prism_cli", argv[:-2])
