@@ -3,10 +3,11 @@
 Each configuration runs the real command line in a fresh process (``python -m prism_cli ...``; N > 1
 through ``--nproc N``, i.e. torch.distributed.run with gloo), timed from outside, the median of
 ``--repeat`` runs, warm page cache. Threads: N = 1 gets every core (OMP_NUM_THREADS = cores),
-N > 1 gets cores / N per process (what ``--nproc`` sets), so the cores are never oversubscribed.
-Every N must give the same numbers: the summary's totals are compared across N.
+N > 1 gets cores / N per process (what ``--nproc`` sets), so the cores are never oversubscribed;
+``1x1`` (one process, one thread) separates the effect of threads from that of processes.
+Every configuration must give the same numbers: summary.json less the run record is compared.
 
-Inputs: the audit pair of benchmarks/audit.py (--quick size: bf16 LLaMA-shaped, 0.2 GB each), the
+Inputs: the audit pair of benchmarks/audit.py (its --quick shapes: bf16 LLaMA-shaped, 0.31 GB each), the
 trajectory of benchmarks/trajectory.py (--quick: 6 bf16 checkpoints), and for CKA two random-init
 LLaMA models (hidden 256, 4 blocks) with a small BPE tokenizer on 64 probe prompts.
 
@@ -15,7 +16,7 @@ Reported per command: wall seconds (median), speed-up over N = 1, and the per-ra
 scale plan extrapolates from. On a 2-core machine two ranks share two cores: expect little gain
 beyond the overlap of reading and computing, and a fixed start-up cost per launch.
 
-  python benchmarks/distributed.py             # N = 1, 2; 3 repeats
+  python benchmarks/distributed.py             # 1 process (2 threads), 1 x 1 thread, 2 processes; 3 repeats
   python benchmarks/distributed.py --nproc 1,2,4,8 --repeat 5   # on a bigger machine
 """
 
@@ -74,12 +75,13 @@ def inputs(root: Path) -> dict:
     }
 
 
-def run_once(argv: list[str], nproc: int, out: Path) -> tuple[float, dict]:
+def run_once(argv: list[str], nproc: int, out: Path, threads: int | None = None) -> tuple[float, dict]:
+    """One timed run: N processes (``--nproc``), each with ``threads`` threads (default cores / N)."""
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
-    if nproc == 1:
-        env["OMP_NUM_THREADS"] = env["NUMBA_NUM_THREADS"] = str(cores())
+    if nproc == 1 or threads:
+        env["OMP_NUM_THREADS"] = env["NUMBA_NUM_THREADS"] = str(threads or cores())
     cmd = [sys.executable, "-m", "prism_cli", *argv, "--out", str(out), "--quiet"]
     cmd += ["--nproc", str(nproc)] if nproc > 1 else []
     t = time.perf_counter()
@@ -104,13 +106,18 @@ def numbers(summary: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default="bench_out/distributed")
-    ap.add_argument("--nproc", default="1,2", help="process counts to time (default 1,2)")
+    ap.add_argument(
+        "--nproc",
+        default="1,1x1,2",
+        help="configurations to time: N processes (cores / N threads each) or NxT (T threads each); "
+        "default 1,1x1,2 (1x1: one process on one core, to separate threading from processes)",
+    )
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--commands", default="audit,trajectory,cka")
     args = ap.parse_args()
     root = Path(args.root)
     commands = inputs(root)
-    counts = [int(n) for n in args.nproc.split(",")]
+    configs = [tuple(int(x) for x in c.split("x")) if "x" in c else (int(c), None) for c in args.nproc.split(",")]
     from prism_analysis.checkpoint_reader import Checkpoint
 
     work = {
@@ -123,13 +130,13 @@ def main() -> None:
         f"{cores()} cores, load average {os.getloadavg()[0]:.1f} at start; median of {args.repeat} runs; "
         f"audit pair {work['audit'] / 1e9:.2f} GB, trajectory {work['trajectory'] / 1e9:.2f} GB"
     )
-    print(f"{'command':<12}{'N':>3}{'wall s':>9}{'runs':>26}{'speed-up':>10}{'per rank':>16}  same numbers")
+    print(f"{'command':<12}{'N x threads':>12}{'wall s':>9}{'runs':>26}{'speed-up':>10}{'per rank':>18}  same numbers")
     for name in args.commands.split(","):
         base, reference = None, None
-        for n in counts:
+        for n, threads in configs:
             walls, result = [], None
             for _ in range(args.repeat):
-                wall, summary = run_once(commands[name], n, root / "out" / f"{name}_{n}")
+                wall, summary = run_once(commands[name], n, root / "out" / f"{name}_{n}", threads)
                 walls.append(wall)
                 result = numbers(summary)
             med = statistics.median(walls)
@@ -138,9 +145,11 @@ def main() -> None:
             scale = 1e6 if units[name] == "MB/s" else 1
             per_rank = work[name] / scale / med / n
             runs = " ".join(f"{w:.1f}" for w in walls)
+            label = f"{n} x {threads or max(1, cores() // n)}"
             print(
-                f"{name:<12}{n:>3}{med:>9.2f}{runs:>26}{base / med:>9.2f}x{per_rank:>10.1f} {units[name]:<6}"
-                f"{'yes' if result == reference else 'NO'}"
+                f"{name:<12}{label:>12}{med:>9.2f}{runs:>26}{base / med:>9.2f}x{per_rank:>10.1f} {units[name]:<9}"
+                f"{'yes' if result == reference else 'NO'}",
+                flush=True,
             )
 
 

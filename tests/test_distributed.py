@@ -39,7 +39,7 @@ def child_env(**extra) -> dict:
     """A child's environment: this checkout importable, quiet libraries."""
     path = os.pathsep.join(p for p in [str(HERE.parent), os.environ.get("PYTHONPATH", "")] if p)
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "RANK", "WORLD_SIZE")}
-    return env | {"PYTHONPATH": path, "TRANSFORMERS_VERBOSITY": "error", "PRISM_DIST_TIMEOUT": "120"} | extra
+    return env | {"PYTHONPATH": path, "TRANSFORMERS_VERBOSITY": "error", "PRISM_DIST_TIMEOUT": "600"} | extra
 
 
 def torchrun(*args) -> list[str]:
