@@ -287,7 +287,8 @@ class StreamingCKA:
     (m x d) arrays); ``compute()`` returns the (L,) float64 CKA of all rows seen; ``merge(other)``
     folds in a StreamingCKA fed other rows (another shard, another process), exactly.
 
-    Precision: rows are shifted by a reference point (the first chunk's column means) before the
+    Precision: rows are shifted by a reference point (the first chunk's column means, or ``shift``:
+    states fed chunk by chunk with one shift merge by plain addition, in any chunking) before the
     chunk products, so large means and outlier channels do not cancel catastrophically; products
     run in ``dtype`` (fp32 by default: the speed of three GEMMs) and accumulate in float64.
     Memory: O(d1^2 + d2^2 + d1 d2) per layer, whatever the number of rows.
@@ -297,10 +298,11 @@ class StreamingCKA:
     sum ab, sum a^2, sum b^2, sum a x~, sum b x~, sum a y~, sum b y~ (the unbiased HSIC needs them).
     """
 
-    def __init__(self, debiased: bool = False, dtype: torch.dtype = torch.float32, device=None):
+    def __init__(self, debiased: bool = False, dtype: torch.dtype = torch.float32, device=None, shift=None):
         self.debiased = debiased
         self.dtype = dtype
         self.device = device
+        self.shift = shift  # (s_x, s_y), each (L, d): the reference point, else the first chunk's means
         self.n = 0
         self.state: dict[str, torch.Tensor] = {}
 
@@ -309,9 +311,10 @@ class StreamingCKA:
         d2 = Y.shape[2]
         dev = X.device
         z = lambda *s: torch.zeros(*s, dtype=F64, device=dev)  # noqa: E731
+        sx, sy = self.shift if self.shift is not None else (X.to(F64).mean(1), Y.to(F64).mean(1))
         self.state = {
-            "sx": X.to(F64).mean(1),
-            "sy": Y.to(F64).mean(1),
+            "sx": sx.to(dev, F64),
+            "sy": sy.to(dev, F64),
             "Sx": z(L, d1),
             "Sy": z(L, d2),
             "Cxx": z(L, d1, d1),

@@ -17,6 +17,7 @@ import os
 import sys
 import textwrap
 
+from .distributed import is_root
 from .errors import PrismError, from_os_error
 from .metrics import DEFAULT_THRESHOLD
 from .options import nonempty, number, number_list
@@ -152,12 +153,14 @@ def _run_audit(args) -> None:
         args.b,
         thresholds=args.thresholds or DEFAULT_THRESHOLDS,
         device=args.device,
-        progress=not args.quiet,
+        progress=not args.quiet and is_root(),
         allow_pickle=args.allow_pickle,
         config=args.config,
         spectral=args.spectral,
         spectral_k=args.spectral_k,
     )
+    if not is_root():  # under a launcher, rank 0 alone prints and writes
+        return
     print(result.format(), flush=True)
     if args.out:
         result.save(args.out, figure=not args.no_figure)
@@ -216,7 +219,14 @@ def _add_cka(sub) -> None:
         default="mean",
         help="pooling over a prompt's tokens (default: mean, as PRISM)",
     )
-    p.add_argument("--n", type=POSITIVE, default=200, help="prompts per probe set (default 200, as PRISM)")
+    p.add_argument(
+        "--n",
+        "--n-prompts",
+        type=POSITIVE,
+        default=200,
+        help="prompts per probe set (default 200, as PRISM); under torchrun write --n-prompts (torchrun "
+        "reads --n as an abbreviation of its own options)",
+    )
     p.add_argument(
         "--bootstrap",
         type=number(int, low=0),
@@ -289,13 +299,15 @@ def _run_cka(args) -> None:
         tokenizer=args.tokenizer,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
-        progress=not args.quiet,
+        progress=not args.quiet and is_root(),
         config=args.config,
         measures=args.measure,
         permutations=args.permutations,
         knn_k=args.knn_k,
         svcca_k=args.svcca_k,
     )
+    if not is_root():  # under a launcher, rank 0 alone prints and writes
+        return
     print(result.format(), flush=True)
     if args.out:
         result.save(args.out)
@@ -424,13 +436,15 @@ def _run_trajectory(args) -> None:
         thresholds=args.thresholds or DEFAULT_THRESHOLDS,
         tau=args.tau,
         device=args.device,
-        progress=not args.quiet,
+        progress=not args.quiet and is_root(),
         allow_pickle=args.allow_pickle,
         config=args.config,
     )
     source = _hub_trajectory(args) if args.revisions or args.subfolders else args.run
     main_run = analyse_trajectory(source if len(source) > 1 else source[0], evict=args.evict, **kw)
     other = analyse_trajectory(args.compare, **kw) if args.compare else None
+    if not is_root():  # under a launcher, rank 0 alone prints and writes
+        return
     for t in [main_run] + ([other] if other else []):
         print(t.format())
     sys.stdout.flush()
@@ -487,10 +501,12 @@ def _run_compare(args) -> None:
         args.b2,
         tau=args.tau,
         device=args.device,
-        progress=not args.quiet,
+        progress=not args.quiet and is_root(),
         allow_pickle=args.allow_pickle,
         labels=tuple(args.labels),
     )
+    if not is_root():  # under a launcher, rank 0 alone prints and writes
+        return
     print(res.format(), flush=True)
     if args.out:
         res.save(args.out)
@@ -521,7 +537,7 @@ def _add_interpolate(sub) -> None:
     p.add_argument("--b", type=coefficient, required=True, help="weight of the RL update (|b| <= 1000)")
     p.add_argument("--out", type=nonempty, required=True, help="output checkpoint directory (written atomically)")
     add_checkpoint_options(p, device=False)
-    p.set_defaults(func=_run_interpolate)
+    p.set_defaults(func=_run_interpolate, one_process=True)
 
 
 def _run_interpolate(args) -> None:
@@ -566,15 +582,50 @@ def build_parser(commands=COMMANDS) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
     for add in commands:
         add(sub)
+    for command in sub.choices.values():
+        add_nproc_option(command)
     return parser
 
 
-def run(argv: list[str] | None = None, commands=COMMANDS) -> int:
-    """Parse ``argv`` and run the command; bad input -> one line on stderr and exit status 2."""
+def add_nproc_option(p) -> None:
+    """``--nproc N``: run the command in N processes (``torch.distributed.run``, one node)."""
+    p.add_argument(
+        "--nproc",
+        type=POSITIVE,
+        default=1,
+        metavar="N",
+        help="run in N processes on this machine through torch.distributed's launcher (default 1; audit, "
+        "trajectory, compare, cka, train and rl split their work, the other commands run in one process); "
+        "for several nodes run 'torchrun ... prism COMMAND' instead (see README: distributed runs)",
+    )
+
+
+def run(argv: list[str] | None = None, commands=COMMANDS, module: str = "prism_analysis.cli") -> int:
+    """Parse ``argv`` and run the command; bad input -> one line on stderr and exit status 2.
+
+    ``--nproc N`` relaunches the command in N processes through torch.distributed's launcher
+    (``python -m MODULE`` in each, :mod:`prism_analysis.launch`). Under a launcher every rank runs
+    the command; an error on any rank ends all of them, and rank 0 prints it.
+    """
+    from . import distributed
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(commands).parse_args(argv)
     try:
-        args.func(args)
+        if getattr(args, "one_process", False) and (args.nproc > 1 or distributed.world_size() > 1):
+            raise PrismError(f"'prism {args.command}' runs in one process; run it without --nproc or a launcher")
+        if getattr(args, "nproc", 1) > 1:
+            from .launch import relaunch
+
+            return relaunch(module, argv, args.nproc)
+        try:
+            args.func(args)
+        except Exception as e:  # tell the other ranks, in step (one process: re-raised as it is)
+            distributed.finish(e)
+        distributed.finish()
     except PrismError as e:
+        if isinstance(e, distributed.RankFailed) and not distributed.is_root():
+            return EXIT_BAD_INPUT  # rank 0 prints the error of the rank that failed
         print(f"prism: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # output piped into `head`: stop quietly

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from . import distributed
 from .accumulator import Accumulator, group_stats, part_stats, state
 from .checkpoint_reader import open_aligned, stream_aligned
 from .devices import resolve_device
 from .metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, bits_equal, changed_mask, threshold_key
 from .outputs import atomic_output_dir, write_json
-from .weights import CHUNK, UpdateStats, as_float, promote, use_fused
+from .weights import CHUNK, UpdateStats, as_float, ordered_dot, promote, use_fused
 
 
 @dataclass
@@ -105,9 +106,9 @@ def _torch_overlap(a1, b1, a2, b2, tau: float) -> tuple[list[float], list[int]]:
         d1, d2 = y1.double() - x1.double(), y2.double() - x2.double()
         ok = torch.isfinite(d1) & torch.isfinite(d2)
         d1, d2 = torch.where(ok, d1, 0), torch.where(ok, d2, 0)
-        acc[0] += torch.dot(d1, d2)
-        acc[1] += torch.dot(d1, d1)
-        acc[2] += torch.dot(d2, d2)
+        acc[0] += ordered_dot(d1, d2)
+        acc[1] += ordered_dot(d1, d1)
+        acc[2] += ordered_dot(d2, d2)
         cnt[0] += m1.sum()
         cnt[1] += m2.sum()
         cnt[2] += (m1 & m2).sum()
@@ -183,12 +184,21 @@ def compare_updates(
     def new_update():
         return UpdateStats(thresholds)
 
-    ov, s1, s2 = {}, {}, {}  # name -> [(part, statistics)], grouped as the audit groups them
-    for name, ts in stream_aligned(ckpts, al.common, desc="compare", progress=progress):
-        x1, y1, x2, y2 = (t.to(dev) for t in ts)
-        ov[name] = part_stats(name, (x1, y1, x2, y2), config, new_overlap)
-        s1[name] = part_stats(name, (x1, y1), config, new_update)
-        s2[name] = part_stats(name, (x2, y2), config, new_update)
+    def measure(names: list[str]) -> dict:  # name -> [(part, statistics)] of the overlap, U1 and U2
+        out = {}
+        for name, ts in stream_aligned(ckpts, names, desc="compare", progress=progress):
+            x1, y1, x2, y2 = (t.to(dev) for t in ts)
+            out[name] = (
+                part_stats(name, (x1, y1, x2, y2), config, new_overlap),
+                part_stats(name, (x1, y1), config, new_update),
+                part_stats(name, (x2, y2), config, new_update),
+            )
+        return out
+
+    # each rank measures its share of the tensors; grouped below in the order of al.common, as the audit
+    sizes = [sum(c.info(n).nbytes for c in ckpts) for n in al.common]
+    measured, loads = distributed.share(al.common, sizes, measure)
+    ov, s1, s2 = ({name: m[k] for name, m in measured.items()} for k in range(3))
     g_ov = group_stats(ov, new_overlap)
     g1 = group_stats(s1, new_update)
     g2 = group_stats(s2, new_update)
@@ -234,4 +244,4 @@ def compare_updates(
             comp, g_ov["components"][comp], g1["components"][comp], g2["components"][comp]
         )
     paths = {"a1": str(a1), "b1": str(b1), "a2": str(a2), "b2": str(b2), "label_1": labels[0], "label_2": labels[1]}
-    return Comparison(paths, tau, pd.DataFrame(rows), summary)
+    return Comparison(paths, tau, pd.DataFrame(rows), summary | distributed.run_record(loads))

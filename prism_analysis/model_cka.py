@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .activations import collect_activations, find_modules, iter_activations
+from . import distributed
+from .activations import find_modules, iter_activations
 from .checkpoint_reader import open_checkpoint
 from .cka import StreamingCKA, bootstrap_cka, cka_matrix, jackknife_cka, layerwise_cka, min_rows
 from .errors import PrismError
@@ -104,6 +105,7 @@ class ModelCKA:
     matrices: dict[str, pd.DataFrame] = field(default_factory=dict)
     #: ``--measure`` beyond cka: probe + :func:`prism_analysis.similarity.similarity_table` columns
     similarity: pd.DataFrame = field(default_factory=pd.DataFrame)
+    run: dict = field(default_factory=dict)  # a distributed run: world_size, prompts_per_rank
 
     def summary(self) -> dict:
         out = {}
@@ -127,7 +129,7 @@ class ModelCKA:
             self.layers.to_csv(tmp / "cka.csv", index=False)
             meta = {"a": self.a, "b": self.b, "pool": self.pool, "estimators": ESTIMATORS}
             extra = {"_similarity": self.similarity_summary()} if len(self.similarity) else {}
-            write_json(tmp / "summary.json", {**self.summary(), **extra, "_meta": meta})
+            write_json(tmp / "summary.json", {**self.summary(), **extra, "_meta": meta | self.run})
             plot_cka_layers(self.layers, tmp / "cka_by_layer", title=f"{Path(self.a).name} vs {Path(self.b).name}")
             for probe, m in self.matrices.items():
                 m.to_csv(tmp / f"cka_matrix_{probe}.csv")
@@ -291,21 +293,33 @@ def model_cka(
         allow_pickle=allow_pickle,
         progress=progress,
     )
+    if distributed.world_size() > 1:
+        load["device"] = distributed.rank_device(device)
+    batches = _batches(probes, batch_size)
     if pool == "tokens":
-        return _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress, names)
+        return _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress, names, batches)
 
-    def activations(path):
-        model, tok = load_model(path, **load)
-        acts = {
-            name: collect_activations(model, tok, texts, pool, batch_size, max_length, progress)
-            for name, texts in probes.items()
-        }
-        del model
-        gc.collect()
-        return acts
+    def activations(path):  # probe -> (L + 1, n, d): each rank runs its share of the batches, in prompt order
+        def run(mine: list) -> dict:
+            if not mine:
+                return {}
+            model, tok = load_model(path, **load)
+            out = {}
+            for name in probes:
+                starts = [s for p, s in mine if p == name]
+                texts = [t for s in starts for t in probes[name][s : s + batch_size]]
+                pooled = iter_activations(model, tok, texts, pool, batch_size, max_length, progress)
+                out.update({(name, s): x.cpu() for s, x in zip(starts, pooled)})
+            del model
+            gc.collect()
+            return out
 
-    acts_a = activations(a)
-    acts_b = activations(b)
+        pooled, loads = distributed.share(batches, [len(probes[p][s : s + batch_size]) for p, s in batches], run)
+        acts = {name: torch.cat([x for (p, _), x in pooled.items() if p == name], dim=1) for name in probes}
+        return acts, loads
+
+    acts_a, loads = activations(a)
+    acts_b, _ = activations(b)
     la, lb = next(iter(acts_a.values())).shape[0], next(iter(acts_b.values())).shape[0]
     if la != lb and not all_pairs:
         raise PrismError(
@@ -329,7 +343,7 @@ def model_cka(
             raise PrismError(f"probe set {name!r}: {e}") from None
     layers = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
     similarity = pd.concat(suites, ignore_index=True) if suites else pd.DataFrame()
-    return ModelCKA(*names, pool, layers, matrices, similarity)
+    return ModelCKA(*names, pool, layers, matrices, similarity, distributed.run_record(loads, "prompts"))
 
 
 def _similarity(probe, XA, XB, measures, settings: dict) -> pd.DataFrame:
@@ -341,28 +355,57 @@ def _similarity(probe, XA, XB, measures, settings: dict) -> pd.DataFrame:
     return df
 
 
-def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress, names) -> ModelCKA:
+def _batches(probes: dict[str, list[str]], batch_size: int) -> list[tuple[str, int]]:
+    """Every forward pass of a single-process run, in order: (probe, index of its first prompt)."""
+    return [(name, s) for name, texts in probes.items() for s in range(0, len(texts), batch_size)]
+
+
+def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress, names, batches) -> ModelCKA:
+    """Token-level CKA: one :class:`StreamingCKA` state per batch, all shifted by the first batch's
+    means, merged in batch order (so a distributed run adds the same float64 terms in the same order)."""
     ma, ta = load_model(a, **load)
     mb, tb = load_model(b, **load)
     if find_modules(ma)[1] != find_modules(mb)[1]:
         raise PrismError("models have different layer counts; token-level CKA compares matched layers", names[1])
-    tables = []
-    for name, texts in probes.items():
-        s = StreamingCKA(debiased=debiased)
-        rows = 0
-        for xa, xb in zip(
-            iter_activations(ma, ta, texts, "tokens", batch_size, max_length, progress),
-            iter_activations(mb, tb, texts, "tokens", batch_size, max_length, progress),
-        ):
+
+    def pairs(texts):
+        xs = iter_activations(ma, ta, texts, "tokens", batch_size, max_length, progress)
+        for xa, xb in zip(xs, iter_activations(mb, tb, texts, "tokens", batch_size, max_length, progress)):
             if xa.shape[1] != xb.shape[1]:
                 raise PrismError(
                     "the two tokenizers split the probe differently; token-level CKA needs the same tokens"
                 )
-            s.update(xa, xb)
-            rows += xa.shape[1]
+            yield xa, xb
+
+    def run(mine: list) -> dict:  # (probe, start) -> the StreamingCKA of that batch alone, on the CPU
+        out = {}
+        for name, texts in probes.items():
+            starts = [s for p, s in mine if p == name]
+            if not starts:
+                continue
+            first = StreamingCKA(debiased=debiased).update(*next(pairs(texts[:batch_size])))
+            shift = (first.state["sx"], first.state["sy"])
+            rest = [s for s in starts if s != 0]
+            chunks = pairs([t for s in rest for t in texts[s : s + batch_size]])
+            states = {(name, 0): first} if starts[0] == 0 else {}
+            states |= {(name, s): StreamingCKA(debiased=debiased, shift=shift).update(*x) for s, x in zip(rest, chunks)}
+            for key, st in states.items():
+                st.state = {k: v.cpu() for k, v in st.state.items()}
+                out[key] = st
+        return out
+
+    states, loads = distributed.share(batches, [len(probes[p][s : s + batch_size]) for p, s in batches], run)
+    tables = []
+    for name in probes:
+        s = StreamingCKA(debiased=debiased)
+        for (p, _), st in states.items():
+            if p == name:
+                s.merge(st)
         try:
             v = s.compute().cpu().numpy()
         except ValueError as e:
             raise PrismError(f"probe set {name!r}: {e}") from None
-        tables.append(pd.DataFrame({"probe": name, "layer": np.arange(len(v)), "cka": v, "n": rows}, columns=COLUMNS))
-    return ModelCKA(*names, "tokens", pd.concat(tables, ignore_index=True))
+        tables.append(pd.DataFrame({"probe": name, "layer": np.arange(len(v)), "cka": v, "n": s.n}, columns=COLUMNS))
+    return ModelCKA(
+        *names, "tokens", pd.concat(tables, ignore_index=True), run=distributed.run_record(loads, "prompts")
+    )

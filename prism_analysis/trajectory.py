@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import distributed
 from .accumulator import group_stats, part_stats
 from .checkpoint_reader import open_aligned, read_ahead, stream_aligned
 from .compare import OverlapStats
@@ -81,6 +82,7 @@ class Trajectory:
     table: pd.DataFrame
     source: str | None = None  # the run directory, when there is one
     disk: dict | None = None  # with --evict: bytes per checkpoint, the peak held at once, what was evicted
+    run: dict | None = None  # a distributed run: world_size, bytes_per_rank
 
     def series(self, component: str, metric: str) -> list[float]:
         t = self.table
@@ -115,14 +117,18 @@ class Trajectory:
             }
 
         comps = [c for c in self.table["component"].unique() if c != "total"]
-        return {
-            "name": self.name,
-            "steps": self.steps,
-            "paths": self.paths,
-            "tau": self.tau,
-            "total": block("total"),
-            "components": {c: block(c) for c in comps},
-        } | ({"disk": self.disk} if self.disk else {})
+        return (
+            {
+                "name": self.name,
+                "steps": self.steps,
+                "paths": self.paths,
+                "tau": self.tau,
+                "total": block("total"),
+                "components": {c: block(c) for c in comps},
+            }
+            | ({"disk": self.disk} if self.disk else {})
+            | (self.run or {})
+        )
 
 
 def analyse_trajectory(
@@ -152,10 +158,11 @@ def analyse_trajectory(
     thresholds = tuple(sorted(set(thresholds) | {tau}))
     stats = _StepStats(thresholds, tau, resolve_device(device))
     if evict:
-        disk = _one_checkpoint_at_a_time(refs, stats, allow_pickle, progress, config)
+        if distributed.world_size() > 1:
+            raise PrismError("--evict fetches one checkpoint at a time for one process; run it without a launcher")
+        disk, run = _one_checkpoint_at_a_time(refs, stats, allow_pickle, progress, config), {}
     else:
-        _each_file_once(refs, stats, allow_pickle, progress, config)
-        disk = None
+        disk, run = None, _each_file_once(refs, stats, allow_pickle, progress, config)
     rows = []
     for i, step in enumerate(steps):
         gu = group_stats(stats.update[i], stats.new_update)
@@ -171,7 +178,7 @@ def analyse_trajectory(
     if name is None:
         hub_refs = [r for r in refs if isinstance(r, HubReference)]
         name = Path(source_dir).name if source_dir else hub_refs[0].repo_id if hub_refs else "trajectory"
-    return Trajectory(name, steps, [str(p) for p in refs], tau, table, source_dir, disk)
+    return Trajectory(name, steps, [str(p) for p in refs], tau, table, source_dir, disk, run)
 
 
 class _StepStats:
@@ -190,32 +197,56 @@ class _StepStats:
     def new_overlap(self) -> OverlapStats:
         return OverlapStats(self.tau)
 
-    def add(self, i: int, name: str, first, theta, last) -> None:
+    def measure(self, name: str, first, theta, last) -> tuple[list, list]:
+        """The per-part statistics of one tensor at one step: (UpdateStats parts, OverlapStats parts)."""
         first, theta, last = (t.to(self.device) for t in (first, theta, last))
-        self.update.setdefault(i, {})[name] = part_stats(name, (first, theta), self.config, self.new_update)
-        self.overlap.setdefault(i, {})[name] = part_stats(
-            name, (first, theta, first, last), self.config, self.new_overlap
+        return (
+            part_stats(name, (first, theta), self.config, self.new_update),
+            part_stats(name, (first, theta, first, last), self.config, self.new_overlap),
         )
 
+    def add(self, i: int, name: str, first, theta, last) -> None:
+        self.store(i, name, self.measure(name, first, theta, last))
 
-def _each_file_once(refs, stats: _StepStats, allow_pickle: bool, progress: bool, config=None) -> None:
+    def store(self, i: int, name: str, measured: tuple[list, list]) -> None:
+        self.update.setdefault(i, {})[name], self.overlap.setdefault(i, {})[name] = measured
+
+
+def _each_file_once(refs, stats: _StepStats, allow_pickle: bool, progress: bool, config=None) -> dict:
     """Tensor by tensor across all checkpoints: theta_0 and theta_T of a name stay loaded while the
     middle checkpoints stream past, so each file is read once (every checkpoint must be local or
-    downloaded first)."""
+    downloaded first).
+
+    Under a launcher, each rank takes a byte-balanced share of the tensor names (a name's bytes
+    summed over all checkpoints, :func:`prism_analysis.distributed.share`) and the statistics are
+    stored in the single-process order. Returns the record of a distributed run (empty otherwise).
+    """
     # the names compared are those theta_0 and theta_T share; every middle checkpoint must have them
     opened, al = open_aligned([refs[0], refs[-1], *refs[1:-1]], allow_pickle, config, progress=progress)
     ckpts = [opened[0], *opened[2:], opened[1]]
     stats.config = ckpts[0].config
     T = len(ckpts) - 1
     order = [0, T, *range(1, T)]
-    tensors = read_ahead(((ckpts[i], n) for n in al.common for i in order), desc="trajectory", progress=progress)
-    for tensor_name in al.common:
-        first, last = next(tensors), next(tensors)
-        for i in order:
-            theta = first if i == 0 else last if i == T else next(tensors)
-            stats.add(i, tensor_name, first, theta, last)
-            del theta
-        del first, last
+
+    def measure(names: list[str]) -> dict:  # name -> [statistics at step index i for i in order]
+        tensors = read_ahead(((ckpts[i], n) for n in names for i in order), desc="trajectory", progress=progress)
+        out = {}
+        for tensor_name in names:
+            first, last = next(tensors), next(tensors)
+            out[tensor_name] = []
+            for i in order:
+                theta = first if i == 0 else last if i == T else next(tensors)
+                out[tensor_name].append(stats.measure(tensor_name, first, theta, last))
+                del theta
+            del first, last
+        return out
+
+    sizes = [sum(c.info(n).nbytes for c in ckpts) for n in al.common]
+    measured, loads = distributed.share(al.common, sizes, measure)
+    for tensor_name, per_step in measured.items():
+        for i, m in zip(order, per_step):
+            stats.store(i, tensor_name, m)
+    return distributed.run_record(loads)
 
 
 def _one_checkpoint_at_a_time(refs, stats: _StepStats, allow_pickle: bool, progress: bool, config=None) -> dict:

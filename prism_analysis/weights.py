@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from . import distributed
 from .accumulator import Accumulator, group_stats, merge_all, part_stats, state
 from .checkpoint_reader import label, open_aligned, stream_aligned
 from .components import classify, expert_index
@@ -46,6 +47,8 @@ FUSED_MIN_NUMEL = 1 << 20
 FUSED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 #: Elements per chunk of element-wise work on the torch path: bounds temporaries for any tensor.
 CHUNK = 1 << 22
+#: Elements per partial sum of :func:`ordered_dot`.
+SUM_BLOCK = 1 << 12
 
 
 def as_float(t: torch.Tensor) -> torch.Tensor:
@@ -167,6 +170,20 @@ def use_fused(*tensors: torch.Tensor) -> bool:
     )
 
 
+def ordered_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """sum_i x_i y_i (a 0-d tensor) whose rounding does not depend on the number of threads.
+
+    ``torch.dot`` on the CPU splits the sum among threads, so its last bits change with
+    ``OMP_NUM_THREADS``; a distributed run (fewer threads per process) would then differ from a
+    single process. Here the products are summed in blocks of :data:`SUM_BLOCK` (one thread per
+    block, zeros padding the last) and the block sums are added in order: the same bits whatever
+    the threading.
+    """
+    pad = (-x.numel()) % SUM_BLOCK
+    prod = torch.nn.functional.pad(x * y, (0, pad))
+    return prod.view(-1, SUM_BLOCK).sum(1).sum()
+
+
 def _torch_pair_stats(a: torch.Tensor, b: torch.Tensor, thresholds) -> tuple[list[float], list[int]]:
     """Torch path (GPU, other dtypes, small tensors): the results of ``fused.pair_stats``.
 
@@ -185,10 +202,10 @@ def _torch_pair_stats(a: torch.Tensor, b: torch.Tensor, thresholds) -> tuple[lis
         fx, fy = torch.where(finite, x64, 0), torch.where(finite, y64, 0)
         d = fy - fx
         abs_d, abs_x = d.abs(), fx.abs()
-        acc[0] += torch.dot(fx, fx)
-        acc[1] += torch.dot(fy, fy)
-        acc[2] += torch.dot(fx, fy)
-        acc[3] += torch.dot(d, d)
+        acc[0] += ordered_dot(fx, fx)
+        acc[1] += ordered_dot(fy, fy)
+        acc[2] += ordered_dot(fx, fy)
+        acc[3] += ordered_dot(d, d)
         if d.numel():
             acc[4] = torch.maximum(acc[4], abs_d.max())
         # changed_mask(x64, y64, t, equal) for every t, with the threshold-free parts computed once:
@@ -227,6 +244,7 @@ class Audit:
     cast: list[dict] = field(default_factory=list)  # tensors whose dtypes differ: name, dtype_a, dtype_b
     experts: pd.DataFrame = field(default_factory=pd.DataFrame)
     unclassified: list[str] = field(default_factory=list)
+    run: dict = field(default_factory=dict)  # a distributed run: world_size, bytes_per_rank
 
     def summary(self) -> dict:
         """The ``summary.json`` record (T12/T22/T23 numbers for the whole model, components, layers,
@@ -260,7 +278,7 @@ class Audit:
             "only_in_b": self.only_in_b,
             "tied": self.tied,
             "cast": self.cast,
-        }
+        } | self.run
 
     def save(self, out: str | os.PathLike, figure: bool = True) -> None:
         """Write summary.json, tensors/layers/components.csv, experts.csv for a MoE model (and the
@@ -412,38 +430,29 @@ def audit(
         def make_spectral():
             return SpectralStats(k=spectral_k or DEFAULT_K)
 
-    per_tensor: dict[str, list] = {}  # name -> [(part, UpdateStats)]
-    per_spectral: dict[str, list] = {}  # name -> [(part, SpectralStats)]
-    rows, cast = [], []
-    for name, (ta, tb) in stream_aligned([ca, cb], al.common, desc="audit", progress=progress, prefetch=prefetch):
-        pair = (ta.to(dev, non_blocking=True), tb.to(dev, non_blocking=True))
-        per_tensor[name] = pieces = part_stats(name, pair, ca.config, make)
-        s = merge_all((acc for _, acc in pieces), make)  # the whole tensor's row
-        extra = {}
-        if spectral:  # per part, as the statistics above: q, k, v of a fused projection, each expert
-            per_spectral[name] = spec = part_stats(name, pair, ca.config, make_spectral)
-            extra = merge_all((acc for _, acc in spec), make_spectral).row()
-        layer, comp = classify(name)
-        split = [part.component for part, _ in pieces if part.component != comp]  # fused q/k/v: q, k, v
-        dtype_a, dtype_b = (str(t.dtype).replace("torch.", "") for t in (ta, tb))
-        if dtype_a != dtype_b:
-            cast.append({"name": name, "dtype_a": dtype_a, "dtype_b": dtype_b})
-        shape = "x".join(map(str, ta.shape))
-        rows.append(
-            {
-                "name": name,
-                "layer": layer,
-                "expert": expert_index(name),
-                "component": comp,
-                "split_into": " ".join(split),
-                "shape": shape,
-                "dtype": dtype_a,
-                "dtype_b": dtype_b,
-            }
-            | s.row()
-            | extra
-        )
-        del ta, tb, pair
+    def measure(names: list[str]) -> dict:  # name -> ([(part, UpdateStats)], row, dtypes, [(part, SpectralStats)])
+        out = {}
+        for name, (ta, tb) in stream_aligned([ca, cb], names, desc="audit", progress=progress, prefetch=prefetch):
+            pair = (ta.to(dev, non_blocking=True), tb.to(dev, non_blocking=True))
+            pieces = part_stats(name, pair, ca.config, make)
+            row, spec = _tensor_row(name, ta, tb, pieces, make), []
+            if spectral:  # per part, as the statistics above: q, k, v of a fused projection, each expert
+                spec = part_stats(name, pair, ca.config, make_spectral)
+                row |= merge_all((acc for _, acc in spec), make_spectral).row()
+            out[name] = (pieces, row, (str(ta.dtype), str(tb.dtype)), spec)
+            del ta, tb, pair
+        return out
+
+    # each rank measures its share of the tensors; all are merged below in the order of al.common
+    measured, loads = distributed.share(al.common, [ca.info(n).nbytes + cb.info(n).nbytes for n in al.common], measure)
+    per_tensor = {name: m[0] for name, m in measured.items()}
+    per_spectral = {name: m[3] for name, m in measured.items()}
+    rows = [m[1] for m in measured.values()]
+    cast = [
+        {"name": name, "dtype_a": da.replace("torch.", ""), "dtype_b": db.replace("torch.", "")}
+        for name, (_, _, (da, db), _) in measured.items()
+        if da != db
+    ]
     groups = group_stats(per_tensor, make)
     spectral_groups = group_stats(per_spectral, make_spectral) if spectral else {}
     tensors = pd.DataFrame(rows)
@@ -472,6 +481,7 @@ def audit(
         cast=cast,
         experts=experts,
         unclassified=[r["name"] for r in rows if r["component"] == "other"],
+        run=distributed.run_record(loads),
     )
 
 
@@ -493,3 +503,21 @@ def spectral_summary(a, b, k: int = 16, device=None, allow_pickle: bool = False,
     table = pd.concat([res.components[keep], total[keep]])
     table["fraction_changed"] = 1 - table.pop("fraction_equal")
     return table.reset_index(drop=True)
+
+
+def _tensor_row(name: str, ta: torch.Tensor, tb: torch.Tensor, pieces: list, make) -> dict:
+    """The tensors.csv row of one tensor pair: where it sits and the statistics of all its parts."""
+    s = merge_all((acc for _, acc in pieces), make)  # the whole tensor's row
+    layer, comp = classify(name)
+    split = [part.component for part, _ in pieces if part.component != comp]  # fused q/k/v: q, k, v
+    dtype_a, dtype_b = (str(t.dtype).replace("torch.", "") for t in (ta, tb))
+    return {
+        "name": name,
+        "layer": layer,
+        "expert": expert_index(name),
+        "component": comp,
+        "split_into": " ".join(split),
+        "shape": "x".join(map(str, ta.shape)),
+        "dtype": dtype_a,
+        "dtype_b": dtype_b,
+    } | s.row()

@@ -22,7 +22,7 @@ def commands() -> list:
 def main(argv: list[str] | None = None) -> int:
     from prism_analysis.cli import run
 
-    return run(argv, commands())
+    return run(argv, commands(), module="prism_cli")
 
 
 __all__ = ["commands", "main"]

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from prism_analysis.cli import add_checkpoint_options, add_command, add_config_option
+from prism_analysis.distributed import is_root
 from prism_analysis.options import add_options, from_args, nonempty, number
 
 from .config import RLConfig, TrainConfig
@@ -49,6 +50,7 @@ def add_train(sub) -> None:
         examples:
           prism train --phase pretrain --mix pretrain --init llama --out runs/base --steps 300
           prism train --phase mid --mix mcs --init runs/base/step_000300 --out runs/mid_mcs --steps 1000
+          prism train ... --nproc 2                                  # data-parallel, 2 processes
           accelerate launch --config_file configs/fsdp.yaml -m prism_cli train ...   # GPUs""",
     )
     add_options(p, TrainConfig)
@@ -60,7 +62,9 @@ def _run_train(args) -> None:
     from .lm import train
 
     cfg = from_args(TrainConfig, args)
-    m = train(cfg, args.out, force=args.force, progress=not args.quiet)
+    m = train(cfg, args.out, force=args.force, progress=not args.quiet and is_root())
+    if not is_root():  # data-parallel: rank 0 alone reports
+        return
     last = m["steps"][-1]
     print(
         f"{cfg.phase}: {last['step']} steps, {last['tokens']:,} tokens, loss {last['loss']:.4f}, "
@@ -90,7 +94,7 @@ def add_eval(sub) -> None:
     p.add_argument("--seed", type=int, default=2026, help="seed of the benchmark problems (default 2026)")
     add_checkpoint_options(p)
     add_config_option(p)
-    p.set_defaults(func=_run_eval)
+    p.set_defaults(func=_run_eval, one_process=True)
 
 
 def _run_eval(args) -> None:
@@ -159,7 +163,9 @@ def add_rl(sub) -> None:
 def _run_rl(args) -> None:
     from .rl import rl_train
 
-    m = rl_train(from_args(RLConfig, args), args.out, force=args.force, progress=not args.quiet)
+    m = rl_train(from_args(RLConfig, args), args.out, force=args.force, progress=not args.quiet and is_root())
+    if not is_root():  # data-parallel: rank 0 alone reports
+        return
     logs = m["log"]
     if logs:
         fifth = max(1, len(logs) // 5)
@@ -206,7 +212,7 @@ def add_reproduce(sub) -> None:
     p.add_argument("--family", default=None, help="llama (default), granite, mistral or nemotron_h")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="rerun a stage (repeatable), or all")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_reproduce)
+    p.set_defaults(func=_run_reproduce, one_process=True)
 
 
 def _run_reproduce(args) -> None:
@@ -235,7 +241,7 @@ def add_figures(sub) -> None:
     )
     p.add_argument("--run", type=nonempty, default="runs/tiny", help="study run directory (default runs/tiny)")
     p.add_argument("--into", type=nonempty, default="figures", help="destination (default figures/)")
-    p.set_defaults(func=_run_figures)
+    p.set_defaults(func=_run_figures, one_process=True)
 
 
 def _run_figures(args) -> None:

@@ -2,9 +2,11 @@
 
 Packed next-token training on a data mix: AdamW with PRISM's betas (0.9, 0.95) and weight decay
 0.1, linear warmup then cosine decay to 10% of the peak, gradient clipping, through accelerate.
-``accelerate launch --config_file configs/fsdp.yaml -m prism_cli train ...`` runs the same code
-data-parallel: every rank draws its own batch, rank 0 writes the checkpoints (with the full state
-dict gathered). The single-process path is what the tests cover.
+``accelerate launch --config_file configs/fsdp.yaml -m prism_cli train ...`` (or ``torchrun``, or
+``prism train ... --nproc N``) runs the same code data-parallel: every rank takes its own rows of
+the step's global batch (:func:`rank_batch`), rank 0 alone writes the checkpoints (with the full
+state dict gathered) and the others only read the resume point. Two CPU processes over gloo are
+tested (tests/test_train_distributed.py); FSDP needs GPUs.
 
 Data position is a pure function of the step: the batch of step s is drawn from a RNG seeded with
 (seed, s), so resuming needs no data-loader state and a resumed run equals an uninterrupted one
@@ -82,6 +84,18 @@ def batch_for_step(
     return torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
 
 
+def rank_batch(sample, tokenizer, step: int, cfg: TrainConfig, rank: int = 0, world: int = 1):
+    """Rank ``rank``'s rows of step ``step``'s global batch of ``world * batch_size`` sequences.
+
+    The global batch is :func:`batch_for_step` of the whole data-parallel run, so N ranks of
+    batch B see exactly the rows one process of batch N * B sees (and average the same gradients,
+    up to the per-rank token counts), and one process is unchanged.
+    """
+    ids, labels = batch_for_step(sample, tokenizer, step, cfg.seed, cfg.batch_size * world, cfg.seq_len)
+    rows = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
+    return ids[rows], labels[rows]
+
+
 def _init_model(cfg: TrainConfig):
     """(model, tokenizer, parent) of a new run: a fresh model of a family, or a checkpoint."""
     from prism_analysis.model_loader import load_model
@@ -126,7 +140,8 @@ def train(
     init = cfg.init if cfg.init not in FAMILIES else None
     if init is not None and not Path(init).exists():
         raise PrismError(f"--init is neither a model family ({', '.join(FAMILIES)}) nor a checkpoint", init)
-    with RunDir(out, config, force=force, inputs=[init], command="train") as run:
+    accelerator = accelerator_for(cfg.device)  # under a launcher: joins the data-parallel group
+    with RunDir.for_ranks(accelerator, out, config, force=force, inputs=[init], command="train") as run:
         save_dtype = getattr(torch, cfg.save_dtype)
         sample = mix.sampler("train")
         set_seed(cfg.seed)
@@ -150,7 +165,6 @@ def train(
             lr=cfg.lr,
             betas=tuple(cfg.betas),
         )
-        accelerator = accelerator_for(cfg.device)
         model, opt = accelerator.prepare(model, opt)
         if state is not None:
             opt.load_state_dict(state["optimizer"])
@@ -190,9 +204,7 @@ def train(
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            # each data-parallel rank draws its own batch (rank 0 alone reproduces a single-process run)
-            rank_seed = cfg.seed if accelerator.process_index == 0 else f"{cfg.seed}/rank{accelerator.process_index}"
-            ids, labels = batch_for_step(sample, tok, step, rank_seed, cfg.batch_size, cfg.seq_len)
+            ids, labels = rank_batch(sample, tok, step, cfg, accelerator.process_index, accelerator.num_processes)
             ids, labels = ids.to(accelerator.device), labels.to(accelerator.device)
             loss = model(input_ids=ids, labels=labels).loss
             accelerator.backward(loss)
@@ -203,7 +215,7 @@ def train(
             if tracker is not None:
                 tracker.step(step + 1)
             tokens += int((labels != -100).sum()) * accelerator.num_processes
-            lv = float(loss.detach())
+            lv = float(accelerator.reduce(loss.detach(), reduction="mean"))  # the mean over ranks
             loss_ema = lv if loss_ema is None else 0.9 * loss_ema + 0.1 * lv
             bar.set_postfix(loss=f"{loss_ema:.3f}")
             if step + 1 in save_at:

@@ -17,6 +17,11 @@ signal, and the step is skipped entirely (no optimizer step), so the weights do 
 -- with AdamW a zero gradient would still move them through momentum.
 
 The sampling RNG of step s is seeded with (seed, s): a resumed run equals an uninterrupted one.
+
+Data-parallel (``torchrun``, ``accelerate launch``, ``prism rl ... --nproc N``): the step's prompts
+are split into N equal blocks, each rank samples and scores its block, the rewards are gathered so
+every rank computes the same advantages (checked), each rank trains on its own completions and the
+gradients are averaged; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -49,6 +54,18 @@ def group_advantages(rewards: torch.Tensor, scale_std: bool = True, eps: float =
     adv = rewards - rewards.mean(dim=1, keepdim=True)
     if scale_std:
         adv = adv / (rewards.std(dim=1, keepdim=True, unbiased=False) + eps)
+    return adv
+
+
+def shared_advantages(accelerator, rewards: torch.Tensor, scale_std: bool = True) -> torch.Tensor:
+    """:func:`group_advantages` of the gathered (prompts x G) rewards, flattened, checked to be the
+    same on every data-parallel rank (each rank then trains on its own prompts' rows)."""
+    adv = group_advantages(rewards, scale_std).view(-1)
+    if accelerator.num_processes > 1:
+        digest = (adv.double() * torch.arange(1, adv.numel() + 1, dtype=torch.float64, device=adv.device)).sum()
+        seen = accelerator.gather(digest[None])
+        if not bool((seen == seen[0]).all()):
+            raise RuntimeError(f"data-parallel ranks computed different advantages: {seen.tolist()}")
     return adv
 
 
@@ -145,7 +162,11 @@ def rl_train(
     if not cfg.init or not Path(cfg.init).exists():
         raise PrismError("--init must be a checkpoint to start RL from", cfg.init or None)
     weights = load_rl_mix(cfg.mix)
-    with RunDir(out, cfg.hashed(), force=force, inputs=[cfg.init], command="rl") as run:
+    accelerator = accelerator_for(cfg.device)  # under a launcher: joins the data-parallel group
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.prompts_per_step % world:
+        raise PrismError(f"--prompts {cfg.prompts_per_step} does not split evenly over {world} processes")
+    with RunDir.for_ranks(accelerator, out, cfg.hashed(), force=force, inputs=[cfg.init], command="rl") as run:
         source = run.resume_dir if run.resuming else cfg.init
         model, tok = load_model(source, device="cpu", dtype="float32", progress=False)
         ref = None
@@ -153,7 +174,6 @@ def rl_train(
             ref, _ = load_model(cfg.init, device="cpu", dtype="float32", progress=False)
             ref.requires_grad_(False)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-        accelerator = accelerator_for(cfg.device)
         model, opt = accelerator.prepare(model, opt)
         device = accelerator.device
         if ref is not None:
@@ -179,7 +199,7 @@ def rl_train(
             return cfg.lr * (1 - step / max(1, cfg.steps))
 
         def maybe_eval(step):
-            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if cfg.eval_every and accelerator.is_main_process and (step % cfg.eval_every == 0 or step == cfg.steps):
                 res = evaluate(accelerator.unwrap_model(model), tok, n=cfg.eval_n)
                 manifest["evals"].append({"step": step, **res})
                 model.train()
@@ -193,9 +213,10 @@ def rl_train(
                 "reward": stats.get("reward"),
                 "timing": dict(timing),
             }
-            run.save_step(
-                step, accelerator.unwrap_model(model), tok, {"step": step, "optimizer": opt.state_dict()}, entry
-            )
+            if accelerator.is_main_process:  # rank 0 alone writes
+                state = {"step": step, "optimizer": opt.state_dict()}
+                run.save_step(step, accelerator.unwrap_model(model), tok, state, entry)
+            accelerator.wait_for_everyone()
 
         if start == 0 and not manifest["steps"]:
             maybe_eval(0)
@@ -217,22 +238,25 @@ def rl_train(
             else:
                 probs = random.Random(f"pool/{cfg.seed}/{step}").choices(pool, k=cfg.prompts_per_step)
             t = time.perf_counter()
-            rewards, ids, attn, n_prompt = _rollout(accelerator.unwrap_model(model), tok, probs, cfg, step)
+            mine = slice(rank * len(probs) // world, (rank + 1) * len(probs) // world)  # this rank's prompts
+            local, ids, attn, n_prompt = _rollout(accelerator.unwrap_model(model), tok, probs[mine], cfg, step)
             timing["generate"] += time.perf_counter() - t
             t = time.perf_counter()
-            adv = group_advantages(rewards.view(len(probs), cfg.group_size), cfg.scale_std).view(-1)
+            rewards = accelerator.gather(local)  # every rank: all rewards, in prompt order
+            adv = shared_advantages(accelerator, rewards.view(len(probs), cfg.group_size), cfg.scale_std)
+            adv_all, adv = adv, adv[rank * len(local) : (rank + 1) * len(local)]
             mask = attn[:, n_prompt:].float()
             stats = {
                 "step": step + 1,
                 "reward": float(rewards.mean()),
                 "accuracy": float((rewards == 1).float().mean()),
-                "response_length": float(mask.sum(1).mean()),
+                "response_length": float(accelerator.reduce(mask.sum(1).mean(), reduction="mean")),
                 "lr": lr_at(step),
                 "kl": 0.0,
                 "loss": 0.0,
                 "skipped": False,
             }
-            if bool((adv == 0).all()) and cfg.kl_beta == 0:
+            if bool((adv_all == 0).all()) and cfg.kl_beta == 0:  # the same decision on every rank
                 stats["skipped"] = True  # no signal: leave the weights exactly as they are
             else:
                 model.train()
@@ -247,10 +271,11 @@ def rl_train(
                         accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     opt.step()
                     opt.zero_grad(set_to_none=True)
-                stats["loss"], stats["kl"] = float(loss.detach()), float(kl)
+                stats["loss"] = float(accelerator.reduce(loss.detach(), reduction="mean"))
+                stats["kl"] = float(accelerator.reduce(kl, reduction="mean"))
             if tracker is not None:
                 tracker.step(step + 1)
-            tokens += int(mask.sum())
+            tokens += int(accelerator.reduce(mask.sum(), reduction="sum"))
             timing["train"] += time.perf_counter() - t
             manifest["log"].append(stats)
             bar.set_postfix(reward=f"{stats['reward']:.2f}")

@@ -89,7 +89,15 @@ class DirectoryLock:
 class RunDir:
     """An opened run directory (see the module docstring). Use as a context manager."""
 
-    def __init__(self, out: str | os.PathLike, config: dict, force: bool = False, inputs=(), command: str = "train"):
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        config: dict,
+        force: bool = False,
+        inputs=(),
+        command: str = "train",
+        writer: bool = True,
+    ):
         if not str(out).strip():
             raise PrismError("--out must not be empty")
         self.out = Path(out)
@@ -97,6 +105,9 @@ class RunDir:
         self.hash = config_hash(config)
         self._lock = None
         self._check_destination(inputs)
+        if not writer:  # another data-parallel rank: reads where to resume, after the writer opened it
+            self.manifest, self.resume_dir = self._resume_point(force=False, dry_run=True)
+            return
         existed = self.out.exists()
         try:
             if (self.out / LOCK).is_file():  # a run lives here: a live writer is named first
@@ -234,6 +245,19 @@ class RunDir:
         write_json(self.out / MANIFEST, self.manifest)
 
     # -- closing -----------------------------------------------------------------------------
+    @classmethod
+    @contextlib.contextmanager
+    def for_ranks(cls, accelerator, out, config: dict, force: bool = False, inputs=(), command: str = "train"):
+        """The run directory of a data-parallel run: rank 0 opens it to write (lock, resume point,
+        ``force``), then the other ranks open it to read only (``writer=False``) and never write."""
+        if accelerator.is_main_process:
+            with cls(out, config, force, inputs, command) as run:
+                accelerator.wait_for_everyone()
+                yield run
+        else:
+            accelerator.wait_for_everyone()
+            yield cls(out, config, force, inputs, command, writer=False)
+
     def close(self) -> None:
         """Release the lock (also released by the OS if the process dies)."""
         if self._lock is not None:
