@@ -159,8 +159,11 @@ def rl_train(
         if ref is not None:
             ref = ref.to(device)
         start = 0
+        save_dtype = getattr(torch, cfg.save_dtype)
         if run.resuming:
             state = run.load_state()
+            if "model" in state:  # fp32 master weights when the checkpoint was saved in bf16
+                accelerator.unwrap_model(model).load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             start = state["step"]
             log(f"resuming {run.out} from step {start}")
@@ -181,6 +184,7 @@ def rl_train(
         def maybe_eval(step):
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 res = evaluate(accelerator.unwrap_model(model), tok, n=cfg.eval_n)
+                res.pop("scores")
                 manifest["evals"].append({"step": step, **res})
                 model.train()
 
@@ -193,9 +197,11 @@ def rl_train(
                 "reward": stats.get("reward"),
                 "timing": dict(timing),
             }
-            run.save_step(
-                step, accelerator.unwrap_model(model), tok, {"step": step, "optimizer": opt.state_dict()}, entry
-            )
+            net = accelerator.unwrap_model(model)
+            state = {"step": step, "optimizer": opt.state_dict()}
+            if save_dtype != torch.float32:
+                state["model"] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            run.save_step(step, net, tok, state, entry, save_dtype)
 
         if start == 0 and not manifest["steps"]:
             maybe_eval(0)

@@ -106,3 +106,20 @@ def test_kl_and_errors(start, tmp, capsys, device):
     assert "checkpoint to start RL from" in capsys.readouterr().err
     (tmp / "mix.json").write_text('{"domains": {"general": 1}}')
     assert main(["rl", "--init", str(start), "--mix", str(tmp / "mix.json"), "--out", str(tmp / "y"), "--quiet"]) == 2
+
+
+def test_bf16_checkpoints_resume_exactly_from_fp32_master(start, tmp, monkeypatch):
+    monkeypatch.setattr(rl, "reward", lambda domain, text, ref: float(len(text) % 3 == 0))
+    small = {**SMALL_RL, "steps": 3, "save_every": 1, "max_new_tokens": 8}
+    cfg = RLConfig(init=str(start), kl_beta=0.05, save_dtype="bfloat16", **small)
+    rl_train(cfg, tmp / "full", progress=False)
+    rl_train(cfg, tmp / "cut", progress=False, stop_after=2)  # then resumes from step 2's bf16 checkpoint
+    rl_train(cfg, tmp / "cut", progress=False)
+    a = load_file(tmp / "full" / "step_000003" / "model.safetensors")
+    b = load_file(tmp / "cut" / "step_000003" / "model.safetensors")
+    assert all(v.dtype == torch.bfloat16 for v in a.values()) and all(torch.equal(a[k], b[k]) for k in a)
+    sa = torch.load(tmp / "full" / "step_000003" / "training_state.pt", weights_only=True)["model"]
+    sb = torch.load(tmp / "cut" / "step_000003" / "training_state.pt", weights_only=True)["model"]
+    assert all(v.dtype == torch.float32 and torch.equal(v, sb[k]) for k, v in sa.items())
+    # the saved bf16 weights are the fp32 masters rounded, not a separately drifting copy
+    assert all(torch.equal(a[k], sa[k].to(torch.bfloat16)) for k in a)
