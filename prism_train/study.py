@@ -139,6 +139,12 @@ class Study:
     def run(self) -> dict:
         self._check_owner()
         self._ran: set[str] = set()  # stages already run alongside an earlier one
+        if self.p.workers > 1:
+            # every job is one thread, and so is this process's own work (pretraining, report):
+            # tiny matrices gain little from a second thread, and lose much on a busy machine
+            import torch
+
+            torch.set_num_threads(1)
         try:
             for i, stage in enumerate(STAGES, 1):
                 if stage in self._ran:
@@ -262,8 +268,8 @@ class Study:
 
         mids = self._mid_jobs()
         with_rl = not self._done("rl")
-        if with_rl:
-            self._clear("rl")
+        if with_rl and ("rl" in self.force or "all" in self.force):
+            self._clear("rl")  # otherwise an interrupted RL run of this configuration resumes
         jobs = mids + (self._rl_jobs(set(MIDS)) if with_rl else [])
         t = time.perf_counter()
         times = run_jobs(jobs, workers=self.p.workers, log=self.log)
@@ -291,12 +297,12 @@ class Study:
         ]
         return {"jobs": run_jobs(jobs, workers=self.p.workers, log=lambda *a: None)}
 
-    def _run_analyse(self) -> None:
+    def _run_analyse(self) -> dict:
         from .study_analysis import analyse
 
         models = {name: self.model_path(name) for name in MODELS}
         runs = {name: self.out / "models" / name for name in RLS}
-        analyse(models, runs, self.out / "analysis", self.p, log=self.log)
+        return {"jobs": analyse(models, runs, self.out / "analysis", self.p, log=self.log, workers=self.p.workers)}
 
     def _run_report(self) -> None:
         from .study_report import report

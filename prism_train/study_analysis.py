@@ -78,15 +78,31 @@ def reward_table(run_dir) -> pd.DataFrame:
     return pd.DataFrame([{c: e.get(c) for c in cols} for e in log], columns=cols)
 
 
-def analyse(models: dict, rl_runs: dict, out, preset: Preset, log=print) -> None:
+def analyse(models: dict, rl_runs: dict, out, preset: Preset, log=print, workers: int = 1) -> None:
     """Every analysis of the study into ``out``.
 
     ``models``: model name -> checkpoint path, for every name of ``MODELS``; ``rl_runs``: RL run
     name -> run directory (its saved steps make the F16 trajectories); ``preset``: the sizes of the
-    CKA probe sets, bootstrap and landscape.
+    CKA probe sets, bootstrap and landscape. With ``workers`` = 2 the weight analyses (audits,
+    trajectories, comparisons) and the model analyses (CKA, landscape) run as two parallel
+    one-thread processes (:mod:`prism_train.schedule`).
     """
-    out = Path(out)
-    p, prog = preset, False
+    from .schedule import Job, run_jobs
+
+    jobs = [
+        Job("weights", analyse_weights, {"models": models, "rl_runs": rl_runs, "out": out, "log": print}),
+        Job("models", analyse_models, {"models": models, "out": out, "preset": preset, "log": print}),
+    ]
+    if workers <= 1:
+        for j in jobs:
+            j.kwargs["log"] = log
+    return run_jobs(jobs, workers=workers, log=log)
+
+
+def analyse_weights(models: dict, rl_runs: dict, out, log=print) -> None:
+    """Audits (T12, T22, T23, F11), RL trajectories (F16) and reward tables, update comparisons
+    (F12/T13, F26): everything computed from the weights alone."""
+    out, prog, m = Path(out), False, models
     log("  audits (T12, T22, T23, F11)")
     for a, b in AUDITS:
         audit(models[a], models[b], progress=prog, device="cpu").save(out / "audits" / f"{a}__{b}")
@@ -98,7 +114,6 @@ def analyse(models: dict, rl_runs: dict, out, preset: Preset, log=print) -> None
         save_trajectory(out / "trajectories" / run, trajs[run])
     save_trajectory(out / "trajectories" / "f16_mid_vs_base", trajs["rl_mid_mcs"], trajs["rl_base"])
     log("  update comparisons (F12/T13, F26)")
-    m = models
     compare_updates(
         m["base"], m["mid_mc"], m["base"], m["mid_mcs"], progress=prog, device="cpu", labels=("base->MC", "base->MCS")
     ).save(out / "compare" / "mc_vs_mcs")
@@ -111,6 +126,12 @@ def analyse(models: dict, rl_runs: dict, out, preset: Preset, log=print) -> None
         device="cpu",
         labels=("RL from base", "RL from mid"),
     ).save(out / "compare" / "rl_from_base_vs_mid")
+
+
+def analyse_models(models: dict, out, preset: Preset, log=print) -> None:
+    """CKA on three probe sets (F14, T14) and the interpolation landscape (F13): the analyses that
+    run the models."""
+    out, p, prog, m = Path(out), preset, False, models
     log("  CKA on three probe sets (F14, T14)")
     probes = probe_sets(p.cka_n)
     for a, b in CKA_PAIRS:

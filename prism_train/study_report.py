@@ -69,18 +69,13 @@ def report(out: str | Path) -> dict:
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
     evals = {m: _json(out / "eval" / f"{m}.json") for m in MODELS}
-    for m, e in evals.items():
-        if "scores" not in e:
-            raise PrismError(
-                "evaluation has no per-problem scores (made by an older prism); rerun with --force eval",
-                out / "eval" / f"{m}.json",
-            )
-    scores = {m: e["scores"] for m, e in evals.items()}
+    # a run evaluated by an older prism has no per-problem scores: no intervals, no paired tests
+    scores = {m: e["scores"] for m, e in evals.items()} if all("scores" in e for e in evals.values()) else None
     results = pd.DataFrame([{"model": m, **with_intervals(e)} for m, e in evals.items()])
     mds = []
     # -- benchmarks -------------------------------------------------------------------------
     figures.plot_benchmarks(results, figs / "benchmarks")
-    n = len(scores["base"]["math_easy"])
+    n = len(scores["base"]["math_easy"]) if scores else None
     shown = pd.DataFrame(
         {
             "model": results["model"],
@@ -88,10 +83,14 @@ def report(out: str | Path) -> dict:
             "general_ppl": results["general_ppl"],
         }
     )
-    results.drop(columns=["scores", "path"]).to_csv(tables / "benchmarks.csv", index=False)
+    results.drop(columns=["scores", "path"], errors="ignore").to_csv(tables / "benchmarks.csv", index=False)
     md = (
-        f"### Benchmarks ({n} held-out problems each, greedy; accuracy [95% interval: Wilson per benchmark, "
-        f"stratified percentile bootstrap for the macro average]; perplexity on held-out prose)\n\n"
+        (
+            f"### Benchmarks ({n} held-out problems each, greedy; accuracy [95% interval: Wilson per benchmark, "
+            "stratified percentile bootstrap for the macro average]; perplexity on held-out prose)\n\n"
+            if n
+            else "### Benchmarks (accuracy, no intervals: this run kept no per-problem scores)\n\n"
+        )
         f"{markdown_table(shown)}\n"
     )
     (tables / "benchmarks.md").write_text(md)
@@ -275,6 +274,10 @@ def findings(models, audits, cka, trajs, mc, rs, scores) -> list[dict]:
         f.append({"claim": claim, "paper": paper, "ours": ours, "reproduced": bool(ok), **(test or {})})
 
     def paired(a, b, weights):
+        if scores is None:  # an older run: the point estimate alone, never counted as reproduced
+            d = sum(w * (models[a][k] - models[b][k]) for k, w in weights.items())
+            r = {"diff": d, "lo": math.nan, "hi": math.nan}
+            return r, f"{100 * d:+.1f} points (no per-problem scores: no interval)", {"diff": d}
         r = paired_bootstrap(scores[a], scores[b], weights, resamples=BOOTSTRAP)
         text = f"{100 * r['diff']:+.1f} points [{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}]"
         return r, text, {"diff": r["diff"], "ci95": [r["lo"], r["hi"]], "test": "paired bootstrap"}
@@ -403,6 +406,8 @@ def findings(models, audits, cka, trajs, mc, rs, scores) -> list[dict]:
 
 
 def _ci(r: dict, b: str) -> str:
+    if math.isnan(r[f"{b}_lo"]):
+        return f"{r[b]:.3f}"
     return f"{r[b]:.3f} [{r[f'{b}_lo']:.3f}, {r[f'{b}_hi']:.3f}]"
 
 
@@ -410,7 +415,10 @@ def with_intervals(e: dict) -> dict:
     """An evaluation record with 95 % intervals: ``<bench>_lo/_hi`` (Wilson) for each benchmark,
     and the stratified percentile bootstrap for the math average and the macro average."""
     out = dict(e)
-    sc = e["scores"]
+    sc = e.get("scores")
+    if sc is None:
+        out["math"] = (e["math_easy"] + e["math_hard"]) / 2
+        return {**out, **{f"{b}_{s}": math.nan for b in (*BENCHMARKS, "math", "macro") for s in ("lo", "hi")}}
     for b in BENCHMARKS:
         out[f"{b}_lo"], out[f"{b}_hi"] = wilson(sum(sc[b]), len(sc[b]))
     for name, w in (("math", MATH_WEIGHTS), ("macro", MACRO_WEIGHTS)):
@@ -446,15 +454,19 @@ def reward_summary(rewards: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def stage_times(out: Path) -> dict[str, float]:
-    """Seconds each stage took (from RUN/stages/*.json), when the run has them."""
-    times = {}
+    """Seconds each stage took (from RUN/stages/*.json), when the run has them; ``STAGE/JOB``: a
+    job's own seconds. A stage that ran alongside the one before it (the RL runs start while the
+    mid-trainings run; its record was written first) gets 0, so the stages add up to the total."""
+    times, before = {}, None
     for stage in STAGES:
         f = out / "stages" / f"{stage}.json"
         if f.is_file():
             rec = _json(f)
             if "seconds" in rec:
-                times[stage] = rec["seconds"]
+                alongside = before is not None and rec.get("time", 0) < before
+                times[stage] = 0.0 if alongside else rec["seconds"]
                 times.update({f"{stage}/{k}": v for k, v in rec.get("jobs", {}).items()})
+            before = rec.get("time")
     return times
 
 
@@ -491,7 +503,8 @@ def render_report(out: Path, summary: dict, tables: list[str]) -> str:
         ]
         for st in stages:
             jobs = ", ".join(f"{k.split('/', 1)[1]} {v:.0f}" for k, v in times.items() if k.startswith(f"{st}/"))
-            lines.append(f"| {st} | {times[st]:.0f} | {jobs} |")
+            shown = f"{times[st]:.0f}" if times[st] or not jobs else "(alongside the previous stage)"
+            lines.append(f"| {st} | {shown} | {jobs} |")
         lines += ["", f"Total before the report: {sum(times[s] for s in stages):.0f} s.", ""]
     lines += ["## Figures", ""]
     for p in sorted((out / "figures").glob("*.png")):
