@@ -85,14 +85,11 @@ def report(out: str | Path) -> dict:
     )
     results.drop(columns=["scores", "path"], errors="ignore").to_csv(tables / "benchmarks.csv", index=False)
     md = (
-        (
-            f"### Benchmarks ({n} held-out problems each, greedy; accuracy [95% interval: Wilson per benchmark, "
-            "stratified percentile bootstrap for the macro average]; perplexity on held-out prose)\n\n"
-            if n
-            else "### Benchmarks (accuracy, no intervals: this run kept no per-problem scores)\n\n"
-        )
-        f"{markdown_table(shown)}\n"
-    )
+        f"### Benchmarks ({n} held-out problems each, greedy; accuracy [95% interval: Wilson per benchmark, "
+        "stratified percentile bootstrap for the macro average]; perplexity on held-out prose)\n\n"
+        if n
+        else "### Benchmarks (accuracy, no intervals: this run kept no per-problem scores)\n\n"
+    ) + f"{markdown_table(shown)}\n"
     (tables / "benchmarks.md").write_text(md)
     mds.append(md)
     # -- RL reward on the training distribution ----------------------------------------------
