@@ -242,10 +242,15 @@ def rl_train(
             else:
                 model.train()
                 with torch.no_grad():
-                    old = _logprobs(model, ids, attn, n_prompt)
+                    # one optimizer step per batch: the sampling policy is the current one, so its
+                    # log-probabilities are those of the first forward pass below (ratio 1) and
+                    # need no pass of their own
+                    old = _logprobs(model, ids, attn, n_prompt) if cfg.ppo_epochs > 1 else None
                     ref_lp = _logprobs(ref, ids, attn, n_prompt) if ref is not None else None
                 for _ in range(cfg.ppo_epochs):
                     logp = _logprobs(model, ids, attn, n_prompt)
+                    if old is None:
+                        old = logp.detach()
                     loss, kl = policy_loss(logp, old, adv, mask, cfg.clip_eps, ref_lp, cfg.kl_beta)
                     accelerator.backward(loss)
                     if cfg.grad_clip:
