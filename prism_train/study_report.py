@@ -502,7 +502,7 @@ def render_report(out: Path, summary: dict, tables: list[str]) -> str:
             jobs = ", ".join(f"{k.split('/', 1)[1]} {v:.0f}" for k, v in times.items() if k.startswith(f"{st}/"))
             shown = f"{times[st]:.0f}" if times[st] or not jobs else "(alongside the previous stage)"
             lines.append(f"| {st} | {shown} | {jobs} |")
-        lines += ["", f"Total before the report: {sum(times[s] for s in stages):.0f} s.", ""]
+        lines += ["", f"Total of the stages listed: {sum(times[s] for s in stages):.0f} s.", ""]
     lines += ["## Figures", ""]
     for p in sorted((out / "figures").glob("*.png")):
         lines.append(f"![{p.stem}](figures/{p.name})")
