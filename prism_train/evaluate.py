@@ -134,11 +134,11 @@ def evaluate(
                 batch_size=batch_size,
                 seed=seed,
             )
-            scores = []
+            pk = []
             for j, p in enumerate(probs):
                 c = sum(reward(domain, s, p.answer) for s in samples[j * m : (j + 1) * m])
-                scores.append(pass_at_k(m, int(c), k))
-            res[f"{name}_pass@{k}"] = sum(scores) / len(scores)
+                pk.append(pass_at_k(m, int(c), k))
+            res[f"{name}_pass@{k}"] = sum(pk) / len(pk)
     res["math"] = (res["math_easy"] + res["math_hard"]) / 2
     res["macro"] = (res["math"] + res["code"] + res["science"]) / 3
     docs = [d for d in corpus() if in_split(d, "eval")][:n_ppl_docs]
