@@ -108,6 +108,7 @@ def test_kl_and_errors(start, tmp, capsys, device):
     assert main(["rl", "--init", str(start), "--mix", str(tmp / "mix.json"), "--out", str(tmp / "y"), "--quiet"]) == 2
 
 
+@pytest.mark.slow
 def test_bf16_checkpoints_resume_exactly_from_fp32_master(start, tmp, monkeypatch):
     monkeypatch.setattr(rl, "reward", lambda domain, text, ref: float(len(text) % 3 == 0))
     small = {**SMALL_RL, "steps": 3, "save_every": 1, "max_new_tokens": 8}
