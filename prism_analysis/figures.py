@@ -287,15 +287,21 @@ def plot_landscape(df: pd.DataFrame, stem, score_label: str = "score") -> plt.Fi
 def plot_benchmarks(
     results: pd.DataFrame, stem, metrics=("math_easy", "math_hard", "code", "science", "macro")
 ) -> plt.Figure:
-    """Benchmark accuracy of every model (base, mid-trained, RL): grouped bars, one group per model."""
+    """Benchmark accuracy of every model (base, mid-trained, RL): grouped bars, one group per model;
+    95 % interval whiskers where ``results`` has ``<metric>_lo`` / ``<metric>_hi`` columns."""
     fig, ax = plt.subplots(figsize=(12, 4.2), constrained_layout=True)
     models = list(results["model"])
     w = 0.8 / len(metrics)
     for i, m in enumerate(metrics):
+        err = None
+        if f"{m}_lo" in results and f"{m}_hi" in results:
+            err = [100 * (results[m] - results[f"{m}_lo"]), 100 * (results[f"{m}_hi"] - results[m])]
         ax.bar(
             [j + (i - len(metrics) / 2 + 0.5) * w for j in range(len(models))],
             100 * results[m],
             w,
+            yerr=err,
+            error_kw={"elinewidth": 0.7, "capsize": 1.5, "ecolor": "0.3"},
             label=m,
             color=PALETTE[i % len(PALETTE)],
         )
@@ -304,5 +310,22 @@ def plot_benchmarks(
     ax.set_title("Benchmarks before/after mid-training and RL (greedy, format-gated)")
     ax.legend(ncol=len(metrics), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    _save(fig, stem)
+    return fig
+
+
+def plot_rewards(curves: dict[str, pd.DataFrame], stem, window: int = 5) -> plt.Figure:
+    """Training reward of RL runs: per-step mean reward (faint) and its trailing ``window``-step mean,
+    one line per run (``curves``: run -> table with ``step`` and ``reward``)."""
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    for i, (run, df) in enumerate(curves.items()):
+        c = PALETTE[i % len(PALETTE)]
+        ax.plot(df["step"], df["reward"], color=c, alpha=0.25, lw=0.8)
+        ax.plot(df["step"], df["reward"].rolling(window, min_periods=1).mean(), color=c, lw=1.8, label=run)
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("mean reward of the step's samples")
+    ax.set_title(f"RL training reward (faint: per step; bold: {window}-step mean)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     _save(fig, stem)
     return fig

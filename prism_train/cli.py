@@ -120,14 +120,21 @@ def _run_eval(args) -> None:
     model, tok = load_model(
         args.checkpoint, device=args.device, allow_pickle=args.allow_pickle, progress=False, config=args.config
     )
+    from .intervals import wilson
+
     res = evaluate(model, tok, n=args.n, seed=args.seed, pass_k=pass_k)
+    scores = res.pop("scores")
     for k, v in res.items():
-        print(f"{k:<22}{v:.4f}")
+        ci = ""
+        if k in scores:
+            lo, hi = wilson(sum(scores[k]), len(scores[k]))
+            ci = f"  95% Wilson [{lo:.4f}, {hi:.4f}]"
+        print(f"{k:<22}{v:.4f}{ci}")
     if args.out:
         with atomic_output_dir(args.out, "eval", [args.checkpoint]) as tmp:
             from prism_analysis.outputs import write_json
 
-            write_json(tmp / "eval.json", {"checkpoint": args.checkpoint, **res})
+            write_json(tmp / "eval.json", {"checkpoint": args.checkpoint, **res, "scores": scores})
             pd.DataFrame([{"metric": k, "value": v} for k, v in res.items()]).to_csv(tmp / "eval.csv", index=False)
 
 

@@ -91,6 +91,11 @@ class RLConfig(_Config):
     eval_every: int = option(0, "benchmark evaluation every M steps (0: never)", low=0)
     eval_n: int = option(30, "problems per benchmark in those evaluations", low=1)
     seed: int = option(0, "seed of the prompts and the sampling")
+    save_dtype: str = option(
+        "float32",
+        "dtype of saved weights (training keeps fp32 master weights in the training state)",
+        choices=("float32", "bfloat16"),
+    )
     device: str = option("auto", "where RL runs: auto (a GPU when there is one), cpu or cuda", choices=DEVICES)
     track_every: int = option(
         0,

@@ -106,19 +106,21 @@ def evaluate(
     pass_k: tuple[int, int] | None = None,
     max_new_tokens: int = 96,
     n_ppl_docs: int = 40,
-    batch_size: int = 32,
+    batch_size: int = 100,
 ) -> dict:
     """Greedy accuracy per benchmark, macro average, general perplexity (and pass@k if asked:
-    ``pass_k = (k, samples)`` with 1 <= k <= samples)."""
+    ``pass_k = (k, samples)`` with 1 <= k <= samples). ``scores``: benchmark -> the 0/1 score of
+    each problem, in benchmark order (the paired intervals of :mod:`prism_train.intervals`)."""
     if n < 1:
         raise PrismError(f"--n must be at least 1 (got {n})")
     if pass_k is not None and not 1 <= pass_k[0] <= pass_k[1]:
         raise PrismError(f"--pass-k {pass_k[0]},{pass_k[1]}: k must be between 1 and the number of samples")
-    res = {}
+    res, scores = {}, {}
     for name, (domain, _) in BENCHMARKS.items():
         probs = benchmark(name, n, seed)
         outs = generate(model, tokenizer, [p.prompt for p in probs], max_new_tokens, batch_size=batch_size)
-        res[name] = sum(reward(domain, o, p.answer) for o, p in zip(outs, probs)) / len(probs)
+        scores[name] = [int(reward(domain, o, p.answer)) for o, p in zip(outs, probs)]
+        res[name] = sum(scores[name]) / len(probs)
         if pass_k:
             k, m = pass_k
             samples = generate(
@@ -132,13 +134,14 @@ def evaluate(
                 batch_size=batch_size,
                 seed=seed,
             )
-            scores = []
+            pk = []
             for j, p in enumerate(probs):
                 c = sum(reward(domain, s, p.answer) for s in samples[j * m : (j + 1) * m])
-                scores.append(pass_at_k(m, int(c), k))
-            res[f"{name}_pass@{k}"] = sum(scores) / len(scores)
+                pk.append(pass_at_k(m, int(c), k))
+            res[f"{name}_pass@{k}"] = sum(pk) / len(pk)
     res["math"] = (res["math_easy"] + res["math_hard"]) / 2
     res["macro"] = (res["math"] + res["code"] + res["science"]) / 3
     docs = [d for d in corpus() if in_split(d, "eval")][:n_ppl_docs]
     res["general_ppl"] = perplexity(model, tokenizer, docs)
+    res["scores"] = scores
     return res

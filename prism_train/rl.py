@@ -179,8 +179,11 @@ def rl_train(
         if ref is not None:
             ref = ref.to(device)
         start = 0
+        save_dtype = getattr(torch, cfg.save_dtype)
         if run.resuming:
             state = run.load_state()
+            if "model" in state:  # fp32 master weights when the checkpoint was saved in bf16
+                accelerator.unwrap_model(model).load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             start = state["step"]
             log(f"resuming {run.out} from step {start}")
@@ -201,6 +204,7 @@ def rl_train(
         def maybe_eval(step):
             if cfg.eval_every and accelerator.is_main_process and (step % cfg.eval_every == 0 or step == cfg.steps):
                 res = evaluate(accelerator.unwrap_model(model), tok, n=cfg.eval_n)
+                res.pop("scores")
                 manifest["evals"].append({"step": step, **res})
                 model.train()
 
@@ -214,8 +218,11 @@ def rl_train(
                 "timing": dict(timing),
             }
             if accelerator.is_main_process:  # rank 0 alone writes
+                net = accelerator.unwrap_model(model)
                 state = {"step": step, "optimizer": opt.state_dict()}
-                run.save_step(step, accelerator.unwrap_model(model), tok, state, entry)
+                if save_dtype != torch.float32:  # the fp32 master weights, so resume stays exact
+                    state["model"] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                run.save_step(step, net, tok, state, entry, save_dtype)
             accelerator.wait_for_everyone()
 
         if start == 0 and not manifest["steps"]:
@@ -261,10 +268,15 @@ def rl_train(
             else:
                 model.train()
                 with torch.no_grad():
-                    old = _logprobs(model, ids, attn, n_prompt)
+                    # one optimizer step per batch: the sampling policy is the current one, so its
+                    # log-probabilities are those of the first forward pass below (ratio 1) and
+                    # need no pass of their own
+                    old = _logprobs(model, ids, attn, n_prompt) if cfg.ppo_epochs > 1 else None
                     ref_lp = _logprobs(ref, ids, attn, n_prompt) if ref is not None else None
                 for _ in range(cfg.ppo_epochs):
                     logp = _logprobs(model, ids, attn, n_prompt)
+                    if old is None:
+                        old = logp.detach()
                     loss, kl = policy_loss(logp, old, adv, mask, cfg.clip_eps, ref_lp, cfg.kl_beta)
                     accelerator.backward(loss)
                     if cfg.grad_clip:

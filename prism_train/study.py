@@ -3,11 +3,18 @@
 1. pretrain a base model (tokenizer included);
 2. mid-train it on three mixes: math, math+code (MC), math+code+science (MCS);
 3. RL (GRPO) from the base and from each mid-trained model with the ``math`` RL mix, and from MCS
-   also with the ``balanced`` mix;
-4. evaluate every endpoint (RL runs also every few steps);
+   also with the ``balanced`` mix (PRISM's recipe in proportion: learning rate 1/100 of
+   mid-training's, linear decay, KL to the start, format-gated 0/1 reward);
+4. evaluate every endpoint on held-out problems (greedy; per-problem scores, so every accuracy
+   gets a Wilson interval and every comparison a paired bootstrap, :mod:`prism_train.intervals`);
 5. analyse with prism_analysis: audits (T12, T22, T23, F11), RL trajectories (F16), update
    comparisons (F12/T13, F26), CKA on three probe sets (F14/T14), interpolation landscape (F13);
 6. write RUN/figures (PNG+PDF), RUN/tables (CSV+markdown), RUN/report.md, RUN/summary.json.
+
+Checkpoints are saved in bf16, as PRISM's models are (fp32 master weights stay in the training
+state, so resuming is exact). Independent jobs run as parallel one-thread processes
+(:mod:`prism_train.schedule`): the three mid-trainings and the RL runs together (each RL run starts
+when its starting model is ready), then the nine evaluations.
 
 Stages are cached: each writes RUN/stages/<stage>.json with its config hash when it completes, and
 is skipped when that record matches; training stages resume from their last complete checkpoint.
@@ -131,16 +138,27 @@ class Study:
     # -- stages -----------------------------------------------------------------------------
     def run(self) -> dict:
         self._check_owner()
+        self._ran: set[str] = set()  # stages already run alongside an earlier one
+        if self.p.workers > 1:
+            # every job is one thread, and so is this process's own work (pretraining, report):
+            # tiny matrices gain little from a second thread, and lose much on a busy machine
+            import torch
+
+            torch.set_num_threads(1)
         try:
             for i, stage in enumerate(STAGES, 1):
+                if stage in self._ran:
+                    self.log(f"[{i}/{len(STAGES)}] {stage}: ran alongside the previous stage")
+                    continue
                 if stage in self.force or "all" in self.force:
                     self._clear(stage)
                 if self._done(stage):
                     self.log(f"[{i}/{len(STAGES)}] {stage}: cached")
                     continue
                 self._stage(i, stage)
-                getattr(self, f"_run_{stage}")()
-                self._mark(stage)
+                t = time.perf_counter()
+                info = getattr(self, f"_run_{stage}")() or {}
+                self._mark(stage, {"seconds": time.perf_counter() - t, **info})
         finally:
             self.lock.release()
         self.log(f"done in {time.perf_counter() - self.t0:.0f}s -> {self.out}/report.md")
@@ -163,7 +181,15 @@ class Study:
         from .lm import TrainConfig
 
         p = self.p
-        return TrainConfig(init=p.family, model=p.model, batch_size=p.batch_size, seq_len=p.seq_len, seed=p.seed, **kw)
+        return TrainConfig(
+            init=p.family,
+            model=p.model,
+            batch_size=p.batch_size,
+            seq_len=p.seq_len,
+            seed=p.seed,
+            save_dtype=p.save_dtype,
+            **kw,
+        )
 
     def _run_pretrain(self) -> None:
         from .lm import train
@@ -182,13 +208,14 @@ class Study:
             log=self.log,
         )
 
-    def _run_mid(self) -> None:
+    def _mid_jobs(self) -> list:
         from .lm import train
+        from .schedule import Job
 
         p = self.p
         base = str(self.model_path("base"))
+        jobs = []
         for name, mix in MIDS.items():
-            self.log(f"  mid-training {name} ({mix})")
             cfg = self._train_cfg(
                 phase="mid",
                 mix=mix,
@@ -198,16 +225,25 @@ class Study:
                 warmup=max(1, min(30, p.mid_steps // 10)),
             )
             cfg.init = base
-            train(cfg, self.out / "models" / name, progress=self.progress, log=self.log)
+            jobs.append(Job(name, train, {"cfg": cfg, "out": self.out / "models" / name, "progress": False}))
+        return jobs
 
-    def _run_rl(self) -> None:
+    def _rl_jobs(self, mid_names: set[str]) -> list:
+        """The RL runs; one whose start is in ``mid_names`` (trained in the same batch of jobs)
+        waits for it and starts from its last step."""
         from .rl import RLConfig, rl_train
+        from .run_dir import step_name
+        from .schedule import Job
 
         p = self.p
+        jobs = []
         for name, (start, mix) in RLS.items():
-            self.log(f"  RL {name} (from {start}, {mix} mix)")
+            if start in mid_names:
+                init = self.out / "models" / start / step_name(p.mid_steps)
+            else:
+                init = self.model_path(start)
             cfg = RLConfig(
-                init=str(self.model_path(start)),
+                init=str(init),
                 mix=mix,
                 steps=p.rl_steps,
                 save_every=p.rl_save_every,
@@ -215,34 +251,73 @@ class Study:
                 prompts_per_step=p.prompts_per_step,
                 max_new_tokens=p.max_new_tokens,
                 lr=p.rl_lr,
+                kl_beta=p.rl_kl_beta,
                 eval_every=p.rl_eval_every,
                 eval_n=p.eval_n,
                 seed=p.seed,
+                save_dtype=p.save_dtype,
             )
-            rl_train(cfg, self.out / "models" / name, progress=self.progress, log=self.log)
+            after = (start,) if start in mid_names else ()
+            jobs.append(Job(name, rl_train, {"cfg": cfg, "out": self.out / "models" / name, "progress": False}, after))
+        return jobs
 
-    def _run_eval(self) -> None:
-        from prism_analysis.model_loader import load_model
+    def _run_mid(self) -> dict:
+        """The mid-trainings, and the RL runs with them when those are due too: RL from the base
+        starts at once, and each RL run as soon as its mid-training is done."""
+        from .schedule import run_jobs
 
-        from .evaluate import evaluate
+        mids = self._mid_jobs()
+        with_rl = not self._done("rl")
+        if with_rl and ("rl" in self.force or "all" in self.force):
+            self._clear("rl")  # otherwise an interrupted RL run of this configuration resumes
+        jobs = mids + (self._rl_jobs(set(MIDS)) if with_rl else [])
+        t = time.perf_counter()
+        times = run_jobs(jobs, workers=self.p.workers, log=self.log)
+        if with_rl:
+            self._mark("rl", {"seconds": time.perf_counter() - t, "jobs": {r: times[r] for r in RLS}})
+            self._ran.add("rl")
+        return {"jobs": {m: times[m] for m in MIDS}}
+
+    def _run_rl(self) -> dict:
+        from .schedule import run_jobs
+
+        return {"jobs": run_jobs(self._rl_jobs(set()), workers=self.p.workers, log=self.log)}
+
+    def _run_eval(self) -> dict:
+        from .schedule import Job, run_jobs
 
         (self.out / "eval").mkdir(exist_ok=True)
-        for name in MODELS:
-            model, tok = load_model(self.model_path(name), device="cpu", progress=False)
-            res = evaluate(model, tok, n=self.p.eval_n)
-            write_json(self.out / "eval" / f"{name}.json", {"path": str(self.model_path(name)), **res})
+        jobs = [
+            Job(
+                name,
+                evaluate_checkpoint,
+                {"path": self.model_path(name), "out": self.out / "eval" / f"{name}.json", "n": self.p.eval_n},
+            )
+            for name in MODELS
+        ]
+        return {"jobs": run_jobs(jobs, workers=self.p.workers, log=lambda *a: None)}
 
-    def _run_analyse(self) -> None:
+    def _run_analyse(self) -> dict:
         from .study_analysis import analyse
 
         models = {name: self.model_path(name) for name in MODELS}
         runs = {name: self.out / "models" / name for name in RLS}
-        analyse(models, runs, self.out / "analysis", self.p, log=self.log)
+        return {"jobs": analyse(models, runs, self.out / "analysis", self.p, log=self.log, workers=self.p.workers)}
 
     def _run_report(self) -> None:
         from .study_report import report
 
         report(self.out)
+
+
+def evaluate_checkpoint(path, out, n: int) -> None:
+    """Evaluate the checkpoint ``path`` on ``n`` problems per benchmark into the JSON file ``out``."""
+    from prism_analysis.model_loader import load_model
+
+    from .evaluate import evaluate
+
+    model, tok = load_model(path, device="cpu", dtype="float32", progress=False)  # bf16 weights, fp32 compute
+    write_json(out, {"path": str(path), **evaluate(model, tok, n=n)})
 
 
 def reproduce(out, preset: str = "tiny", family: str | None = None, force=None, progress=True, log=print) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import pandas as pd
+
 from prism_analysis.compare import compare_updates
 from prism_analysis.figures import plot_landscape
 from prism_analysis.interpolate import landscape
@@ -54,33 +56,64 @@ def math_scorer(n: int):
     probs = benchmark("math_easy", n)
 
     def score(path) -> float:
-        model, tok = load_model(path, device="cpu", progress=False)
+        model, tok = load_model(path, device="cpu", dtype="float32", progress=False)
         outs = generate(model, tok, [p.prompt for p in probs])
         return sum(reward("math", o, p.answer) for o, p in zip(outs, probs)) / len(probs)
 
     return score
 
 
-def analyse(models: dict, rl_runs: dict, out, preset: Preset, log=print) -> None:
+def _mkdir(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def reward_table(run_dir) -> pd.DataFrame:
+    """The per-step training reward of an RL run (from its manifest's log): step, reward (mean
+    format-gated reward of the step's samples), kl (k3 estimate), skipped (no signal, no update)."""
+    from prism_analysis.run_manifest import read_manifest
+
+    log = (read_manifest(Path(run_dir)) or {}).get("log", [])
+    cols = ["step", "reward", "kl", "skipped"]
+    return pd.DataFrame([{c: e.get(c) for c in cols} for e in log], columns=cols)
+
+
+def analyse(models: dict, rl_runs: dict, out, preset: Preset, log=print, workers: int = 1) -> None:
     """Every analysis of the study into ``out``.
 
     ``models``: model name -> checkpoint path, for every name of ``MODELS``; ``rl_runs``: RL run
     name -> run directory (its saved steps make the F16 trajectories); ``preset``: the sizes of the
-    CKA probe sets, bootstrap and landscape.
+    CKA probe sets, bootstrap and landscape. With ``workers`` = 2 the weight analyses (audits,
+    trajectories, comparisons) and the model analyses (CKA, landscape) run as two parallel
+    one-thread processes (:mod:`prism_train.schedule`).
     """
-    out = Path(out)
-    p, prog = preset, False
+    from .schedule import Job, run_jobs
+
+    jobs = [
+        Job("weights", analyse_weights, {"models": models, "rl_runs": rl_runs, "out": out, "log": print}),
+        Job("models", analyse_models, {"models": models, "out": out, "preset": preset, "log": print}),
+    ]
+    if workers <= 1:
+        for j in jobs:
+            j.kwargs["log"] = log
+    return run_jobs(jobs, workers=workers, log=log)
+
+
+def analyse_weights(models: dict, rl_runs: dict, out, log=print) -> None:
+    """Audits (T12, T22, T23, F11), RL trajectories (F16) and reward tables, update comparisons
+    (F12/T13, F26): everything computed from the weights alone."""
+    out, prog, m = Path(out), False, models
     log("  audits (T12, T22, T23, F11)")
     for a, b in AUDITS:
         audit(models[a], models[b], progress=prog, device="cpu").save(out / "audits" / f"{a}__{b}")
-    log("  RL trajectories (F16)")
+    log("  RL trajectories (F16) and reward curves")
     trajs = {}
     for run, run_dir in rl_runs.items():
+        reward_table(run_dir).to_csv(_mkdir(out / "rewards") / f"{run}.csv", index=False)
         trajs[run] = analyse_trajectory(run_dir, progress=prog, device="cpu", name=run)
         save_trajectory(out / "trajectories" / run, trajs[run])
     save_trajectory(out / "trajectories" / "f16_mid_vs_base", trajs["rl_mid_mcs"], trajs["rl_base"])
     log("  update comparisons (F12/T13, F26)")
-    m = models
     compare_updates(
         m["base"], m["mid_mc"], m["base"], m["mid_mcs"], progress=prog, device="cpu", labels=("base->MC", "base->MCS")
     ).save(out / "compare" / "mc_vs_mcs")
@@ -93,10 +126,18 @@ def analyse(models: dict, rl_runs: dict, out, preset: Preset, log=print) -> None
         device="cpu",
         labels=("RL from base", "RL from mid"),
     ).save(out / "compare" / "rl_from_base_vs_mid")
+
+
+def analyse_models(models: dict, out, preset: Preset, log=print) -> None:
+    """CKA on three probe sets (F14, T14) and the interpolation landscape (F13): the analyses that
+    run the models."""
+    out, p, prog, m = Path(out), preset, False, models
     log("  CKA on three probe sets (F14, T14)")
     probes = probe_sets(p.cka_n)
     for a, b in CKA_PAIRS:
-        res = model_cka(models[a], models[b], probes, n=p.cka_n, bootstrap=p.bootstrap, progress=prog, device="cpu")
+        res = model_cka(
+            models[a], models[b], probes, n=p.cka_n, bootstrap=p.bootstrap, progress=prog, device="cpu", dtype="float32"
+        )
         res.save(out / "cka" / f"{a}__{b}")
     log("  interpolation landscape (F13)")
     g = [i / (p.landscape_grid - 1) for i in range(p.landscape_grid)]

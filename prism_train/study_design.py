@@ -37,22 +37,25 @@ class Preset:
     model: dict = field(default_factory=dict)
     batch_size: int = 16
     seq_len: int = 128
-    pretrain_steps: int = 200
+    pretrain_steps: int = 400
     pretrain_lr: float = 1e-3
     mid_steps: int = 1000
     mid_lr: float = 1e-3
-    rl_steps: int = 20
-    rl_save_every: int = 2
-    rl_lr: float = 2e-4
+    rl_steps: int = 40
+    rl_save_every: int = 4
+    rl_lr: float = 1e-5  # PRISM's proportion: ~1/100 of the mid-training peak (5e-7 vs ~5e-5)
+    rl_kl_beta: float = 0.05  # KL to the starting model, PRISM's beta
     group_size: int = 8
     prompts_per_step: int = 8
     max_new_tokens: int = 64
-    rl_eval_every: int = 10
-    eval_n: int = 40
+    rl_eval_every: int = 0  # benchmark evaluations inside RL runs (no finding uses them)
+    eval_n: int = 200
     cka_n: int = 60
     bootstrap: int = 20
     landscape_n: int = 20
     landscape_grid: int = 3
+    save_dtype: str = "bfloat16"  # checkpoints as PRISM's models are stored; fp32 masters in the state
+    workers: int = 2  # independent jobs run as this many one-thread processes
     seed: int = 0
 
 
@@ -76,6 +79,8 @@ PRESETS = {
         landscape_grid=2,
     ),
     "tiny": Preset(),
+    # a GPU preset: 6.8M-parameter models, 8x the tokens per step, the same regime (RL lr 1/100 of
+    # mid-training's, KL 0.05, bf16 checkpoints), 200-step RL runs and 500 problems per benchmark
     "small": Preset(
         model={"hidden_size": 256, "num_layers": 8},
         batch_size=32,
@@ -87,9 +92,9 @@ PRESETS = {
         group_size=16,
         prompts_per_step=16,
         max_new_tokens=96,
-        rl_eval_every=20,
-        eval_n=200,
+        eval_n=500,
         cka_n=200,
+        bootstrap=100,
         landscape_n=100,
         landscape_grid=5,
     ),

@@ -16,7 +16,23 @@ from prism_analysis.errors import PrismError
 from prism_analysis.metrics import DEFAULT_THRESHOLD, threshold_key
 from prism_analysis.outputs import staged_dir, write_json
 
+from .intervals import MACRO_WEIGHTS, MATH_WEIGHTS, paired_bootstrap, wilson
+from .study import STAGES
 from .study_design import MODELS
+
+BENCHMARKS = tuple(MACRO_WEIGHTS)  # math_easy, math_hard, code, science (prism_train.evaluate)
+#: resamples of every bootstrap interval in the report
+BOOTSTRAP = 10_000
+#: thresholds of the findings at this scale (each stated next to its number in the report)
+CKA_KEPT = 0.99
+MATH_LIFT = 0.20
+BASE_GAIN = 0.05
+INTERVALS = (
+    "95% intervals: Wilson score interval for each benchmark accuracy; stratified percentile bootstrap "
+    f"({BOOTSTRAP} resamples, problems resampled within each benchmark) for the math and macro averages; "
+    "every 'A beats B' finding uses the paired bootstrap over the same problems and counts as reproduced "
+    "only when its interval excludes zero (lies above it)"
+)
 
 #: the threshold PRISM reports (1 %), as keyed in summary.json
 KEY = threshold_key(DEFAULT_THRESHOLD)
@@ -52,12 +68,35 @@ def report(out: str | Path) -> dict:
     for d in (figs, tables):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-    results = pd.DataFrame([{"model": m, **_json(out / "eval" / f"{m}.json")} for m in MODELS])
+    evals = {m: _json(out / "eval" / f"{m}.json") for m in MODELS}
+    # a run evaluated by an older prism has no per-problem scores: no intervals, no paired tests
+    scores = {m: e["scores"] for m, e in evals.items()} if all("scores" in e for e in evals.values()) else None
+    results = pd.DataFrame([{"model": m, **with_intervals(e)} for m, e in evals.items()])
     mds = []
     # -- benchmarks -------------------------------------------------------------------------
     figures.plot_benchmarks(results, figs / "benchmarks")
-    cols = ["model", "math_easy", "math_hard", "code", "science", "macro", "general_ppl"]
-    mds.append(_save_table(results[cols], tables, "benchmarks", "Benchmarks (accuracy; perplexity on held-out prose)"))
+    n = len(scores["base"]["math_easy"]) if scores else None
+    shown = pd.DataFrame(
+        {
+            "model": results["model"],
+            **{b: [_ci(r, b) for r in results.to_dict("records")] for b in (*BENCHMARKS, "macro")},
+            "general_ppl": results["general_ppl"],
+        }
+    )
+    results.drop(columns=["scores", "path"], errors="ignore").to_csv(tables / "benchmarks.csv", index=False)
+    md = (
+        f"### Benchmarks ({n} held-out problems each, greedy; accuracy [95% interval: Wilson per benchmark, "
+        "stratified percentile bootstrap for the macro average]; perplexity on held-out prose)\n\n"
+        if n
+        else "### Benchmarks (accuracy, no intervals: this run kept no per-problem scores)\n\n"
+    ) + f"{markdown_table(shown)}\n"
+    (tables / "benchmarks.md").write_text(md)
+    mds.append(md)
+    # -- RL reward on the training distribution ----------------------------------------------
+    rewards = {d.stem: pd.read_csv(d) for d in sorted((an / "rewards").glob("*.csv"))}
+    if rewards:
+        figures.plot_rewards(rewards, figs / "F_rl_reward")
+        mds.append(_save_table(reward_summary(rewards), tables, "rl_reward", REWARD_TITLE))
     # -- audits: T12, T22, T23, F11 -----------------------------------------------------------
     audits = {d.name.replace("__", "->"): _json(d / "summary.json") for d in sorted((an / "audits").iterdir())}
     t12 = pd.DataFrame(
@@ -191,11 +230,9 @@ def report(out: str | Path) -> dict:
         _save_table(land, tables, "F13_landscape", "F13: W(a, b) = base + a(mid-base) + b(rl-mid), math_easy accuracy")
     )
     # -- summary and findings --------------------------------------------------------------------
+    keys = [k for b in (*BENCHMARKS, "math", "macro") for k in (b, f"{b}_lo", f"{b}_hi")]
     models = {
-        m: {
-            "path": r["path"],
-            **{k: r[k] for k in ("math_easy", "math_hard", "code", "science", "macro", "general_ppl")},
-        }
+        m: {"path": r["path"], "n": n, **{k: r[k] for k in (*keys, "general_ppl")}}
         for m, r in zip(results["model"], results.to_dict("records"))
     }
     audit_summ = {
@@ -212,25 +249,41 @@ def report(out: str | Path) -> dict:
         "cka": cka_summ,
         "trajectories": trajs,
         "compare": {"mc_vs_mcs_cosine": float(mc[mc["group"] == "total"]["cosine"].iloc[0])},
-        "findings": findings(models, audit_summ, cka_summ, trajs, mc, rs),
+        "intervals": INTERVALS,
+        "rl_reward": reward_summary(rewards).to_dict("records") if rewards else [],
+        "stage_seconds": stage_times(out),
+        "findings": findings(models, audit_summ, cka_summ, trajs, mc, rs, scores),
     }
     write_json(out / "summary.json", summary)
     (out / "report.md").write_text(render_report(out, summary, mds))
     return summary
 
 
-def findings(models, audits, cka, trajs, mc, rs) -> list[dict]:
-    """Each PRISM finding: the paper's number, ours, and whether ours supports it at this scale."""
+def findings(models, audits, cka, trajs, mc, rs, scores) -> list[dict]:
+    """Each PRISM finding: the paper's number, ours, and whether ours supports it at this scale.
+
+    An "A beats B" finding counts as reproduced only when the paired bootstrap 95 % interval of
+    A - B (same problems, :func:`~prism_train.intervals.paired_bootstrap`) lies above zero; the
+    interval is in the row (``ci95``) and in its text."""
     f = []
 
-    def add(claim, paper, ours, ok):
-        f.append({"claim": claim, "paper": paper, "ours": ours, "reproduced": bool(ok)})
+    def add(claim, paper, ours, ok, test=None):
+        f.append({"claim": claim, "paper": paper, "ours": ours, "reproduced": bool(ok), **(test or {})})
+
+    def paired(a, b, weights):
+        if scores is None:  # an older run: the point estimate alone, never counted as reproduced
+            d = sum(w * (models[a][k] - models[b][k]) for k, w in weights.items())
+            r = {"diff": d, "lo": math.nan, "hi": math.nan}
+            return r, f"{100 * d:+.1f} points (no per-problem scores: no interval)", {"diff": d}
+        r = paired_bootstrap(scores[a], scores[b], weights, resamples=BOOTSTRAP)
+        text = f"{100 * r['diff']:+.1f} points [{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}]"
+        return r, text, {"diff": r["diff"], "ci95": [r["lo"], r["hi"]], "test": "paired bootstrap"}
 
     base_mid = audits["base->mid_mcs"]["fraction_changed"][KEY]
     add(
         "Mid-training changes most weights (dense update)",
         ">90% changed at 1% (Granite-3.3: 96.5%)",
-        f"{100 * base_mid:.1f}% changed (base->mid_mcs)",
+        f"{100 * base_mid:.1f}% changed (base->mid_mcs; criterion > 90%)",
         base_mid > 0.9,
     )
     mid_rl = audits["mid_mcs->rl_mid_mcs"]["fraction_changed"][KEY]
@@ -241,14 +294,14 @@ def findings(models, audits, cka, trajs, mc, rs) -> list[dict]:
     add(
         "RL changes a small subset of weights (sparse update)",
         "~5% changed at 1%",
-        f"{100 * mid_rl:.1f}% changed (mid_mcs->rl_mid_mcs){still}",
-        moved and mid_rl < 0.2,
+        f"{100 * mid_rl:.1f}% changed (mid_mcs->rl_mid_mcs; criterion <= 20%){still}",
+        moved and mid_rl <= 0.2,
     )
     ratio = l2m / l2r if l2r else math.inf
     add(
         "RL's update is far smaller than mid-training's",
         "normalized L2 0.175 vs 0.0003 (370-580x)",
-        f"{l2m:.4g} vs {l2r:.4g}" + (f" ({ratio:.0f}x)" if moved else still),
+        f"{l2m:.4g} vs {l2r:.4g}" + (f" ({ratio:.0f}x; criterion > 10x)" if moved else still),
         moved and ratio > 10,
     )
     t = trajs.get("rl_mid_mcs", {})
@@ -256,7 +309,7 @@ def findings(models, audits, cka, trajs, mc, rs) -> list[dict]:
         add(
             "RL's weight change is front-loaded",
             "most movement in the first 200-400 of 1000 steps (t50 <= 40%)",
-            f"t50 = {t['t50']} of {t['steps']} steps{still}",
+            f"t50 = {t['t50']} of {t['steps']} steps (criterion <= 40%){still}",
             moved and t["t50"] <= 0.4 * t["steps"],
         )
     mr = cka.get("mid_mcs_vs_rl_mid_mcs", {})
@@ -265,8 +318,8 @@ def findings(models, audits, cka, trajs, mc, rs) -> list[dict]:
         add(
             "RL keeps representations (CKA mid vs RL at every layer)",
             "min CKA 0.9993-0.9999 (> 0.998)",
-            f"min CKA {m:.4f} over layers and probe sets{still}",
-            moved and m > 0.998,
+            f"min CKA {m:.4f} over layers and probe sets (criterion >= {CKA_KEPT} at this scale){still}",
+            moved and m >= CKA_KEPT,
         )
     bm = cka.get("base_vs_mid_mcs", {})
     if bm:
@@ -274,44 +327,66 @@ def findings(models, audits, cka, trajs, mc, rs) -> list[dict]:
         add(
             "Mid-training changes representations",
             "CKA base vs mid falls to 0.41-0.63 (GSM8K, last layers)",
-            f"min CKA {m:.4f}",
-            m < 0.9,
+            f"min CKA {m:.4f} (criterion < {CKA_KEPT})",
+            m < CKA_KEPT,
         )
-    math_avg = {m: (models[m]["math_easy"] + models[m]["math_hard"]) / 2 for m in ("base", "mid_mcs")}
-    dm = math_avg["mid_mcs"] - math_avg["base"]
-    add("Mid-training lifts math", "+15..40 points", f"{100 * dm:+.1f} points (base -> mid_mcs)", dm > 0.05)
+    r, text, test = paired("mid_mcs", "base", MATH_WEIGHTS)
+    add(
+        "Mid-training lifts math",
+        "+15..40 points",
+        f"{text} math average, base -> mid_mcs (criterion: interval above 0 and >= +{100 * MATH_LIFT:.0f})",
+        r["lo"] > 0 and r["diff"] >= MATH_LIFT,
+        test,
+    )
+    for mid in ("mid_math", "mid_mc", "mid_mcs"):
+        r, text, test = paired(f"rl_{mid}", mid, MACRO_WEIGHTS)
+        add(
+            f"RL improves the mid-trained model ({mid})",
+            "macro up after RL from every mid-trained model",
+            f"{text} macro, {mid} -> rl_{mid} (criterion: interval above 0)",
+            r["lo"] > 0,
+            test,
+        )
+    r, text, test = paired("rl_mid_mcs", "rl_base", MACRO_WEIGHTS)
     add(
         "RL after mid-training beats RL on the base model",
         "macro 29-42 vs weak (AIME near zero)",
-        f"macro {100 * models['rl_mid_mcs']['macro']:.1f} vs {100 * models['rl_base']['macro']:.1f}",
-        models["rl_mid_mcs"]["macro"] > models["rl_base"]["macro"],
+        f"{text} macro, rl_mid_mcs - rl_base (criterion: interval above 0)",
+        r["lo"] > 0,
+        test,
     )
+    base_l2 = audits["base->rl_base"]["normalized_l2"]
+    r, text, test = paired("rl_base", "base", MACRO_WEIGHTS)
     add(
-        "RL straight on the base model stays weak",
+        "RL straight on the base model moves it but gains little",
         "near zero on hard math",
-        f"macro {100 * models['rl_base']['macro']:.1f}",
-        models["rl_base"]["macro"] < 0.05,
+        f"{text} macro, base -> rl_base; weights moved (normalized L2 {base_l2:.3g}) "
+        f"(criterion: moved and gain <= {100 * BASE_GAIN:.0f} points)"
+        + ("" if base_l2 > 0 else " -- RL from the base never updated (no reward signal)"),
+        base_l2 > 0 and r["diff"] <= BASE_GAIN,
+        test,
     )
-    d_mix = abs(models["rl_mid_mcs"]["macro"] - models["rl_mid_mcs_balanced"]["macro"])
-    signal = models["rl_mid_mcs"]["macro"] > 0 or models["rl_mid_mcs_balanced"]["macro"] > 0
+    r, text, test = paired("rl_mid_mcs", "rl_mid_mcs_balanced", MACRO_WEIGHTS)
     add(
         "Changing the RL data mix matters little",
         "< 2 points",
-        f"{100 * d_mix:.1f} points (math vs balanced)" + ("" if signal else " (both zero: says nothing)"),
-        signal and d_mix < 0.02,
+        f"{text} macro, math - balanced RL mix (criterion: |estimate| < 2 points)",
+        abs(r["diff"]) < 0.02,
+        test,
     )
-    sci = models["rl_mid_mcs"]["science"] - models["rl_mid_mc"]["science"]
+    r, text, test = paired("rl_mid_mcs", "rl_mid_mc", {"science": 1.0})
     add(
         "Science in the mid-training mix unlocks science after RL",
         "+17..28 GPQA-Diamond",
-        f"{100 * sci:+.1f} points (MCS vs MC, after RL)",
-        sci > 0,
+        f"{text} science, MCS - MC after RL (criterion: interval above 0)",
+        r["lo"] > 0,
+        test,
     )
     cos = float(mc[mc["group"] == "total"]["cosine"].iloc[0])
     add(
         "MC and MCS mid-training move weights in related directions",
         "cosine 0.52 (Granite), 0.62 (Nemotron-H)",
-        f"cosine {cos:.3f}",
+        f"cosine {cos:.3f} (criterion 0.3-0.95)",
         0.3 < cos < 0.95,
     )
     tot = rs[rs["group"] == "total"].iloc[0]
@@ -325,6 +400,71 @@ def findings(models, audits, cka, trajs, mc, rs) -> list[dict]:
         base_moved and 0.8 <= r <= 1.25 and abs(tot["fraction_changed_diff_pp"]) <= 1.0,
     )
     return f
+
+
+def _ci(r: dict, b: str) -> str:
+    if math.isnan(r[f"{b}_lo"]):
+        return f"{r[b]:.3f}"
+    return f"{r[b]:.3f} [{r[f'{b}_lo']:.3f}, {r[f'{b}_hi']:.3f}]"
+
+
+def with_intervals(e: dict) -> dict:
+    """An evaluation record with 95 % intervals: ``<bench>_lo/_hi`` (Wilson) for each benchmark,
+    and the stratified percentile bootstrap for the math average and the macro average."""
+    out = dict(e)
+    sc = e.get("scores")
+    if sc is None:
+        out["math"] = (e["math_easy"] + e["math_hard"]) / 2
+        return {**out, **{f"{b}_{s}": math.nan for b in (*BENCHMARKS, "math", "macro") for s in ("lo", "hi")}}
+    for b in BENCHMARKS:
+        out[f"{b}_lo"], out[f"{b}_hi"] = wilson(sum(sc[b]), len(sc[b]))
+    for name, w in (("math", MATH_WEIGHTS), ("macro", MACRO_WEIGHTS)):
+        zero = {k: [0] * len(sc[k]) for k in w}
+        r = paired_bootstrap(sc, zero, w, resamples=BOOTSTRAP)
+        out[name], out[f"{name}_lo"], out[f"{name}_hi"] = r["diff"], r["lo"], r["hi"]
+    return out
+
+
+REWARD_TITLE = (
+    "RL training reward (mean format-gated reward of the step's samples; first and last quarter of the steps)"
+)
+
+
+def reward_summary(rewards: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per RL run: mean training reward over the first and the last quarter of its steps, the
+    change, and how many steps were skipped for lack of signal (every group scored alike)."""
+    rows = []
+    for run, df in rewards.items():
+        q = max(1, len(df) // 4)
+        first, last = float(df["reward"].iloc[:q].mean()), float(df["reward"].iloc[-q:].mean())
+        rows.append(
+            {
+                "run": run,
+                "steps": len(df),
+                "reward_first_quarter": first,
+                "reward_last_quarter": last,
+                "change": last - first,
+                "skipped_steps": int(df["skipped"].astype(bool).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def stage_times(out: Path) -> dict[str, float]:
+    """Seconds each stage took (from RUN/stages/*.json), when the run has them; ``STAGE/JOB``: a
+    job's own seconds. A stage that ran alongside the one before it (the RL runs start while the
+    mid-trainings run; its record was written first) gets 0, so the stages add up to the total."""
+    times, before = {}, None
+    for stage in STAGES:
+        f = out / "stages" / f"{stage}.json"
+        if f.is_file():
+            rec = _json(f)
+            if "seconds" in rec:
+                alongside = before is not None and rec.get("time", 0) < before
+                times[stage] = 0.0 if alongside else rec["seconds"]
+                times.update({f"{stage}/{k}": v for k, v in rec.get("jobs", {}).items()})
+            before = rec.get("time")
+    return times
 
 
 def render_report(out: Path, summary: dict, tables: list[str]) -> str:
@@ -344,7 +484,26 @@ def render_report(out: Path, summary: dict, tables: list[str]) -> str:
     for f in summary["findings"]:
         lines.append(f"| {f['claim']} | {f['paper']} | {f['ours']} | {'yes' if f['reproduced'] else 'no'} |")
     n_ok = sum(f["reproduced"] for f in summary["findings"])
-    lines += ["", f"{n_ok} of {len(summary['findings'])} findings reproduced at this scale.", "", "## Figures", ""]
+    lines += ["", f"{n_ok} of {len(summary['findings'])} findings reproduced at this scale.", ""]
+    lines += [f"Statistics: {summary['intervals']}.", ""]
+    times = summary.get("stage_seconds", {})
+    if times:
+        stages = [k for k in times if "/" not in k]
+        lines += [
+            "## Stage times",
+            "",
+            f"Wall-clock seconds on this machine ({cfg.get('workers', 1)} parallel one-thread processes for "
+            "independent jobs; a job's own time is listed under its stage):",
+            "",
+            "| stage | seconds | jobs |",
+            "| --- | --- | --- |",
+        ]
+        for st in stages:
+            jobs = ", ".join(f"{k.split('/', 1)[1]} {v:.0f}" for k, v in times.items() if k.startswith(f"{st}/"))
+            shown = f"{times[st]:.0f}" if times[st] or not jobs else "(alongside the previous stage)"
+            lines.append(f"| {st} | {shown} | {jobs} |")
+        lines += ["", f"Total of the stages listed: {sum(times[s] for s in stages):.0f} s.", ""]
+    lines += ["## Figures", ""]
     for p in sorted((out / "figures").glob("*.png")):
         lines.append(f"![{p.stem}](figures/{p.name})")
     lines += ["", "## Tables", "", *tables]
@@ -385,6 +544,7 @@ def export(run: str | Path, into: str | Path) -> dict:
         source = run if fresh_tables else data
         for f in [
             source / "study.json",
+            *source.glob("stages/*.json"),
             *source.glob("eval/*.json"),
             *source.glob("analysis/**/*.csv"),
             *source.glob("analysis/**/*.json"),

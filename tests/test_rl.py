@@ -106,3 +106,42 @@ def test_kl_and_errors(start, tmp, capsys, device):
     assert "checkpoint to start RL from" in capsys.readouterr().err
     (tmp / "mix.json").write_text('{"domains": {"general": 1}}')
     assert main(["rl", "--init", str(start), "--mix", str(tmp / "mix.json"), "--out", str(tmp / "y"), "--quiet"]) == 2
+
+
+@pytest.mark.slow
+def test_bf16_checkpoints_resume_exactly_from_fp32_master(start, tmp, monkeypatch):
+    monkeypatch.setattr(rl, "reward", lambda domain, text, ref: float(len(text) % 3 == 0))
+    small = {**SMALL_RL, "steps": 3, "save_every": 1, "max_new_tokens": 8}
+    cfg = RLConfig(init=str(start), kl_beta=0.05, save_dtype="bfloat16", **small)
+    rl_train(cfg, tmp / "full", progress=False)
+    rl_train(cfg, tmp / "cut", progress=False, stop_after=2)  # then resumes from step 2's bf16 checkpoint
+    rl_train(cfg, tmp / "cut", progress=False)
+    a = load_file(tmp / "full" / "step_000003" / "model.safetensors")
+    b = load_file(tmp / "cut" / "step_000003" / "model.safetensors")
+    assert all(v.dtype == torch.bfloat16 for v in a.values()) and all(torch.equal(a[k], b[k]) for k in a)
+    sa = torch.load(tmp / "full" / "step_000003" / "training_state.pt", weights_only=True)["model"]
+    sb = torch.load(tmp / "cut" / "step_000003" / "training_state.pt", weights_only=True)["model"]
+    assert all(v.dtype == torch.float32 and torch.equal(v, sb[k]) for k, v in sa.items())
+    # the saved bf16 weights are the fp32 masters rounded, not a separately drifting copy
+    assert all(torch.equal(a[k], sa[k].to(torch.bfloat16)) for k in a)
+
+
+def test_one_epoch_step_needs_no_separate_old_pass():
+    """With one optimizer step per batch, old log-probs = the first pass's, detached: the loss and
+    every gradient equal those of a separate no-grad pass, bit for bit (rl_train skips that pass)."""
+    from prism_train.models import build_model
+
+    a = build_model("llama", hidden_size=64, num_layers=2, vocab_size=100)
+    b = build_model("llama", hidden_size=64, num_layers=2, vocab_size=100)
+    ids = torch.randint(3, 100, (6, 20), generator=torch.Generator().manual_seed(0))
+    attn = torch.ones_like(ids)
+    attn[0, :3] = 0
+    adv, mask = torch.linspace(-1, 1, 6), torch.ones(6, 10)
+    with torch.no_grad():
+        old = rl._logprobs(a, ids, attn, 10)
+    la, _ = policy_loss(rl._logprobs(a, ids, attn, 10), old, adv, mask)
+    lp = rl._logprobs(b, ids, attn, 10)
+    lb, _ = policy_loss(lp, lp.detach(), adv, mask)
+    la.backward()
+    lb.backward()
+    assert torch.equal(la, lb) and all(torch.equal(p.grad, q.grad) for p, q in zip(a.parameters(), b.parameters()))

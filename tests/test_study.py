@@ -4,11 +4,14 @@ import json
 import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from prism_analysis.errors import PrismError
 from prism_cli import main
+from prism_train.intervals import wilson
 from prism_train.study import Study, reproduce
-from prism_train.study_design import MODELS
+from prism_train.study_design import MODELS, RLS
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +27,23 @@ def test_smoke_study_artefacts_exist_and_parse(smoke_run):
     assert set(s["models"]) == set(MODELS)
     for m in s["models"].values():
         assert {"path", "math_easy", "math_hard", "code", "science", "macro", "general_ppl"} <= set(m)
+        for b in ("math_easy", "math_hard", "code", "science", "math", "macro"):
+            assert 0 <= m[f"{b}_lo"] <= m[b] <= m[f"{b}_hi"] <= 1
+    # every accuracy comes from per-problem scores, and its interval is the Wilson one of those scores
+    ev = json.loads((smoke_run / "eval" / "mid_mcs.json").read_text())
+    k, n = sum(ev["scores"]["code"]), len(ev["scores"]["code"])
+    assert n == 3 and ev["code"] == k / n
+    assert (s["models"]["mid_mcs"]["code_lo"], s["models"]["mid_mcs"]["code_hi"]) == pytest.approx(wilson(k, n))
+    paired = [f for f in s["findings"] if f.get("test") == "paired bootstrap"]
+    assert len(paired) >= 7 and all(f["ci95"][0] <= f["diff"] <= f["ci95"][1] for f in paired)
+    assert all(f["reproduced"] <= (f["ci95"][0] > 0) for f in paired if "interval above 0" in f["ours"])
+    assert "paired bootstrap" in s["intervals"] and {"pretrain", "mid", "rl", "eval", "analyse"} <= set(
+        s["stage_seconds"]
+    )
+    assert [r["run"] for r in s["rl_reward"]] == sorted(RLS)
+    # checkpoints are bf16, as PRISM's
+    weights = load_file(smoke_run / "models" / "rl_mid_mcs" / "step_000002" / "model.safetensors")
+    assert all(v.dtype == torch.bfloat16 for v in weights.values())
     assert "base->mid_mcs" in s["audits"] and "0.01" in s["audits"]["base->mid_mcs"]["fraction_changed"]
     assert {"base_vs_mid_mcs", "mid_mcs_vs_rl_mid_mcs"} <= set(s["cka"])
     for probes in s["cka"].values():
@@ -38,10 +58,19 @@ def test_smoke_study_artefacts_exist_and_parse(smoke_run):
         "F14_base__mid_mcs",
         "F16_rl_trajectory",
         "F26_rl_from_base_vs_mid",
+        "F_rl_reward",
         "benchmarks",
     ]:
         assert (smoke_run / "figures" / f"{fig}.png").is_file() and (smoke_run / "figures" / f"{fig}.pdf").is_file()
-    for t in ["T12_divergence", "T13_mc_vs_mcs", "T14_min_cka", "T22_threshold_sweep", "T23_components", "benchmarks"]:
+    for t in [
+        "T12_divergence",
+        "T13_mc_vs_mcs",
+        "T14_min_cka",
+        "T22_threshold_sweep",
+        "T23_components",
+        "benchmarks",
+        "rl_reward",
+    ]:
         assert (smoke_run / "tables" / f"{t}.csv").is_file() and (smoke_run / "tables" / f"{t}.md").is_file()
     report = (smoke_run / "report.md").read_text()
     assert "| claim | paper | ours | reproduced |" in report

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import random
 import re
 
 import pytest
@@ -100,14 +101,18 @@ def test_presets_and_mix_files(tmp):
     assert set(PRESETS) >= {"pretrain", "math", "math_code", "math_code_science"}
     assert load_mix("mcs").name == "math_code_science" and load_mix("mc").name == "math_code"
     pre = load_mix("pretrain").domains
-    assert sum(pre.get(d, 0) for d in REASONING_DOMAINS) == 0
+    # a small stated share of reasoning text (5 %), and the sampler gives it that share of characters
+    assert sum(pre.get(d, 0) for d in REASONING_DOMAINS) / sum(pre.values()) == pytest.approx(0.05)
+    draw, rng = load_mix("pretrain").sampler("train"), random.Random(1)
+    docs = [draw(rng) for _ in range(4000)]
+    reasoning = sum(len(d) for d in docs if d.startswith("Question: ")) / sum(len(d) for d in docs)
+    assert 0.035 < reasoning < 0.065
     (tmp / "corpus.jsonl").write_text("\n".join(json.dumps({"text": f"my document number {i}"}) for i in range(60)))
     (tmp / "mix.yaml").write_text(
         "name: mine\ndomains: {math: 1, general: 0.5}\nsources:\n  - {path: corpus.jsonl, weight: 2}\n"
     )
     mix = load_mix(str(tmp / "mix.yaml"))
     sample = mix.sampler("train")
-    import random
 
     rng = random.Random(0)
     docs = [sample(rng) for _ in range(300)]
@@ -117,7 +122,6 @@ def test_presets_and_mix_files(tmp):
 def test_mix_weights_are_text_shares():
     """Prose documents are ~10x longer than problems; weights 1:1 must still give ~half the text each
     (drawing documents with probability = weight gave prose most of the tokens)."""
-    import random
 
     from prism_train.data.mix import Mix
 

@@ -197,6 +197,7 @@ def test_eval_cli(tmp, capsys):
     for k in ("math_easy", "math_hard", "code", "science", "macro", "general_ppl", "math_easy_pass@1"):
         assert k in res
     assert res["macro"] == pytest.approx((res["math"] + res["code"] + res["science"]) / 3)
+    assert all(res[b] == sum(res["scores"][b]) / 4 for b in ("math_easy", "math_hard", "code", "science"))
     again = subprocess.run(
         [sys.executable, "-m", "prism_cli", "eval", str(tmp / "r" / "step_000002"), "--n", "4"],
         capture_output=True,

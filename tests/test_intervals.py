@@ -1,0 +1,92 @@
+"""Wilson intervals against scipy's, the paired bootstrap against the normal closed form and planted
+differences, and the study scheduler's dependency order and error handling."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from prism_analysis.errors import PrismError
+from prism_train.intervals import MACRO_WEIGHTS, paired_bootstrap, wilson
+from prism_train.schedule import Job, run_jobs
+
+
+@pytest.mark.parametrize("k,n", [(0, 1), (0, 200), (1, 200), (37, 200), (100, 200), (199, 200), (200, 200), (3, 7)])
+def test_wilson_matches_scipy(k, n):
+    ref = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    lo, hi = wilson(k, n)
+    assert lo == pytest.approx(ref.low, abs=1e-12) and hi == pytest.approx(ref.high, abs=1e-12)
+    assert 0 <= lo <= k / n <= hi <= 1
+
+
+def test_wilson_rejects_bad_counts():
+    for k, n in [(1, 0), (-1, 5), (6, 5)]:
+        with pytest.raises(ValueError):
+            wilson(k, n)
+
+
+def test_paired_bootstrap_matches_the_normal_interval_of_the_mean_difference():
+    rng = np.random.default_rng(1)
+    n = 1000
+    a = (rng.random(n) < 0.6).astype(int)
+    b = np.where(rng.random(n) < 0.8, a, 1 - a)  # correlated with a, as two checkpoints of one model are
+    r = paired_bootstrap({"x": a}, {"x": b}, {"x": 1.0}, resamples=10_000, seed=3)
+    d = (a - b).astype(np.float64)
+    se = d.std(ddof=0) / math.sqrt(n)  # the bootstrap's standard error is the plug-in one
+    assert r["diff"] == pytest.approx(d.mean(), abs=1e-15)
+    assert r["lo"] == pytest.approx(d.mean() - 1.959964 * se, abs=0.15 * se)
+    assert r["hi"] == pytest.approx(d.mean() + 1.959964 * se, abs=0.15 * se)
+    # the paired interval is narrower than the unpaired one (the models agree on most problems)
+    unpaired_se = math.sqrt(a.var() / n + b.var() / n)
+    assert r["hi"] - r["lo"] < 0.8 * 2 * 1.959964 * unpaired_se
+
+
+def test_paired_bootstrap_planted_differences():
+    n = 200
+    same = {k: [1, 0] * (n // 2) for k in MACRO_WEIGHTS}
+    r = paired_bootstrap(same, same, MACRO_WEIGHTS, resamples=500)
+    assert (r["diff"], r["lo"], r["hi"], r["excludes_zero"]) == (0.0, 0.0, 0.0, False)
+    # A solves 30 more science problems than B, the rest identical: +15 points science, +5 macro
+    rng = np.random.default_rng(0)
+    b = {k: (rng.random(n) < 0.3).astype(int) for k in MACRO_WEIGHTS}
+    a = {k: v.copy() for k, v in b.items()}
+    zeros = np.flatnonzero(a["science"] == 0)[:30]
+    a["science"][zeros] = 1
+    r = paired_bootstrap(a, b, MACRO_WEIGHTS, resamples=4000)
+    assert r["diff"] == pytest.approx(30 / n / 3)
+    assert r["excludes_zero"] and 0 < r["lo"] < r["diff"] < r["hi"]
+    # weights: the macro difference is a third of the science one
+    s = paired_bootstrap(a, b, {"science": 1.0}, resamples=4000)
+    assert s["diff"] == pytest.approx(3 * r["diff"])
+    with pytest.raises(ValueError, match="same"):
+        paired_bootstrap({"x": [1, 0]}, {"x": [1]}, {"x": 1.0})
+
+
+def _append(path, text):
+    with open(path, "a") as f:
+        f.write(text + "\n")
+
+
+def _fail(message):
+    raise PrismError(message)
+
+
+def test_run_jobs_respects_dependencies_in_parallel_processes(tmp):
+    log = tmp / "order.txt"
+    jobs = [
+        Job("c", _append, {"path": log, "text": "c"}, after=("a",)),
+        Job("a", _append, {"path": log, "text": "a"}),
+        Job("b", _append, {"path": log, "text": "b"}),
+        Job("x", _fail, {"message": "planted failure"}, after=("c",)),
+        Job("never", _append, {"path": log, "text": "never"}, after=("x",)),
+    ]
+    with pytest.raises(PrismError, match="planted failure"):
+        run_jobs(jobs, workers=2, log=lambda *a: None)
+    order = log.read_text().split()
+    assert sorted(order) == ["a", "b", "c"] and order.index("a") < order.index("c")  # "never" never ran
+    with pytest.raises(ValueError, match="depend"):
+        run_jobs([Job("x", _append, {}, after=("nowhere",))], workers=2)
+    serial = tmp / "serial.txt"
+    times = run_jobs([Job("s", _append, {"path": serial, "text": "s"})], workers=1, log=lambda *a: None)
+    assert serial.read_text() == "s\n" and set(times) == {"s"}
