@@ -565,6 +565,19 @@ class UpdateTracker:
             _figure(self.out / "cka_curve", lambda stem: plot_cka_curve(self.cka_table, stem, title=self.name))
 
 
+def read_tracking(out, name: str | None = None) -> Trajectory:
+    """The :class:`~prism_analysis.trajectory.Trajectory` a tracked run wrote to ``out``
+    (``trajectory.csv`` and ``tracking.json``), e.g. to save or plot it beside offline ones."""
+    out = Path(out)
+    try:
+        saved = json.loads((out / "tracking.json").read_text())
+        table = pd.read_csv(out / "trajectory.csv")
+    except (OSError, ValueError) as e:
+        raise PrismError(f"not a tracked run ({e.__class__.__name__}: {e})", out) from None
+    steps = sorted(int(s) for s in table["step"].unique())
+    return Trajectory(name or saved.get("name", out.name), steps, [], saved["settings"]["tau"], table, str(out))
+
+
 def _figure(stem: Path, draw) -> None:
     """Draw a figure's .png and .pdf under temporary names, then rename them into place."""
     tmp = stem.with_name(f".{stem.name}.tmp")

@@ -247,6 +247,7 @@ class Study:
                 mix=mix,
                 steps=p.rl_steps,
                 save_every=p.rl_save_every,
+                track_every=p.rl_track_every,
                 group_size=p.group_size,
                 prompts_per_step=p.prompts_per_step,
                 max_new_tokens=p.max_new_tokens,

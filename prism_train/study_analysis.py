@@ -16,13 +16,14 @@ from prism_analysis.figures import plot_landscape
 from prism_analysis.interpolate import landscape
 from prism_analysis.model_cka import model_cka
 from prism_analysis.outputs import write_json
+from prism_analysis.tracking import read_tracking
 from prism_analysis.trajectory import analyse_trajectory, save_trajectory
 from prism_analysis.weights import audit
 
 from .data.general import corpus
 from .data.problem import in_split
 from .data.reasoning import problem_stream
-from .study_design import AUDITS, CKA_PAIRS, Preset
+from .study_design import AUDITS, CKA_PAIRS, GEOMETRY, Preset
 
 
 def probe_sets(n: int) -> dict[str, list[str]]:
@@ -110,9 +111,16 @@ def analyse_weights(models: dict, rl_runs: dict, out, log=print) -> None:
     trajs = {}
     for run, run_dir in rl_runs.items():
         reward_table(run_dir).to_csv(_mkdir(out / "rewards") / f"{run}.csv", index=False)
-        trajs[run] = analyse_trajectory(run_dir, progress=prog, device="cpu", name=run)
+        tracked = Path(run_dir) / "tracking"
+        if (tracked / "tracking.json").is_file():  # tracked live at every step (fp32 master weights)
+            trajs[run] = read_tracking(tracked, name=run)
+        else:  # from the saved checkpoints
+            trajs[run] = analyse_trajectory(run_dir, progress=prog, device="cpu", name=run)
         save_trajectory(out / "trajectories" / run, trajs[run])
     save_trajectory(out / "trajectories" / "f16_mid_vs_base", trajs["rl_mid_mcs"], trajs["rl_base"])
+    log("  update geometry (principal angles, effective rank, alignment)")
+    for a, b in GEOMETRY:
+        audit(models[a], models[b], progress=prog, device="cpu", spectral=True).save(out / "geometry" / f"{a}__{b}")
     log("  update comparisons (F12/T13, F26)")
     compare_updates(
         m["base"], m["mid_mc"], m["base"], m["mid_mcs"], progress=prog, device="cpu", labels=("base->MC", "base->MCS")

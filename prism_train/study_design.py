@@ -42,7 +42,8 @@ class Preset:
     mid_steps: int = 1000
     mid_lr: float = 1e-3
     rl_steps: int = 40
-    rl_save_every: int = 4
+    rl_save_every: int = 40  # checkpoints the analyses read: the start and the end (F16 is tracked live)
+    rl_track_every: int = 1  # live tracking (prism rl --track-every): F16 at every RL step, no checkpoints
     rl_lr: float = 1e-5  # PRISM's proportion: ~1/100 of the mid-training peak (5e-7 vs ~5e-5)
     rl_kl_beta: float = 0.05  # KL to the starting model, PRISM's beta
     group_size: int = 8
@@ -88,7 +89,7 @@ PRESETS = {
         pretrain_steps=2000,
         mid_steps=4000,
         rl_steps=200,
-        rl_save_every=10,
+        rl_save_every=200,
         group_size=16,
         prompts_per_step=16,
         max_new_tokens=96,
@@ -101,6 +102,9 @@ PRESETS = {
 }
 
 #: Checkpoint pairs audited (A -> B): mid-training, RL after it, and RL from the base.
+#: Pairs whose update geometry the report shows ("The Path Not Taken"): mid-training and RL after it.
+GEOMETRY = [("base", "mid_mcs"), ("mid_mcs", "rl_mid_mcs")]
+
 AUDITS = [
     ("base", "mid_math"),
     ("base", "mid_mc"),

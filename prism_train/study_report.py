@@ -223,6 +223,36 @@ def report(out: str | Path) -> dict:
             "F16: RL trajectories (t50/t80: first step reaching 50%/80% of the final L2)",
         )
     )
+    # -- update geometry ("The Path Not Taken"; absent from runs made before it) -------------------
+    geometry = {}
+    if (an / "geometry").is_dir():
+        for d in sorted((an / "geometry").iterdir()):
+            comps = pd.read_csv(d / "components.csv")
+            figures.plot_spectral(
+                pd.read_csv(d / "layers.csv"), comps, figs / f"geometry_{d.name}", title=d.name.replace("__", " -> ")
+            )
+            total = _json(d / "summary.json")["total"]
+            # NaN (null in JSON) where the update is zero: no geometry to measure
+            geometry[d.name.replace("__", "->")] = {
+                c: math.nan if total[c] is None else float(total[c]) for c in GEOMETRY_COLUMNS
+            }
+        for run, t in trajs.items():  # the live tracking of the fp32 masters: what a bf16 checkpoint shows
+            tracked = an / "trajectories" / run / "trajectory.csv"
+            df = pd.read_csv(tracked)
+            last = df[(df["step"] == df["step"].max()) & (df["component"] == "total")].set_index("metric")["value"]
+            if "fraction_visible_bf16" in last:
+                t["fp32_fraction_changed"] = 1 - float(last["fraction_equal"])
+                t["fraction_visible_bf16"] = float(last["fraction_visible_bf16"])
+        mds.append(
+            _save_table(
+                pd.DataFrame([{"pair": k, **v} for k, v in geometry.items()]),
+                tables,
+                "geometry",
+                "Update geometry (whole model, parameter-weighted over 2-D tensors; k = 16): principal angles "
+                "between the top-k singular subspaces of W before and after, effective rank of the update, "
+                "and the share of its energy inside W's top-k subspace (principal_alignment)",
+            )
+        )
     # -- landscape: F13 --------------------------------------------------------------------------
     land = pd.read_csv(an / "landscape" / "landscape.csv")
     figures.plot_landscape(land, figs / "F13_landscape", score_label="math_easy accuracy")
@@ -252,11 +282,53 @@ def report(out: str | Path) -> dict:
         "intervals": INTERVALS,
         "rl_reward": reward_summary(rewards).to_dict("records") if rewards else [],
         "stage_seconds": stage_times(out),
-        "findings": findings(models, audit_summ, cka_summ, trajs, mc, rs, scores),
+        "geometry": geometry,
+        "findings": findings(models, audit_summ, cka_summ, trajs, mc, rs, scores) + geometry_findings(geometry, trajs),
     }
     write_json(out / "summary.json", summary)
     (out / "report.md").write_text(render_report(out, summary, mds))
     return summary
+
+
+GEOMETRY_COLUMNS = ("mean_principal_angle_deg", "max_principal_angle_deg", "effective_rank", "principal_alignment")
+
+
+def geometry_findings(geometry: dict, trajs: dict) -> list[dict]:
+    """The claims of "The Path Not Taken" (arXiv 2511.08567) and RL's Razor (arXiv 2509.04259) that
+    the update geometry and the live tracking can test (none for a run made before them)."""
+    mid, rl = geometry.get("base->mid_mcs"), geometry.get("mid_mcs->rl_mid_mcs")
+    out = []
+    if mid and rl:
+        a_mid, a_rl = mid["mean_principal_angle_deg"], rl["mean_principal_angle_deg"]
+        out.append(
+            {
+                "claim": "RL barely rotates the principal subspaces; SFT / mid-training rotates them far more",
+                "paper": "The Path Not Taken: ~5 deg (RL) vs ~50 deg (SFT)",
+                "ours": f"mean principal angle {a_rl:.2f} deg (RL) vs {a_mid:.2f} deg (mid); criterion RL < mid / 5",
+                "reproduced": bool(a_rl < a_mid / 5),
+            }
+        )
+        p_mid, p_rl = mid["principal_alignment"], rl["principal_alignment"]
+        out.append(
+            {
+                "claim": "RL's update lies off W's principal directions (less of it in the top-k subspace)",
+                "paper": "The Path Not Taken: RL avoids principal weights",
+                "ours": f"principal alignment {p_rl:.4f} (RL) vs {p_mid:.4f} (mid); criterion RL < mid",
+                "reproduced": bool(p_rl < p_mid),
+            }
+        )
+    t = trajs.get("rl_mid_mcs", {})
+    if "fraction_visible_bf16" in t:
+        out.append(
+            {
+                "claim": "Part of RL's sparsity is storage precision: fp32 weights change where bf16 ones do not",
+                "paper": "RL's Razor: RL's sparsity vanishes in fp32",
+                "ours": f"{100 * t['fp32_fraction_changed']:.1f}% of fp32 master weights changed at all, "
+                f"{100 * t['fraction_visible_bf16']:.1f}% visible in bf16 (rl_mid_mcs, live tracking)",
+                "reproduced": bool(t["fp32_fraction_changed"] > t["fraction_visible_bf16"]),
+            }
+        )
+    return out
 
 
 def findings(models, audits, cka, trajs, mc, rs, scores) -> list[dict]:
