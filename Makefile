@@ -30,8 +30,7 @@ $(VENV)/.test: pyproject.toml $(VENV)/.created
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# The main job: the miniature PRISM study (tiny preset, ~15 minutes on 2 free CPU cores, extrapolated;
-# 32.5 minutes measured on a 2-core machine shared with other jobs).
+# The main job: the miniature PRISM study (tiny preset: 12 minutes measured on 2 idle CPU cores).
 demo: $(VENV)/.train
 	$(VENV)/bin/prism reproduce --preset tiny --out $(DEMO_OUT)
 
