@@ -73,6 +73,10 @@ from .weights import UpdateStats
 COMMAND = "track"
 #: Where a tracked run keeps its reference snapshot(s).
 REFERENCES = ("cpu", "device", "disk")
+#: Smallest CPU tensor measured by the fused kernel during tracking (the audit's threshold is 2^20,
+#: which keeps numba out of a small audit's start-up; inside a training loop it is worth loading:
+#: a 26M-parameter model's tracked step takes ~0.13 s instead of ~0.8 s on 2 cores).
+FUSED_MIN_NUMEL = 1 << 14
 #: Wrapper prefixes stripped from parameter names (torch.compile, FSDP1, activation checkpointing).
 WRAPPER_PREFIXES = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
@@ -451,7 +455,7 @@ class UpdateTracker:
 
     def _measure(self, step: int) -> dict[str, float]:
         def make():
-            return UpdateStats(self.thresholds)
+            return UpdateStats(self.thresholds, fused_min_numel=FUSED_MIN_NUMEL)
 
         current = named_tensors(self.model)
         refs = {k: snap for (k, s), snap in self.k_refs.items() if s == step - k}

@@ -84,6 +84,8 @@ class UpdateStats(Accumulator):
     """
 
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    #: smallest CPU tensor for the fused kernel (None: :data:`FUSED_MIN_NUMEL`; live tracking lowers it)
+    fused_min_numel: int | None = None
     numel: int = state(0)
     sum_sq_a: float = state(0.0)
     sum_sq_b: float = state(0.0)
@@ -107,7 +109,7 @@ class UpdateStats(Accumulator):
         same_dtype = a.dtype == b.dtype
         a, b = promote(as_float(a), as_float(b))
         a, b = a.reshape(-1), b.reshape(-1)
-        if use_fused(a, b):
+        if use_fused(a, b, min_numel=self.fused_min_numel):
             from . import fused
 
             sums, counts = fused.pair_stats(a, b, self.thresholds)
@@ -158,13 +160,14 @@ class UpdateStats(Accumulator):
         return row
 
 
-def use_fused(*tensors: torch.Tensor) -> bool:
+def use_fused(*tensors: torch.Tensor, min_numel: int | None = None) -> bool:
     """Whether the fused CPU kernels take these tensors: all on the CPU, of one float dtype they
-    handle, and at least :data:`FUSED_MIN_NUMEL` elements (numba is imported only then)."""
+    handle, and at least ``min_numel`` elements (default :data:`FUSED_MIN_NUMEL`; numba is imported
+    only then)."""
     t0 = tensors[0]
     return (
         USE_FUSED
-        and t0.numel() >= FUSED_MIN_NUMEL
+        and t0.numel() >= (FUSED_MIN_NUMEL if min_numel is None else min_numel)
         and t0.dtype in FUSED_DTYPES
         and all(t.device.type == "cpu" and t.dtype == t0.dtype for t in tensors)
     )
