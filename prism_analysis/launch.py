@@ -57,16 +57,19 @@ def relaunch(module: str, argv: list[str], nproc: int) -> int:
     from torch.distributed.run import run as launch
 
     threads = str(threads_per_process(nproc))
-    os.environ.setdefault("OMP_NUM_THREADS", threads)
-    os.environ.setdefault("NUMBA_NUM_THREADS", threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    worker_env = {"OMP_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    added = {k: v for k, v in worker_env.items() if k not in os.environ}  # the user's settings win
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", module])
     args.training_script_args = strip_nproc(argv)  # never through torchrun's parser (it would read --n)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the workers report errors
+    os.environ.update(added)  # the workers inherit this environment; this process gets its own back
     try:
         launch(args)
     except ChildFailedError as e:
         return failure_status(e.failures)
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
     return 0
 
 

@@ -35,9 +35,8 @@ from prism_analysis.outputs import write_json
 from prism_analysis.run_manifest import read_manifest
 
 from .run_dir import LOCK, DirectoryLock, config_hash
-from .study_design import MIDS, MODELS, PRESETS, RLS, Preset
+from .study_design import MIDS, MODELS, PRESETS, RLS, STAGES, Preset
 
-STAGES = ("pretrain", "mid", "rl", "eval", "analyse", "report")
 #: What a study writes in its directory (all that ``--force all`` may delete).
 OWNED = ("models", "eval", "analysis", "figures", "tables", "stages", "report.md", "summary.json", "study.json")
 

@@ -102,6 +102,9 @@ PRESETS = {
 }
 
 #: Checkpoint pairs audited (A -> B): mid-training, RL after it, and RL from the base.
+#: The stages of a study, in order.
+STAGES = ("pretrain", "mid", "rl", "eval", "analyse", "report")
+
 #: Pairs whose update geometry the report shows ("The Path Not Taken"): mid-training and RL after it.
 GEOMETRY = [("base", "mid_mcs"), ("mid_mcs", "rl_mid_mcs")]
 
