@@ -40,11 +40,17 @@ def _limit_threads(threads: int) -> None:
 
 
 def _call(fn, kwargs: dict, threads: int) -> float:
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-    t = time.perf_counter()
-    fn(**kwargs)
-    return time.perf_counter() - t
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(threads)
+    try:
+        t = time.perf_counter()
+        fn(**kwargs)
+        return time.perf_counter() - t
+    finally:  # a job run in the caller's process gives the caller its thread count back
+        if before is not None:
+            torch.set_num_threads(before)
 
 
 def run_jobs(jobs: list[Job], workers: int = 2, threads: int = 1, log=print) -> dict[str, float]:

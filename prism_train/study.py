@@ -138,11 +138,12 @@ class Study:
     def run(self) -> dict:
         self._check_owner()
         self._ran: set[str] = set()  # stages already run alongside an earlier one
+        import torch
+
+        threads = torch.get_num_threads()  # the caller's, given back at the end
         if self.p.workers > 1:
             # every job is one thread, and so is this process's own work (pretraining, report):
             # tiny matrices gain little from a second thread, and lose much on a busy machine
-            import torch
-
             torch.set_num_threads(1)
         try:
             for i, stage in enumerate(STAGES, 1):
@@ -160,6 +161,7 @@ class Study:
                 self._mark(stage, {"seconds": time.perf_counter() - t, **info})
         finally:
             self.lock.release()
+            torch.set_num_threads(threads)
         self.log(f"done in {time.perf_counter() - self.t0:.0f}s -> {self.out}/report.md")
         return json.loads((self.out / "summary.json").read_text())
 
