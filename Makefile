@@ -37,7 +37,7 @@ demo: $(VENV)/.train
 test: lint
 	$(PY) -m pytest tests
 
-# the edit-test loop: everything but the tests marked slow (under a minute on 2 cores)
+# the edit-test loop: everything but the tests marked slow
 test-fast: $(VENV)/.test
 	$(PY) -m pytest tests -m "not slow"
 
