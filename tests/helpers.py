@@ -79,3 +79,31 @@ def save_model(
     model.to(dtype).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+def peak_rss_growth(fn):
+    """Run ``fn()`` while sampling this process's resident memory every 2 ms; returns ``(fn's
+    result, peak RSS during the call minus RSS before it)`` in bytes."""
+    import threading
+    import time
+
+    import psutil
+
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.002)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        t.join()
+    return result, peak[0] - base

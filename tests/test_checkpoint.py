@@ -1,13 +1,10 @@
 """Reading, aligning and streaming checkpoints; every bad input is a PrismError naming the file."""
 
 import json
-import threading
-import time
 
-import psutil
 import pytest
 import torch
-from helpers import model_state, save_state
+from helpers import model_state, peak_rss_growth, save_state
 from safetensors.torch import save_file
 
 from prism_analysis.checkpoint_reader import Checkpoint, align, stream_aligned
@@ -177,25 +174,8 @@ def test_peak_memory_is_bounded_by_a_few_tensors_not_the_checkpoint(tmp):
     save_state(state, tmp / "a")
     save_state({k: v * 1.001 for k, v in state.items()}, tmp / "b")
     del state
-    proc = psutil.Process()
-    base = proc.memory_info().rss
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.002)
-
-    t = threading.Thread(target=sample)
-    t.start()
-    try:
-        res = audit(tmp / "a", tmp / "b", progress=False, device="cpu")
-    finally:
-        done.set()
-        t.join()
+    res, extra = peak_rss_growth(lambda: audit(tmp / "a", tmp / "b", progress=False, device="cpu"))
     pair_bytes = 2 * n_tensors * numel * 4
-    extra = peak[0] - base
     assert res.stats["total"].numel == n_tensors * numel
     # one pair in float64 work buffers (~10 x 4 MiB) + prefetch: far below the 512 MiB pair
     assert extra < pair_bytes / 4, f"extra RSS {extra / 2**20:.0f} MiB for a {pair_bytes / 2**20:.0f} MiB pair"

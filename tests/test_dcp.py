@@ -13,15 +13,12 @@ import pickle
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 import torch
-from helpers import save_state
+from helpers import peak_rss_growth, save_state
 from torch.distributed.checkpoint import FileSystemReader
 
 from prism_analysis import dcp_reader
@@ -203,25 +200,8 @@ def test_single_process_save_memory_is_bounded_by_a_few_tensors(tmp):
     dcp.save({k: v * 1.001 for k, v in state.items()}, checkpoint_id=tmp / "b", no_dist=True)
     del state
     audit(tmp / "a", tmp / "a", progress=False, device="cpu")  # warm up: numba's kernels compile once
-    proc = psutil.Process()
-    base = proc.memory_info().rss
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.002)
-
-    t = threading.Thread(target=sample)
-    t.start()
-    try:
-        res = audit(tmp / "a", tmp / "b", progress=False, device="cpu")
-    finally:
-        done.set()
-        t.join()
+    res, extra = peak_rss_growth(lambda: audit(tmp / "a", tmp / "b", progress=False, device="cpu"))
     pair_bytes = 2 * n_tensors * numel * 4
-    extra = peak[0] - base
     assert res.stats["total"].numel == n_tensors * numel
     assert extra < pair_bytes / 4, f"extra RSS {extra / 2**20:.0f} MiB for a {pair_bytes / 2**20:.0f} MiB pair"
 

@@ -2,14 +2,11 @@
 
 import json
 import shutil
-import threading
-import time
 
 import pandas as pd
-import psutil
 import pytest
 import torch
-from helpers import save_state
+from helpers import peak_rss_growth, save_state
 from safetensors.torch import load_file, save_file
 
 from prism_analysis.checkpoint_reader import Checkpoint, open_checkpoint, open_lora
@@ -279,25 +276,8 @@ def test_peak_memory_is_one_tensor_not_the_merged_model(tmp):
     del factors
     base = tmp / "base"
     audit(base, base, progress=False, device="cpu")  # warm up: numba's kernels load on first use (~100 MiB)
-    proc = psutil.Process()
-    start = proc.memory_info().rss
-    peak = [start]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.002)
-
-    t = threading.Thread(target=sample)
-    t.start()
-    try:
-        res = audit(base, open_lora(base, tmp / "adapter"), progress=False, device="cpu")
-    finally:
-        done.set()
-        t.join()
+    res, extra = peak_rss_growth(lambda: audit(base, open_lora(base, tmp / "adapter"), progress=False, device="cpu"))
     model_bytes = n_tensors * side * side * 4
-    extra = peak[0] - start
     assert res.stats["total"].numel == n_tensors * side * side
     assert (res.tensors["fraction_equal"] < 1).all()
     # the pairs in flight and the merge's temporaries, a few 4 MiB tensors (~34 MiB measured; 94 MiB
