@@ -76,11 +76,16 @@ def relaunch(module: str, argv: list[str], nproc: int) -> int:
 def failure_status(failures: dict) -> int:
     """The exit status of a failed launch (the first worker's own status, 2 for bad input). A worker
     that ended without reporting (killed by a signal: out of memory, say) gets one line here."""
+    import signal
     import sys
 
-    for rank, f in sorted(failures.items()):
-        if f.exitcode is not None and f.exitcode < 0:
+    ranks = sorted(failures.items())
+    reported = any(f.exitcode is not None and f.exitcode > 0 for _, f in ranks)
+    for rank, f in ranks:
+        # once a worker has exited with its own status (its error printed), the launcher stops the
+        # others with SIGTERM: a consequence, not a second error
+        if f.exitcode is not None and f.exitcode < 0 and not (reported and -f.exitcode == signal.SIGTERM):
             print(f"prism: error: rank {rank} was killed ({f.signal_name()}; out of memory?)", file=sys.stderr)
             return EXIT_FAILED
-    codes = [f.exitcode for _, f in sorted(failures.items())]
+    codes = [f.exitcode for _, f in ranks]
     return next((c for c in codes if c and c > 0), EXIT_FAILED)

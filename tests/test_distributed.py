@@ -320,6 +320,8 @@ def test_a_launch_failure_keeps_the_workers_status_and_names_a_killed_rank(capsy
     assert capsys.readouterr().err == ""
     assert failure_status({0: failed(1), 1: failed(-9)}) == 1
     assert capsys.readouterr().err == "prism: error: rank 1 was killed (SIGKILL; out of memory?)\n"
+    assert failure_status({0: failed(-15), 1: failed(2)}) == 2  # rank 0 stopped by the launcher after rank 1's error
+    assert capsys.readouterr().err == ""
 
 
 def test_nproc_hands_the_command_line_to_the_workers_untouched(checkpoints, monkeypatch):
