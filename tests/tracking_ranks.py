@@ -12,6 +12,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from helpers import end_worker
 
 from prism_analysis.tracking import UpdateTracker
 from prism_train.models import build_model
@@ -46,3 +47,4 @@ def main(mode: str, out: str) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     main(sys.argv[1], sys.argv[2])
+    end_worker()
