@@ -295,7 +295,10 @@ def plot_benchmarks(
     for i, m in enumerate(metrics):
         err = None
         if f"{m}_lo" in results and f"{m}_hi" in results:
-            err = [100 * (results[m] - results[f"{m}_lo"]), 100 * (results[f"{m}_hi"] - results[m])]
+            err = [  # clipped: a bootstrap bound may sit a rounding error inside its estimate
+                (100 * (results[m] - results[f"{m}_lo"])).clip(lower=0),
+                (100 * (results[f"{m}_hi"] - results[m])).clip(lower=0),
+            ]
         ax.bar(
             [j + (i - len(metrics) / 2 + 0.5) * w for j in range(len(models))],
             100 * results[m],

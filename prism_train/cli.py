@@ -123,7 +123,11 @@ def _run_eval(args) -> None:
     from .intervals import wilson
 
     res = evaluate(model, tok, n=args.n, seed=args.seed, pass_k=pass_k)
-    scores = res.pop("scores")
+    scores, distinct = res.pop("scores"), res.pop("distinct")
+    print(
+        f"{args.n} held-out draws per benchmark; distinct problems: "
+        + ", ".join(f"{b} {d}" for b, d in distinct.items())
+    )
     for k, v in res.items():
         ci = ""
         if k in scores:
@@ -134,7 +138,9 @@ def _run_eval(args) -> None:
         with atomic_output_dir(args.out, "eval", [args.checkpoint]) as tmp:
             from prism_analysis.outputs import write_json
 
-            write_json(tmp / "eval.json", {"checkpoint": args.checkpoint, **res, "scores": scores})
+            write_json(
+                tmp / "eval.json", {"checkpoint": args.checkpoint, **res, "distinct": distinct, "scores": scores}
+            )
             pd.DataFrame([{"metric": k, "value": v} for k, v in res.items()]).to_csv(tmp / "eval.csv", index=False)
 
 
@@ -203,7 +209,7 @@ def add_reproduce(sub) -> None:
         Stages are cached and resumable: rerun the same command after an interruption.""",
         """\
         presets (2-core CPU): smoke  < 90 s, a check that everything runs
-                              tiny   the default, ~19 minutes
+                              tiny   the default, 13-16 minutes
                               small  bigger models (~6.5M parameters) and more steps, for a GPU:
                                      an estimated 30-60 minutes on one H100, mostly RL generation
                                      (not yet measured: no GPU has been lent to this project)

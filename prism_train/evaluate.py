@@ -110,17 +110,25 @@ def evaluate(
 ) -> dict:
     """Greedy accuracy per benchmark, macro average, general perplexity (and pass@k if asked:
     ``pass_k = (k, samples)`` with 1 <= k <= samples). ``scores``: benchmark -> the 0/1 score of
-    each problem, in benchmark order (the paired intervals of :mod:`prism_train.intervals`)."""
+    each problem, in benchmark order (the paired intervals of :mod:`prism_train.intervals`).
+
+    A benchmark is ``n`` independent draws from the held-out problem generator, so a small problem
+    space repeats problems (level-1 science has about 90 held-out problems): the accuracy and its
+    intervals are those of the generator's held-out distribution. Greedy decoding is a function of
+    the prompt, so each distinct problem is generated once and its score counts for every draw of
+    it; ``distinct``: benchmark -> how many distinct problems the draws hold."""
     if n < 1:
         raise PrismError(f"--n must be at least 1 (got {n})")
     if pass_k is not None and not 1 <= pass_k[0] <= pass_k[1]:
         raise PrismError(f"--pass-k {pass_k[0]},{pass_k[1]}: k must be between 1 and the number of samples")
-    res, scores = {}, {}
+    res, scores, distinct = {}, {}, {}
     for name, (domain, _) in BENCHMARKS.items():
         probs = benchmark(name, n, seed)
-        outs = generate(model, tokenizer, [p.prompt for p in probs], max_new_tokens, batch_size=batch_size)
-        scores[name] = [int(reward(domain, o, p.answer)) for o, p in zip(outs, probs)]
+        unique = list(dict.fromkeys(p.prompt for p in probs))
+        outs = dict(zip(unique, generate(model, tokenizer, unique, max_new_tokens, batch_size=batch_size)))
+        scores[name] = [int(reward(domain, outs[p.prompt], p.answer)) for p in probs]
         res[name] = sum(scores[name]) / len(probs)
+        distinct[name] = len(unique)
         if pass_k:
             k, m = pass_k
             samples = generate(
@@ -143,5 +151,6 @@ def evaluate(
     res["macro"] = (res["math"] + res["code"] + res["science"]) / 3
     docs = [d for d in corpus() if in_split(d, "eval")][:n_ppl_docs]
     res["general_ppl"] = perplexity(model, tokenizer, docs)
+    res["distinct"] = distinct
     res["scores"] = scores
     return res

@@ -204,7 +204,7 @@ def rl_train(
         def maybe_eval(step):
             if cfg.eval_every and accelerator.is_main_process and (step % cfg.eval_every == 0 or step == cfg.steps):
                 res = evaluate(accelerator.unwrap_model(model), tok, n=cfg.eval_n)
-                res.pop("scores")
+                res.pop("scores"), res.pop("distinct")
                 manifest["evals"].append({"step": step, **res})
                 model.train()
 

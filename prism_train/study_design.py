@@ -50,7 +50,7 @@ class Preset:
     prompts_per_step: int = 8
     max_new_tokens: int = 64
     rl_eval_every: int = 0  # benchmark evaluations inside RL runs (no finding uses them)
-    eval_n: int = 200
+    eval_n: int = 1000  # draws per benchmark: paired intervals narrow enough to see RL's +0.5..2 points
     cka_n: int = 60
     bootstrap: int = 20
     landscape_n: int = 20
@@ -81,7 +81,7 @@ PRESETS = {
     ),
     "tiny": Preset(),
     # a GPU preset: 6.8M-parameter models, 8x the tokens per step, the same regime (RL lr 1/100 of
-    # mid-training's, KL 0.05, bf16 checkpoints), 200-step RL runs and 500 problems per benchmark
+    # mid-training's, KL 0.05, bf16 checkpoints), 200-step RL runs and 2000 draws per benchmark
     "small": Preset(
         model={"hidden_size": 256, "num_layers": 8},
         batch_size=32,
@@ -93,7 +93,7 @@ PRESETS = {
         group_size=16,
         prompts_per_step=16,
         max_new_tokens=96,
-        eval_n=500,
+        eval_n=2000,
         cka_n=200,
         bootstrap=100,
         landscape_n=100,

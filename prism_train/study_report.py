@@ -82,9 +82,13 @@ def report(out: str | Path) -> dict:
             "general_ppl": results["general_ppl"],
         }
     )
-    results.drop(columns=["scores", "path"], errors="ignore").to_csv(tables / "benchmarks.csv", index=False)
+    results.drop(columns=["scores", "path", "distinct"], errors="ignore").to_csv(tables / "benchmarks.csv", index=False)
+    distinct = evals["base"].get("distinct")  # older runs did not count them
+    held_out = f"{n} held-out draws per benchmark" + (
+        ", distinct problems " + ", ".join(f"{b} {d}" for b, d in distinct.items()) if distinct else ""
+    )
     md = (
-        f"### Benchmarks ({n} held-out problems each, greedy; accuracy [95% interval: Wilson per benchmark, "
+        f"### Benchmarks ({held_out}, greedy; accuracy [95% interval: Wilson per benchmark, "
         "stratified percentile bootstrap for the macro average]; perplexity on held-out prose)\n\n"
         if n
         else "### Benchmarks (accuracy, no intervals: this run kept no per-problem scores)\n\n"
@@ -261,7 +265,7 @@ def report(out: str | Path) -> dict:
     # -- summary and findings --------------------------------------------------------------------
     keys = [k for b in (*BENCHMARKS, "math", "macro") for k in (b, f"{b}_lo", f"{b}_hi")]
     models = {
-        m: {"path": r["path"], "n": n, **{k: r[k] for k in (*keys, "general_ppl")}}
+        m: {"path": r["path"], "n": n, "distinct": distinct, **{k: r[k] for k in (*keys, "general_ppl")}}
         for m, r in zip(results["model"], results.to_dict("records"))
     }
     audit_summ = {

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import stats
 
 from prism_analysis.errors import PrismError
@@ -18,6 +20,16 @@ def test_wilson_matches_scipy(k, n):
     lo, hi = wilson(k, n)
     assert lo == pytest.approx(ref.low, abs=1e-12) and hi == pytest.approx(ref.high, abs=1e-12)
     assert 0 <= lo <= k / n <= hi <= 1
+
+
+@given(st.integers(1, 10**6), st.floats(0, 1))
+def test_wilson_contains_the_estimate_exactly(n, share):
+    """Found by the 1000-problem study: wilson(0, 1000) gave a lower bound of 2e-19 > 0, a negative
+    error bar, and a crashed report."""
+    k = round(share * n)
+    lo, hi = wilson(k, n)
+    assert 0 <= lo <= k / n <= hi <= 1
+    assert (lo == 0) == (k == 0) and (hi == 1) == (k == n)
 
 
 def test_wilson_rejects_bad_counts():

@@ -216,3 +216,31 @@ def test_pass_at_k():
     assert pass_at_k(10, 0, 1) == 0 and pass_at_k(10, 10, 1) == 1
     assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
     assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+
+
+def test_greedy_eval_generates_each_distinct_problem_once_and_scores_every_draw(tmp, monkeypatch):
+    """Planted answers: the fake model solves a known half of the distinct problems; every draw of a
+    problem must get that problem's score, and each distinct prompt is generated exactly once."""
+    from prism_analysis.model_loader import load_model
+    from prism_train import evaluate as ev
+
+    train(TrainConfig(**{**SMALL, "steps": 1, "save_every": 1}), tmp / "r", progress=False)
+    model, tok = load_model(tmp / "r" / "step_000001", device="cpu", progress=False)
+    n = 60
+    draws = {b: ev.benchmark(b, n) for b in ev.BENCHMARKS}
+    assert len({p.prompt for p in draws["science"]}) < n  # the level-1 science space repeats itself
+    problems = {p.prompt: p for ps in draws.values() for p in ps}
+    solved = {q: problems[q].completion for q in sorted(problems)[::2]}
+    asked = []
+
+    def fake_generate(model, tokenizer, prompts, *args, **kwargs):
+        asked.append(list(prompts))
+        return [solved.get(p, "<think>\nno idea\n</think>\nAnswer: -1") for p in prompts]
+
+    monkeypatch.setattr(ev, "generate", fake_generate)
+    res = ev.evaluate(model, tok, n=n)
+    for b, ps in draws.items():
+        assert res["scores"][b] == [int(p.prompt in solved) for p in ps]
+        assert res[b] == sum(p.prompt in solved for p in ps) / n
+    assert [len(a) for a in asked] == [len(set(a)) for a in asked] == list(res["distinct"].values())
+    assert res["distinct"]["science"] < n and res["distinct"]["math_hard"] == n
