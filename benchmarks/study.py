@@ -1,7 +1,8 @@
 """Where the `tiny` study's time goes, and how to schedule it on a 2-core machine.
 
-  threads     one training process with 2 threads vs two processes with 1 thread each (the
-              study's schedule), same mid-training steps of the tiny model: steps/s of the machine
+  threads     one training process with 1 thread, with 2 threads (how the study pretrains: it
+              runs alone), and two processes with 1 thread each (the study's later stages), same
+              mid-training steps of the tiny model: steps/s of the machine
   generation  greedy evaluation of 200 held-out problems (math_easy + code) by batch size, with and
               without the KV cache, and the share of prompt padding per batch
 
@@ -45,13 +46,14 @@ def _train(ckpt, out, threads, steps):
 
 
 def threads(ckpt, steps, repeats):
-    one, two = [], []
+    alone, one, two = [], [], []
     for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as d:
-            t = time.perf_counter()
-            p = _train(ckpt, Path(d) / "a", 2, steps)
-            p.communicate()
-            one.append(steps / (time.perf_counter() - t))
+        for n_threads, runs in ((1, alone), (2, one)):
+            with tempfile.TemporaryDirectory() as d:
+                t = time.perf_counter()
+                p = _train(ckpt, Path(d) / "a", n_threads, steps)
+                p.communicate()
+                runs.append(steps / (time.perf_counter() - t))
         with tempfile.TemporaryDirectory() as d:
             t = time.perf_counter()
             ps = [_train(ckpt, Path(d) / n, 1, steps) for n in ("a", "b")]
@@ -59,9 +61,10 @@ def threads(ckpt, steps, repeats):
                 p.communicate()
             two.append(2 * steps / (time.perf_counter() - t))
     return {
+        "one_process_one_thread_steps_per_s": statistics.median(alone),
         "one_process_two_threads_steps_per_s": statistics.median(one),
         "two_processes_one_thread_steps_per_s": statistics.median(two),
-        "runs": {"one": one, "two": two},
+        "runs": {"alone": alone, "one": one, "two": two},
     }
 
 

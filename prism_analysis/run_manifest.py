@@ -40,6 +40,14 @@ def read_manifest(run: str | Path) -> dict | None:
     return data
 
 
+def last_checkpoint(run: str | Path) -> Path:
+    """The checkpoint of the last step saved in run directory ``run`` (from its manifest)."""
+    m = read_manifest(run)
+    if not m or not m.get("steps"):
+        raise PrismError("has no saved step yet (its trajectory.json lists none)", run)
+    return Path(run) / m["steps"][-1]["path"]
+
+
 def discover(source) -> list[tuple[int, Path]]:
     """``[(step, checkpoint), ...]`` sorted by step, from a manifest, a run directory, or a list of
     checkpoints (paths or Hub references: their step is the last number of the revision or folder)."""

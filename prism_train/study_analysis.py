@@ -1,7 +1,9 @@
 """Stage 5 of the study: every PRISM analysis, through the prism_analysis APIs, into OUT/.
 
-:func:`analyse` takes plain checkpoint paths and RL run directories, so the same analysis runs on
-checkpoints the study did not train (any models named as in :data:`~prism_train.study_design.MODELS`).
+:func:`analyse_weights` and :func:`analyse_models` take plain checkpoint paths and RL run
+directories, so the same analysis runs on checkpoints the study did not train (any models named as
+in :data:`~prism_train.study_design.MODELS`); :func:`analysis_jobs` runs them on the study's run
+directories, as two jobs of the study's batch (:mod:`prism_train.schedule`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from prism_analysis.figures import plot_landscape
 from prism_analysis.interpolate import landscape
 from prism_analysis.model_cka import model_cka
 from prism_analysis.outputs import write_json
+from prism_analysis.run_manifest import last_checkpoint
 from prism_analysis.tracking import read_tracking
 from prism_analysis.trajectory import analyse_trajectory, save_trajectory
 from prism_analysis.weights import audit
@@ -23,7 +26,7 @@ from prism_analysis.weights import audit
 from .data.general import corpus
 from .data.problem import in_split
 from .data.reasoning import problem_stream
-from .study_design import AUDITS, CKA_PAIRS, GEOMETRY, Preset
+from .study_design import AUDITS, CKA_PAIRS, GEOMETRY, MODELS, RLS, Preset
 
 
 def probe_sets(n: int) -> dict[str, list[str]]:
@@ -79,25 +82,32 @@ def reward_table(run_dir) -> pd.DataFrame:
     return pd.DataFrame([{c: e.get(c) for c in cols} for e in log], columns=cols)
 
 
-def analyse(models: dict, rl_runs: dict, out, preset: Preset, log=print, workers: int = 1) -> None:
-    """Every analysis of the study into ``out``.
+def analysis_jobs(runs, out, preset: Preset, after: tuple[str, ...] = ()) -> list:
+    """The study's analyses into ``out`` as two jobs for :func:`prism_train.schedule.run_jobs`: the
+    weight analyses (audits, trajectories, comparisons) and the model analyses (CKA, landscape).
 
-    ``models``: model name -> checkpoint path, for every name of ``MODELS``; ``rl_runs``: RL run
-    name -> run directory (its saved steps make the F16 trajectories); ``preset``: the sizes of the
-    CKA probe sets, bootstrap and landscape. With ``workers`` = 2 the weight analyses (audits,
-    trajectories, comparisons) and the model analyses (CKA, landscape) run as two parallel
-    one-thread processes (:mod:`prism_train.schedule`).
+    ``runs``: the directory holding one run directory per name of ``MODELS`` (each model is its
+    run's last saved step, looked up when the job starts); ``after``: the jobs that train them.
     """
-    from .schedule import Job, run_jobs
+    from .schedule import Job
 
-    jobs = [
-        Job("weights", analyse_weights, {"models": models, "rl_runs": rl_runs, "out": out, "log": print}),
-        Job("models", analyse_models, {"models": models, "out": out, "preset": preset, "log": print}),
+    kw = {"runs": str(runs), "out": str(out)}
+    return [
+        Job("weights", _weights_of_runs, kw, after),
+        Job("models", _models_of_runs, {**kw, "preset": preset}, after),
     ]
-    if workers <= 1:
-        for j in jobs:
-            j.kwargs["log"] = log
-    return run_jobs(jobs, workers=workers, log=log)
+
+
+def _last_checkpoints(runs) -> dict:
+    return {name: last_checkpoint(Path(runs) / name) for name in MODELS}
+
+
+def _weights_of_runs(runs, out) -> None:
+    analyse_weights(_last_checkpoints(runs), {r: Path(runs) / r for r in RLS}, out)
+
+
+def _models_of_runs(runs, out, preset: Preset) -> None:
+    analyse_models(_last_checkpoints(runs), out, preset)
 
 
 def analyse_weights(models: dict, rl_runs: dict, out, log=print) -> None:

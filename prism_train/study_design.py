@@ -41,8 +41,8 @@ class Preset:
     pretrain_lr: float = 1e-3
     mid_steps: int = 1000
     mid_lr: float = 1e-3
-    rl_steps: int = 40
-    rl_save_every: int = 40  # checkpoints the analyses read: the start and the end (F16 is tracked live)
+    rl_steps: int = 80  # the fewest of 40 and 80 at which RL from every mid-trained model gains (README)
+    rl_save_every: int = 80  # checkpoints the analyses read: the start and the end (F16 is tracked live)
     rl_track_every: int = 1  # live tracking (prism rl --track-every): F16 at every RL step, no checkpoints
     rl_lr: float = 1e-5  # PRISM's proportion: ~1/100 of the mid-training peak (5e-7 vs ~5e-5)
     rl_kl_beta: float = 0.05  # KL to the starting model, PRISM's beta

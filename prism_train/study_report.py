@@ -527,18 +527,21 @@ def reward_summary(rewards: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 def stage_times(out: Path) -> dict[str, float]:
     """Seconds each stage took (from RUN/stages/*.json), when the run has them; ``STAGE/JOB``: a
-    job's own seconds. A stage that ran alongside the one before it (the RL runs start while the
-    mid-trainings run; its record was written first) gets 0, so the stages add up to the total."""
-    times, before = {}, None
+    job's own seconds. A stage that ran alongside an earlier one (the RL runs and the evaluations
+    run in one batch with the mid-trainings; their records were written first) gets 0, so the
+    stages add up to the total."""
+    times, latest = {}, None
     for stage in STAGES:
         f = out / "stages" / f"{stage}.json"
         if f.is_file():
             rec = _json(f)
+            done = rec.get("finished", rec.get("time"))  # (records of older runs have "time" only)
             if "seconds" in rec:
-                alongside = before is not None and rec.get("time", 0) < before
+                alongside = latest is not None and done is not None and done < latest
                 times[stage] = 0.0 if alongside else rec["seconds"]
                 times.update({f"{stage}/{k}": v for k, v in rec.get("jobs", {}).items()})
-            before = rec.get("time")
+            if done is not None:
+                latest = max(latest, done) if latest is not None else done
     return times
 
 
@@ -575,7 +578,7 @@ def render_report(out: Path, summary: dict, tables: list[str]) -> str:
         ]
         for st in stages:
             jobs = ", ".join(f"{k.split('/', 1)[1]} {v:.0f}" for k, v in times.items() if k.startswith(f"{st}/"))
-            shown = f"{times[st]:.0f}" if times[st] or not jobs else "(alongside the previous stage)"
+            shown = f"{times[st]:.0f}" if times[st] or not jobs else "(alongside an earlier stage)"
             lines.append(f"| {st} | {shown} | {jobs} |")
         lines += ["", f"Total of the stages listed: {sum(times[s] for s in stages):.0f} s.", ""]
     lines += ["## Figures", ""]
@@ -598,6 +601,15 @@ def _exported(into: Path) -> set[str]:
     return set(data.get("files", [])) if isinstance(data, dict) and data.get("tool") == "prism" else set()
 
 
+def _refuse_clash(into: Path, names, owned: set[str]) -> None:
+    """Refuse to write over a file in ``into`` that no earlier export wrote."""
+    clash = sorted(n for n in names if (into / n).exists() and n not in owned)
+    if clash:
+        raise PrismError(
+            f"would overwrite {clash[0]}, which prism figures did not write; move it or pick another --into", into
+        )
+
+
 def export(run: str | Path, into: str | Path) -> dict:
     """Copy a study's saved tables (no checkpoints) into ``into/run``, redraw every figure from them,
     and place the figures, tables, report.md and summary.json in ``into``. Works from ``into/run``
@@ -614,6 +626,7 @@ def export(run: str | Path, into: str | Path) -> dict:
         raise PrismError("no study run here and no exported tables to redraw from; run prism reproduce first", run)
     if fresh_tables and data.exists() and "run" not in owned:
         raise PrismError(f"{data} exists and was not written by prism figures; move it or pick another --into", into)
+    _refuse_clash(into, ["report.md", "summary.json"], owned)  # before drawing: every export writes these
     with tempfile.TemporaryDirectory(prefix=".prism-figures-", dir=into if into.is_dir() else None) as work:
         stage = Path(work) / "run"
         source = run if fresh_tables else data
@@ -630,11 +643,7 @@ def export(run: str | Path, into: str | Path) -> dict:
         summary = report(stage)
         written = {f"{p.name}": p for p in (stage / "figures").glob("*.png")}
         written |= {f"{p.name}": p for p in (stage / "tables").glob("*.md")}
-        clash = sorted(n for n in [*written, "report.md", "summary.json"] if (into / n).exists() and n not in owned)
-        if clash:
-            raise PrismError(
-                f"would overwrite {clash[0]}, which prism figures did not write; move it or pick another --into", into
-            )
+        _refuse_clash(into, written, owned)
         into.mkdir(parents=True, exist_ok=True)
         for name in owned - set(written) - {"report.md", "summary.json", "run", EXPORT_MANIFEST}:
             (into / name).unlink(missing_ok=True)  # a figure or table an earlier export wrote, gone now

@@ -2,6 +2,7 @@
 differences, and the study scheduler's dependency order and error handling."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,6 +83,21 @@ def _append(path, text):
 
 def _fail(message):
     raise PrismError(message)
+
+
+def _threads(path):
+    """What a job sees: torch's threads, and numba's (the fused kernels of RL's live tracking)."""
+    import numba
+    import torch
+
+    Path(path).write_text(f"{torch.get_num_threads()} {numba.get_num_threads()}")
+
+
+def test_a_job_runs_on_one_thread_in_torch_and_in_numba(tmp):
+    """Two one-thread workers on a 2-core machine: a job whose numba kernels took every core
+    oversubscribed it (RL runs 1.6x slower in the study)."""
+    run_jobs([Job("t", _threads, {"path": tmp / "t.txt"})], workers=2, threads=1, log=lambda *a: None)
+    assert (tmp / "t.txt").read_text() == "1 1"
 
 
 def test_run_jobs_respects_dependencies_in_parallel_processes(tmp):

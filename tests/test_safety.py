@@ -39,12 +39,13 @@ def pair(tmp_path_factory):
 
 
 # -- prism figures --------------------------------------------------------------------------------
-def test_figures_export_replaces_only_what_it_wrote(tmp, capsys):
+def test_figures_export_replaces_only_what_it_wrote(tmp, capsys, monkeypatch):
     into = tmp / "docs"
     into.mkdir()
     (into / "README.md").write_text("my project\n")
     (into / "notes.png").write_bytes(b"my own picture")
-    code, err = run_cli(["figures", "--run", ROOT / "figures" / "run", "--into", into], capsys)
+    monkeypatch.chdir(into)  # --into the current directory, beside its README
+    code, err = run_cli(["figures", "--run", ROOT / "figures" / "run", "--into", "."], capsys)
     assert code == 0, err
     assert (into / "README.md").read_text() == "my project\n" and (into / "notes.png").read_bytes() == b"my own picture"
     assert (into / "report.md").is_file() and (into / "F16_rl_trajectory.png").is_file()
@@ -66,14 +67,6 @@ def test_figures_export_refuses_to_overwrite_a_strangers_file(tmp, capsys):
     code, err = run_cli(["figures", "--run", ROOT / "figures" / "run", "--into", into], capsys)
     assert code == 2 and "report.md" in err and "did not write" in err
     assert (into / "report.md").read_text() == "my own report\n" and sorted(os.listdir(into)) == ["report.md"]
-
-
-def test_figures_into_the_current_directory_keeps_its_readme(tmp, capsys, monkeypatch):
-    (tmp / "README.md").write_text("project readme\n")
-    monkeypatch.chdir(tmp)
-    code, err = run_cli(["figures", "--run", ROOT / "figures" / "run", "--into", "."], capsys)
-    assert code == 0, err
-    assert (tmp / "README.md").read_text() == "project readme\n"
 
 
 # -- prism train --force and concurrent runs -------------------------------------------------------

@@ -40,6 +40,9 @@ def test_smoke_study_artefacts_exist_and_parse(smoke_run):
     assert "paired bootstrap" in s["intervals"] and {"pretrain", "mid", "rl", "eval", "analyse"} <= set(
         s["stage_seconds"]
     )
+    # RL and evaluation ran in the mid-trainings' batch of jobs: no time of their own, every job's listed
+    t = s["stage_seconds"]
+    assert t["mid"] > 0 and t["rl"] == t["eval"] == 0 and all(f"eval/{m}" in t for m in MODELS)
     assert [r["run"] for r in s["rl_reward"]] == sorted(RLS)
     # checkpoints are bf16, as PRISM's
     weights = load_file(smoke_run / "models" / "rl_mid_mcs" / "step_000002" / "model.safetensors")
@@ -85,9 +88,17 @@ def test_stages_are_cached_and_forced(smoke_run, tmp):
     assert sum(line.endswith(": cached") for line in logs) == 6
     logs.clear()
     before = (run / "models" / "base" / "trajectory.json").read_text()
-    Study(run, "smoke", force=["report"], progress=False, log=logs.append).run()
-    assert sum(line.endswith(": cached") for line in logs) == 5 and (run / "figures" / "F13_landscape.png").is_file()
+
+    def evals():
+        return {m: {**json.loads((run / "eval" / f"{m}.json").read_text()), "path": None} for m in MODELS}
+
+    before_eval = evals()
+    s = Study(run, "smoke", force=["eval", "report"], progress=False, log=logs.append).run()
+    assert sum(line.endswith(": cached") for line in logs) == 4 and (run / "figures" / "F13_landscape.png").is_file()
     assert (run / "models" / "base" / "trajectory.json").read_text() == before
+    # the evaluations alone, as their own batch: the same scores, and now a stage time of their own
+    assert evals() == before_eval
+    assert s["stage_seconds"]["eval"] > 0 and s["stage_seconds"]["rl"] == 0
 
 
 @pytest.mark.slow
