@@ -14,8 +14,8 @@
 Checkpoints are saved in bf16, as PRISM's models are (fp32 master weights stay in the training
 state, so resuming is exact). Pretraining runs alone with one thread per worker; then independent
 jobs run as parallel one-thread processes (:mod:`prism_train.schedule`) in one batch: the three
-mid-trainings, the RL runs (each starts when its starting model is ready) and the nine evaluations
-(each starts when its model is).
+mid-trainings, the RL runs (each starts when its starting model is ready), the nine evaluations
+(each starts when its model is) and the two analyses (when all training is done).
 
 Stages are cached: each writes RUN/stages/<stage>.json with its config hash when it completes, and
 is skipped when that record matches; training stages resume from their last complete checkpoint.
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from prism_analysis.errors import PrismError, from_os_error
 from prism_analysis.outputs import write_json
-from prism_analysis.run_manifest import last_checkpoint, read_manifest
+from prism_analysis.run_manifest import last_checkpoint
 
 from .run_dir import LOCK, DirectoryLock, config_hash
 from .study_design import MIDS, MODELS, PRESETS, RLS, STAGES, Preset
@@ -137,11 +137,8 @@ class Study:
         self.log(f"[{i}/{len(STAGES)}] {name}  (elapsed {elapsed:.0f}s)")
 
     def model_path(self, name: str) -> Path:
-        run = self.out / "models" / name
-        m = read_manifest(run)
-        if not m or not m["steps"]:
-            raise PrismError(f"model {name} has not been trained yet", run)
-        return last_checkpoint(run)
+        """Model ``name``'s last saved checkpoint (an error naming its run directory if none)."""
+        return last_checkpoint(self.out / "models" / name)
 
     # -- stages -----------------------------------------------------------------------------
     def run(self) -> dict:
