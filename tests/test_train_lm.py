@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from prism_cli import main
 from prism_train.config import TrainConfig
-from prism_train.lm import batch_for_step, lr_at, train
+from prism_train.lm import DocumentIds, batch_for_step, lr_at, train
 
 SMALL = dict(
     steps=12, save_every=4, batch_size=4, seq_len=32, warmup=3, lr=3e-3, model={"hidden_size": 64, "num_layers": 2}
@@ -77,6 +77,29 @@ def test_packing_never_cuts_a_document_that_fits(step):
     assert all(n <= lengths[t] for t, n in seen.items())
     again = batch_for_step(sample, DocTokenizer(), step, 0, 16, seq_len)
     assert torch.equal(again[0], ids) and torch.equal(again[1], labels), "a pure function of the step"
+
+
+def test_document_ids_are_the_tokenizers_ids_and_the_memo_is_bounded():
+    import random
+
+    from prism_train.data.mix import load_mix
+    from prism_train.tokenizer import train_tokenizer
+
+    rng = random.Random(0)
+    samplers = [load_mix(m).sampler("train") for m in ("pretrain", "math_code_science")]
+    texts = [s(rng) for s in samplers for _ in range(150)]
+    tok = train_tokenizer(texts[::2], vocab_size=400)
+    doc_ids = DocumentIds(tok, max_tokens=3000)
+    for text in texts + texts[:50]:  # the last 50 again: from the memo
+        assert list(doc_ids(text)) == tok(text)["input_ids"] + [tok.eos_token_id]
+    assert 0 <= doc_ids.room < 3000 and sum(map(len, doc_ids.memo.values())) == 3000 - doc_ids.room
+    assert len(doc_ids.memo) < len(set(texts)), "the memo stopped growing at max_tokens"
+    # a run's memo, shared over steps, gives the batches a fresh one per call gives
+    sample = samplers[1]
+    for step in range(3):
+        with_memo = batch_for_step(sample, tok, step, 0, 8, 64, doc_ids=doc_ids)
+        fresh = batch_for_step(sample, tok, step, 0, 8, 64)
+        assert all(torch.equal(a, b) for a, b in zip(with_memo, fresh))
 
 
 def test_train_saves_a_loadable_trajectory(tmp, device):
