@@ -209,7 +209,7 @@ def add_reproduce(sub) -> None:
         Stages are cached and resumable: rerun the same command after an interruption.""",
         """\
         presets (2-core CPU): smoke  < 90 s, a check that everything runs
-                              tiny   the default, 15-16 minutes (figures/report.md)
+                              tiny   the default, 12-16 minutes (figures/report.md)
                               small  bigger models (~6.5M parameters) and more steps, for a GPU:
                                      an estimated 30-60 minutes on one H100, mostly RL generation
                                      (not yet measured: no GPU has been lent to this project)
