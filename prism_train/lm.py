@@ -53,13 +53,15 @@ class DocumentIds:
     The synthetic mixes repeat documents: of 100,000 draws (a 1000-step mid-training run draws about
     that many) the reasoning mixes hold ~58,000 distinct texts and pretraining ~19,000. A fast
     tokenizer's Rust backend is called directly: the same ids as ``tokenizer(text)["input_ids"]``
-    (tested) without the Python wrapper. The memo stops growing at ``max_tokens`` tokens (int32:
-    40 MB at the default), so a real corpus, which does not repeat, costs only the lookups.
+    (tested) without the Python wrapper (unless tokenizer.json sets truncation or padding, which the
+    wrapper turns off per call). The memo stops growing at ``max_tokens`` tokens (at the
+    default 40 MB of int32 ids, plus the texts as keys, ~4 bytes a token), so a real corpus, which
+    does not repeat, costs a bounded memo and the lookups.
     """
 
     def __init__(self, tokenizer, max_tokens: int = 10_000_000):
         backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is not None:
+        if backend is not None and backend.truncation is None and backend.padding is None:
             self._encode = lambda text: backend.encode(text).ids
         else:
             self._encode = lambda text: tokenizer(text)["input_ids"]

@@ -94,6 +94,10 @@ def test_document_ids_are_the_tokenizers_ids_and_the_memo_is_bounded():
         assert list(doc_ids(text)) == tok(text)["input_ids"] + [tok.eos_token_id]
     assert 0 <= doc_ids.room < 3000 and sum(map(len, doc_ids.memo.values())) == 3000 - doc_ids.room
     assert len(doc_ids.memo) < len(set(texts)), "the memo stopped growing at max_tokens"
+    tok.backend_tokenizer.enable_truncation(5)  # set in tokenizer.json: the wrapper turns it off per call
+    assert list(DocumentIds(tok)(texts[0])) == tok(texts[0])["input_ids"] + [tok.eos_token_id]
+    assert len(tok(texts[0])["input_ids"]) > 5
+    tok.backend_tokenizer.no_truncation()
     # a run's memo, shared over steps, gives the batches a fresh one per call gives
     sample = samplers[1]
     for step in range(3):
