@@ -41,7 +41,9 @@ def _limit_threads(threads: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
-def _call(fn, kwargs: dict, threads: int) -> float:
+def call_with_threads(fn, kwargs: dict, threads: int) -> float:
+    """``fn(**kwargs)`` with torch limited to ``threads`` threads (the caller's count given back
+    after); returns its wall time in seconds."""
     torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch else None
     if torch:
@@ -82,7 +84,7 @@ def run_jobs(jobs: list[Job], workers: int = 2, threads: int = 1, log=print) -> 
                     if len(running) >= workers:
                         break
                     pending.remove(j)
-                    running[pool.submit(_call, j.fn, j.kwargs, threads)] = j.name
+                    running[pool.submit(call_with_threads, j.fn, j.kwargs, threads)] = j.name
                     log(f"  {j.name} started")
             elif not running:
                 break
