@@ -1,7 +1,7 @@
 """Benchmark `prism audit` against the naive way and the raw-read floor, side by side in one run.
 
 Methods (each runs in its own child process, so its peak resident memory is its own):
-  prism   prism_analysis.weights.audit: streamed pairs, one pass, all thresholds, float64 sums
+  prism   prism_analysis.weights.audit.audit: streamed pairs, one pass, all thresholds, float64 sums
   naive   what users run today: AutoModelForCausalLM.from_pretrained(A) and (B) in bf16, then for
           every parameter the L2, the fraction changed at each threshold and the bitwise-equal share
   floor   just reading both checkpoint files once (readinto a reused 64 MiB buffer)
@@ -88,7 +88,7 @@ def files(ckpt: Path) -> list[Path]:
 
 
 def run_prism(a, b, device):
-    from prism_analysis.weights import audit
+    from prism_analysis.weights.audit import audit
 
     res = audit(a, b, progress=False, device=device)
     return res.stats["total"].compute()["normalized_l2"]
@@ -136,7 +136,7 @@ def peak_rss_kb() -> int:
 def child(method: str, a: Path, b: Path, device: str) -> None:
     fn = {"prism": run_prism, "naive": run_naive, "floor": run_floor}[method]
     if method == "prism":  # compile the fused kernel (cached on disk after the first run) before timing
-        from prism_analysis.weights import FUSED_MIN_NUMEL, UpdateStats
+        from prism_analysis.weights.audit import FUSED_MIN_NUMEL, UpdateStats
 
         warm = torch.ones(FUSED_MIN_NUMEL, dtype=torch.bfloat16)
         UpdateStats().update(warm, warm)

@@ -1,4 +1,4 @@
-"""Benchmark prism_analysis.cka against a float64 reference, a per-pair loop and peer packages.
+"""Benchmark prism_analysis.representations.cka against a float64 reference, a per-pair loop and peer packages.
 
 Side by side, same inputs, one run:
   (1) agreement: every entry of a 24 x 24 layer heatmap vs a float64 numpy reference
@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from prism_analysis import cka
+from prism_analysis.representations import cka
 
 
 def layers(L, n, d, seed=0, noise=0.05):

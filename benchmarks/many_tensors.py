@@ -2,7 +2,7 @@
 
 For N tiny tensors per checkpoint (two shards each), side by side in one process:
 
-  prism   prism_analysis.weights.audit (headers parsed once; each tensor mapped on its own)
+  prism   prism_analysis.weights.audit.audit (headers parsed once; each tensor mapped on its own)
   reopen  reading every tensor through its own safetensors.safe_open, which re-parses the file's
           whole header per tensor (how the reader worked before): time grows as N^2
 
@@ -49,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--counts", default="2000,8000,20000", help="tensor counts to time")
     args = ap.parse_args()
-    from prism_analysis.weights import audit
+    from prism_analysis.weights.audit import audit
 
     print(f"{'tensors':>8}{'prism s':>10}{'us/tensor':>11}{'reopen s':>10}{'us/tensor':>11}{'reopen/prism':>14}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from cka import layers
 
-from prism_analysis.cka import bootstrap_cka, jackknife_cka
-from prism_analysis.similarity import MEASURES, measure, similarity_table
+from prism_analysis.representations.cka import bootstrap_cka, jackknife_cka
+from prism_analysis.representations.similarity import MEASURES, measure, similarity_table
 
 
 def median_time(fn, repeat):

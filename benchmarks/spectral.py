@@ -90,8 +90,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.hidden, args.layers, args.vocab, args.repeat = 256, 2, 2048, 3
-    from prism_analysis.spectral import FULL_SVD_MAX
-    from prism_analysis.weights import audit
+    from prism_analysis.weights.audit import audit
+    from prism_analysis.weights.spectral import FULL_SVD_MAX
 
     root = Path(args.root) / f"h{args.hidden}_l{args.layers}_v{args.vocab}"
     a, b = make_pair(root, args.hidden, args.layers, args.vocab)

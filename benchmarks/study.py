@@ -72,7 +72,7 @@ def generation(ckpt, repeats):
     import torch
 
     torch.set_num_threads(1)
-    from prism_analysis.model_loader import load_model
+    from prism_analysis.representations.model_loader import load_model
     from prism_train.evaluate import benchmark
 
     model, tok = load_model(ckpt, device="cpu", dtype="float32", progress=False)

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from prism_analysis.tracking import UpdateTracker
+from prism_analysis.tracking.tracker import UpdateTracker
 from prism_train.models import build_model
 
 SHAPES = {

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from prism_analysis import checkpoint_reader as ck
-from prism_analysis.trajectory import analyse_trajectory
-from prism_analysis.weights import audit
+from prism_analysis.checkpoints import reader as ck
+from prism_analysis.weights.audit import audit
+from prism_analysis.weights.trajectory import analyse_trajectory
 
 
 def make_run(root: Path, hidden: int, layers: int, steps: list[int]) -> list[Path]:
@@ -68,8 +68,8 @@ def main():
     for p in paths:  # warm the page cache
         for f in p.glob("*.safetensors"):
             f.read_bytes()
-    from prism_analysis.compare import OverlapStats
-    from prism_analysis.weights import UpdateStats
+    from prism_analysis.weights.audit import UpdateStats
+    from prism_analysis.weights.compare import OverlapStats
 
     x = torch.ones(1 << 20, dtype=torch.bfloat16)  # load the numba kernels (cached on disk) before timing
     UpdateStats().update(x, x)

@@ -95,7 +95,7 @@ print(round(s1.merge(s2).compute().item(), 6), round(cka.linear_cka(X, Y), 6))  
 model = build_model("llama", seed=0, vocab_size=len(tokenizer))
 b = save(planted_update(model, share=1.0, size=0.05, seed=1), "model_b")
 prompts = [f"Question: Tom has {i} apples and buys {i + 3} more. How many now?" for i in range(40)]
-from prism_analysis.model_cka import model_cka
+from prism_analysis.representations.model_cka import model_cka
 res = model_cka(a, b, {"questions": prompts}, bootstrap=5, progress=False, device="cpu")
 res.layers.round(4)""",
         ),
@@ -123,7 +123,7 @@ base = save(model, "base")
 mid = save(planted_update(model, share=0.9, size=0.05, seed=1), "mid")
 rl = save(planted_update(model, share=0.05, size=0.02, seed=2), "rl")
 
-from prism_analysis.weights import audit
+from prism_analysis import audit
 res = audit(base, mid, progress=False, device="cpu")
 print(res.format())""",
         ),

@@ -1,37 +1,76 @@
 """prism_analysis: what training does to a language model's weights and representations.
 
 Implements the measurements of PRISM (Runwal et al., arXiv 2603.17074). The library installs and
-imports alone (the training package, ``prism_train``, is optional). Modules:
+imports alone (the training package, ``prism_train``, is optional). Data flows one way::
 
-- :mod:`prism_analysis.metrics`           the metric definitions: normalized L2, "changed at tau", thresholds
-- :mod:`prism_analysis.checkpoint_reader` read checkpoints lazily, align them, stream aligned tensors
-- :mod:`prism_analysis.dcp_reader`        sharded torch.distributed.checkpoint directories, read in place
-- :mod:`prism_analysis.checkpoint_base`   TensorInfo and the interface every checkpoint view shares
-- :mod:`prism_analysis.lora`              ``BASE+ADAPTER``: a PEFT LoRA adapter merged one tensor at a time
-- :mod:`prism_analysis.components`        tensor name -> (layer, component), the parts of fused tensors
-- :mod:`prism_analysis.weights`           update size and sparsity of a pair (Eq. 1, T12/T22/T23)
-- :mod:`prism_analysis.compare`           two updates side by side (Eq. 2, F12, F26)
-- :mod:`prism_analysis.trajectory`        front-loading over a checkpoint sequence (F16)
-- :mod:`prism_analysis.run_manifest`      a training run's ``trajectory.json`` and its step order
-- :mod:`prism_analysis.interpolate`       W(a, b) between base, mid and RL weights (Eq. 3, F13)
-- :mod:`prism_analysis.cka`               linear / debiased / RBF / streaming CKA (Eq. 4)
-- :mod:`prism_analysis.activations`       every layer's hidden states of a causal LM (nnsight)
-- :mod:`prism_analysis.model_cka`         CKA between two checkpoints on probe sets (F14, T14)
-- :mod:`prism_analysis.spectral`          update geometry: effective rank, principal angles, bf16 visibility
-- :mod:`prism_analysis.similarity`        mutual kNN, CKNNA, Procrustes, SVCCA, RSA with a permutation null
-- :mod:`prism_analysis.model_loader`      a model and its tokenizer from a checkpoint
-- :mod:`prism_analysis.figures`           the paper's figures, drawn from saved tables
-- :mod:`prism_analysis.accumulator`       update / compute / merge statistics (declared reductions)
-- :mod:`prism_analysis.fused`             the fused numba CPU kernels behind the statistics
-- :mod:`prism_analysis.outputs`           safe, atomic outputs (never over an input or a stranger's files)
-- :mod:`prism_analysis.options`           options defined once, with their ranges
-- :mod:`prism_analysis.devices`           a validated ``--device``
-- :mod:`prism_analysis.progress`          progress bars that suit terminals and logs
-- :mod:`prism_analysis.errors`            the one-line error users see
-- :mod:`prism_analysis.cli`               the analysis commands of ``prism``
+    checkpoints/      open any checkpoint, align two, stream their tensors   (reads files)
+        -> weights/           update statistics of aligned tensors: audit, compare, trajectory
+        -> representations/   activations of a forward pass: CKA, similarity, model CKA
+        -> tracking/          the same statistics live, inside a training run
+    -> tidy tables (pandas, CSV, summary.json) -> figures.py (drawn from saved tables)
+
+Top-level modules hold what every layer shares: :mod:`~prism_analysis.metrics` (the metric
+definitions), :mod:`~prism_analysis.components` (tensor name -> layer and component),
+:mod:`~prism_analysis.accumulator` (update / compute / merge statistics), and the plumbing
+(:mod:`~prism_analysis.errors`, :mod:`~prism_analysis.options`, :mod:`~prism_analysis.outputs`,
+:mod:`~prism_analysis.progress`, :mod:`~prism_analysis.devices`, :mod:`~prism_analysis.distributed`,
+:mod:`~prism_analysis.launch`). The commands of ``prism`` are in :mod:`prism_analysis.cli`.
+
+The public API is importable from here, lazily (importing the package loads no torch)::
+
+    >>> import prism_analysis as pa
+    >>> sorted(pa.__all__)[:4]
+    ['Audit', 'Checkpoint', 'Comparison', 'ModelCKA']
 """
 
+from __future__ import annotations
+
+import importlib
+
+from . import _moved
 from .errors import PrismError
 
-__version__ = "0.1.0"
-__all__ = ["PrismError", "__version__"]
+__version__ = "0.2.0"
+
+#: public name -> the module (under prism_analysis) that defines it. ``model_cka`` and ``interpolate``
+#: join in 0.3, when the old module paths of the same names (:mod:`prism_analysis._moved`) are gone.
+API = {
+    "open_checkpoint": "checkpoints.open",
+    "open_aligned": "checkpoints.open",
+    "Checkpoint": "checkpoints.local",
+    "audit": "weights.audit",
+    "Audit": "weights.audit",
+    "UpdateStats": "weights.update",
+    "OverlapStats": "weights.overlap",
+    "compare_updates": "weights.compare",
+    "Comparison": "weights.compare",
+    "analyse_trajectory": "weights.trajectory",
+    "Trajectory": "weights.trajectory",
+    "SpectralStats": "weights.spectral",
+    "linear_cka": "representations.cka",
+    "layerwise_cka": "representations.cka",
+    "cka_matrix": "representations.cka",
+    "StreamingCKA": "representations.cka",
+    "MinibatchCKA": "representations.cka",
+    "ModelCKA": "representations.model_cka",
+    "similarity_table": "representations.similarity",
+    "collect_activations": "representations.activations",
+    "UpdateTracker": "tracking.tracker",
+    "PrismCallback": "tracking.callback",
+}
+
+__all__ = ["PrismError", "__version__", *API]
+
+
+def __getattr__(name: str):
+    """PEP 562: the public API, imported on first use."""
+    if name in API:
+        return getattr(importlib.import_module(f"{__name__}.{API[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(API))
+
+
+_moved.install()

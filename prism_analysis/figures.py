@@ -125,7 +125,7 @@ def plot_similarity(table: pd.DataFrame, stem, title: str = "") -> plt.Figure:
     """The calibrated similarity suite (``prism cka --measure``): one panel per measure, the score by
     layer (solid, one colour per probe set), its permutation-null mean (dashed) and the null's
     +-2 std band; a hollow marker where the layer's p-value is above 0.05."""
-    from .similarity import MEASURES
+    from .representations.similarity import MEASURES
 
     measures = [m for m in MEASURES if m in table]
     cols = min(3, len(measures))

@@ -19,9 +19,9 @@ elements (float64 values of the stored numbers: exact for every float dtype up t
 - **bitwise equal**: the stored bits are identical. On bf16 checkpoints any tau below 2^-8 (0.39 %)
   *is* bitwise equality, since adjacent bf16 numbers are at least that far apart.
 
-Every statistic of the package uses these rules: :class:`prism_analysis.weights.UpdateStats`,
-:class:`prism_analysis.compare.OverlapStats`, both on the fused CPU kernels
-(:mod:`prism_analysis.fused`) and on the torch path (GPU, other dtypes) -- the tests check all four
+Every statistic of the package uses these rules: :class:`prism_analysis.weights.audit.UpdateStats`,
+:class:`prism_analysis.weights.compare.OverlapStats`, both on the fused CPU kernels
+(:mod:`prism_analysis.weights.fused`) and on the torch path (GPU, other dtypes) -- the tests check all four
 against an independent reference.
 """
 

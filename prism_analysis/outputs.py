@@ -101,10 +101,10 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def _input_paths(src) -> list[Path]:
-    """The paths an input names: itself, or both halves of ``BASE+ADAPTER`` (:mod:`prism_analysis.lora`)."""
+    """The paths an input names: itself, or both halves of ``BASE+ADAPTER`` (:mod:`prism_analysis.checkpoints.lora`)."""
     if "+" not in str(src) or Path(src).exists():
         return [Path(src)]
-    from .lora import split_reference  # imports torch: only for a '+' that names no path
+    from .checkpoints.lora import split_reference  # imports torch: only for a '+' that names no path
 
     return [Path(p) for p in split_reference(src) or [src]]
 

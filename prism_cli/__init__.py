@@ -13,14 +13,14 @@ import sys
 
 def commands() -> list:
     """Both command tables: analysis first, then training."""
-    from prism_analysis.cli import COMMANDS as ANALYSIS
+    from prism_analysis.cli.commands import COMMANDS as ANALYSIS
     from prism_train.cli import COMMANDS as TRAINING
 
     return ANALYSIS + TRAINING
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prism_analysis.cli import run
+    from prism_analysis.cli.commands import run
 
     return run(argv, commands(), module="prism_cli")
 

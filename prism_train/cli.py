@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from prism_analysis.cli import add_checkpoint_options, add_command, add_config_option
+from prism_analysis.cli.commands import add_checkpoint_options, add_command, add_config_option
 from prism_analysis.distributed import is_root
 from prism_analysis.options import add_options, from_args, nonempty, number
 
@@ -101,8 +101,8 @@ def _run_eval(args) -> None:
     import pandas as pd
 
     from prism_analysis.errors import PrismError
-    from prism_analysis.model_loader import load_model
     from prism_analysis.outputs import atomic_output_dir, check_destination
+    from prism_analysis.representations.model_loader import load_model
 
     from .evaluate import evaluate
 

@@ -145,7 +145,7 @@ def rank_batch(
 
 def _init_model(cfg: TrainConfig):
     """(model, tokenizer, parent) of a new run: a fresh model of a family, or a checkpoint."""
-    from prism_analysis.model_loader import load_model
+    from prism_analysis.representations.model_loader import load_model
 
     from .models import build_model
     from .tokenizer import train_tokenizer
@@ -179,8 +179,8 @@ def train(
     after that many steps of this invocation (tests use it to simulate an interruption)."""
     from accelerate.utils import set_seed
 
-    from prism_analysis.model_loader import load_model
     from prism_analysis.progress import progress_bar
+    from prism_analysis.representations.model_loader import load_model
 
     mix = load_mix(cfg.mix)
     config = {**cfg.hashed(), "mix_spec": mix.to_dict()}
@@ -278,11 +278,11 @@ def train(
 
 
 def start_tracking(cfg, run, model, start: int):
-    """The live :class:`~prism_analysis.tracking.UpdateTracker` of a run with ``--track-every``
+    """The live :class:`~prism_analysis.tracking.tracker.UpdateTracker` of a run with ``--track-every``
     (None without): writes ``OUT/tracking``; a resumed run continues the curve of its first part."""
     if not cfg.track_every:
         return None
-    from prism_analysis.tracking import UpdateTracker
+    from prism_analysis.tracking.tracker import UpdateTracker
 
     return UpdateTracker(
         model,

@@ -154,8 +154,8 @@ def rl_train(
     log=print,
 ) -> dict:
     """Run (or resume) GRPO from ``cfg.init``; returns the manifest (``phase`` = ``rl``)."""
-    from prism_analysis.model_loader import load_model
     from prism_analysis.progress import progress_bar
+    from prism_analysis.representations.model_loader import load_model
 
     from .evaluate import evaluate
 

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import torch
 
+from prism_analysis.checkpoints.run_manifest import MANIFEST, read_manifest
 from prism_analysis.errors import PrismError, from_os_error
 from prism_analysis.outputs import recover_leftovers, staged_dir, write_json
-from prism_analysis.run_manifest import MANIFEST, read_manifest
 
 STATE = "training_state.pt"
 LOCK = ".prism-run.lock"

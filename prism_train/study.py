@@ -31,9 +31,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from prism_analysis.checkpoints.run_manifest import last_checkpoint
 from prism_analysis.errors import PrismError, from_os_error
 from prism_analysis.outputs import write_json
-from prism_analysis.run_manifest import last_checkpoint
 
 from .run_dir import LOCK, DirectoryLock, config_hash
 from .study_design import MIDS, MODELS, PRESETS, RLS, STAGES, Preset
@@ -359,7 +359,7 @@ def evaluate_run(run, out, n: int) -> None:
 
 def evaluate_checkpoint(path, out, n: int) -> None:
     """Evaluate the checkpoint ``path`` on ``n`` problems per benchmark into the JSON file ``out``."""
-    from prism_analysis.model_loader import load_model
+    from prism_analysis.representations.model_loader import load_model
 
     from .evaluate import evaluate
 

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from prism_analysis.compare import compare_updates
+from prism_analysis.checkpoints.run_manifest import last_checkpoint
 from prism_analysis.figures import plot_landscape
-from prism_analysis.interpolate import landscape
-from prism_analysis.model_cka import model_cka
 from prism_analysis.outputs import write_json
-from prism_analysis.run_manifest import last_checkpoint
-from prism_analysis.tracking import read_tracking
-from prism_analysis.trajectory import analyse_trajectory, save_trajectory
-from prism_analysis.weights import audit
+from prism_analysis.representations.model_cka import model_cka
+from prism_analysis.tracking.tracker import read_tracking
+from prism_analysis.weights.audit import audit
+from prism_analysis.weights.compare import compare_updates
+from prism_analysis.weights.interpolate import landscape
+from prism_analysis.weights.trajectory import analyse_trajectory, save_trajectory
 
 from .data.general import corpus
 from .data.problem import in_split
@@ -52,7 +52,7 @@ def _distinct(texts, n: int) -> list[str]:
 
 def math_scorer(n: int):
     """Greedy format-gated accuracy on ``n`` held-out easy math problems (the F13 score)."""
-    from prism_analysis.model_loader import load_model
+    from prism_analysis.representations.model_loader import load_model
 
     from .evaluate import benchmark, generate
     from .rewards import reward
@@ -75,7 +75,7 @@ def _mkdir(d: Path) -> Path:
 def reward_table(run_dir) -> pd.DataFrame:
     """The per-step training reward of an RL run (from its manifest's log): step, reward (mean
     format-gated reward of the step's samples), kl (k3 estimate), skipped (no signal, no update)."""
-    from prism_analysis.run_manifest import read_manifest
+    from prism_analysis.checkpoints.run_manifest import read_manifest
 
     log = (read_manifest(Path(run_dir)) or {}).get("log", [])
     cols = ["step", "reward", "kl", "skipped"]

@@ -5,8 +5,8 @@ import torch
 from helpers import PROSE, save_model, tiny_tokenizer
 from torch import nn
 
-from prism_analysis.activations import _capture, _unwrap, collect_activations, find_modules
-from prism_analysis.model_loader import load_model
+from prism_analysis.representations.activations import _capture, _unwrap, collect_activations, find_modules
+from prism_analysis.representations.model_loader import load_model
 from prism_train.models import FAMILIES
 
 

@@ -14,11 +14,11 @@ import transformers
 from helpers import save_state
 from safetensors.torch import load_file
 
-from prism_analysis.checkpoint_reader import Checkpoint
-from prism_analysis.compare import compare_updates
+from prism_analysis.checkpoints.reader import Checkpoint
 from prism_analysis.components import COMPONENTS, classify, expert_index, parts
-from prism_analysis.trajectory import analyse_trajectory
-from prism_analysis.weights import audit
+from prism_analysis.weights.audit import audit
+from prism_analysis.weights.compare import compare_updates
+from prism_analysis.weights.trajectory import analyse_trajectory
 
 SMALL = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=256)
 GQA = dict(SMALL, num_key_value_heads=2, head_dim=16)

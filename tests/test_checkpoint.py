@@ -7,9 +7,9 @@ import torch
 from helpers import model_state, peak_rss_growth, save_state
 from safetensors.torch import save_file
 
-from prism_analysis.checkpoint_reader import Checkpoint, align, stream_aligned
+from prism_analysis.checkpoints.reader import Checkpoint, align, stream_aligned
 from prism_analysis.errors import PrismError
-from prism_analysis.weights import audit
+from prism_analysis.weights.audit import audit
 
 
 @pytest.fixture
@@ -186,7 +186,7 @@ def test_each_header_is_parsed_once_whatever_the_tensor_count(tmp, monkeypatch):
     header once (re-parsing it for every tensor made 20,000 tensors take >600 s)."""
     import safetensors
 
-    from prism_analysis import checkpoint_reader as reader
+    from prism_analysis.checkpoints import reader
 
     n = 3000  # MoE-like: many small tensors, in 2 shards
     state = {f"model.layers.{i // 100}.mlp.experts.{i % 100}.w1.weight": torch.full((4,), float(i)) for i in range(n)}

@@ -8,7 +8,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from prism_analysis import cka
+from prism_analysis.representations import cka
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +279,7 @@ def test_printed_interval_contains_the_estimate_on_unrelated_representations():
     """The issue: unrelated representations, 200 rows of 64 dims. CKA on 200 rows is ~0.24; on
     PRISM's resamples of 100 rows it is ~0.39, so their interval lies above the estimate. The
     interval printed next to the estimate is its jackknife interval, which contains it."""
-    from prism_analysis.model_cka import _per_layer
+    from prism_analysis.representations.model_cka import _per_layer
 
     rng = np.random.default_rng(0)
     X, Y = rng.standard_normal((3, 200, 64)), rng.standard_normal((3, 200, 64))

@@ -21,16 +21,16 @@ import torch
 from helpers import peak_rss_growth, save_state
 from torch.distributed.checkpoint import FileSystemReader
 
-from prism_analysis import dcp_reader
-from prism_analysis.checkpoint_reader import Checkpoint
-from prism_analysis.compare import compare_updates
-from prism_analysis.dcp_reader import DcpCheckpoint, is_dcp_checkpoint, model_names
+from prism_analysis.checkpoints import dcp as dcp_reader
+from prism_analysis.checkpoints.dcp import DcpCheckpoint, is_dcp_checkpoint, model_names
+from prism_analysis.checkpoints.reader import Checkpoint
+from prism_analysis.checkpoints.run_manifest import discover
 from prism_analysis.errors import PrismError
-from prism_analysis.interpolate import interpolate
-from prism_analysis.model_loader import load_model
-from prism_analysis.run_manifest import discover
-from prism_analysis.trajectory import analyse_trajectory
-from prism_analysis.weights import audit
+from prism_analysis.representations.model_loader import load_model
+from prism_analysis.weights.audit import audit
+from prism_analysis.weights.compare import compare_updates
+from prism_analysis.weights.interpolate import interpolate
+from prism_analysis.weights.trajectory import analyse_trajectory
 from prism_cli import main
 
 HERE = Path(__file__).parent

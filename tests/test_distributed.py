@@ -154,7 +154,7 @@ def test_assign_is_deterministic_and_near_the_best_split():
 
 
 def test_ordered_dot_has_the_same_bits_with_any_number_of_threads():
-    from prism_analysis.weights import ordered_dot
+    from prism_analysis.weights.audit import ordered_dot
 
     g = torch.Generator().manual_seed(1)
     x, y = (torch.randn(1_500_001, generator=g, dtype=torch.float64) for _ in range(2))
@@ -173,7 +173,8 @@ def test_ordered_dot_has_the_same_bits_with_any_number_of_threads():
 
 def test_a_rank_reads_only_the_tensors_it_owns(checkpoints, monkeypatch):
     """Rank 1 of 2 (simulated in this process): reads exactly its share, sends exactly those results."""
-    from prism_analysis import checkpoint_reader, weights
+    from prism_analysis.checkpoints import reader as checkpoint_reader
+    from prism_analysis.weights import audit as weights
 
     read, sent = [], {}
 
@@ -202,7 +203,7 @@ def test_a_rank_reads_only_the_tensors_it_owns(checkpoints, monkeypatch):
 
 
 def test_every_command_has_nproc_and_it_is_stripped_for_the_workers():
-    from prism_analysis.cli import build_parser
+    from prism_analysis.cli.commands import build_parser
     from prism_analysis.launch import strip_nproc
     from prism_cli import commands
 
@@ -269,8 +270,8 @@ def corrupt_chunk_owned_by_rank_1(data: Path) -> tuple[Path, str]:
     owns overwritten: only that rank meets the damage, when it reads the tensor."""
     import torch.distributed.checkpoint as dcp
 
-    from prism_analysis.checkpoint_reader import Checkpoint
-    from prism_analysis.dcp_reader import DcpCheckpoint
+    from prism_analysis.checkpoints.dcp import DcpCheckpoint
+    from prism_analysis.checkpoints.reader import Checkpoint
 
     out = data / "c0_dcp"
     if not out.exists():

@@ -18,8 +18,8 @@ import pytest
 from fake_hub import FakeHub, repo_folder, write_hub_cache
 from helpers import save_model
 
+from prism_analysis.checkpoints.hub import HubReference, parse_reference, step_key
 from prism_analysis.errors import PrismError
-from prism_analysis.hub import HubReference, parse_reference, step_key
 from prism_cli import main
 
 PERTURB = {"step0": 0.0, "step1": 0.01, "step2": 0.02, "step10": 0.03, "step20": 0.04}

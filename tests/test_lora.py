@@ -9,10 +9,10 @@ import torch
 from helpers import peak_rss_growth, save_state
 from safetensors.torch import load_file, save_file
 
-from prism_analysis.checkpoint_reader import Checkpoint, open_checkpoint, open_lora
+from prism_analysis.checkpoints.lora import LoraCheckpoint
+from prism_analysis.checkpoints.reader import Checkpoint, open_checkpoint, open_lora
 from prism_analysis.errors import PrismError
-from prism_analysis.lora import LoraCheckpoint
-from prism_analysis.weights import audit
+from prism_analysis.weights.audit import audit
 from prism_cli import main
 
 peft = pytest.importorskip("peft")
@@ -289,7 +289,7 @@ def test_commands_that_run_the_model_load_base_plus_adapter(tmp):
     """cka and eval take BASE+ADAPTER too: the model they run is PEFT's merged model, bit for bit."""
     from helpers import tiny_tokenizer
 
-    from prism_analysis.model_loader import load_model
+    from prism_analysis.representations.model_loader import load_model
 
     base, adapter, merged = make_lora(tmp, **QV)
     tiny_tokenizer().save_pretrained(base)

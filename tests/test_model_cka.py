@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import PROSE, save_model
 
-from prism_analysis.model_cka import COLUMNS, model_cka, read_probe
+from prism_analysis.representations.model_cka import COLUMNS, model_cka, read_probe
 from prism_cli import main
 
 
@@ -126,7 +126,7 @@ def test_bad_input(models, tmp, capsys, case):
 def test_resamples_and_interval_are_left_empty_when_they_cannot_be_had():
     """--bootstrap 0: no resample columns; 3 prompts (biased CKA's minimum): no jackknife, as
     leaving one out leaves 2 rows, on which CKA is 1 whatever the data."""
-    from prism_analysis.model_cka import ModelCKA, _per_layer
+    from prism_analysis.representations.model_cka import ModelCKA, _per_layer
 
     rng = np.random.default_rng(0)
     X, Y = torch.tensor(rng.standard_normal((2, 10, 4))), torch.tensor(rng.standard_normal((2, 10, 4)))

@@ -1,4 +1,4 @@
-"""The similarity suite (prism_analysis.similarity, `prism cka --measure`) against references written
+"""The similarity suite (prism_analysis.representations.similarity, `prism cka --measure`) against references written
 here: numpy loops for mutual kNN and CKNNA (platonic-rep's definitions), scipy's
 orthogonal_procrustes and spearmanr/pdist, a covariance-whitening CCA for SVCCA, planted answers."""
 
@@ -13,8 +13,8 @@ from helpers import PROSE, save_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prism_analysis.cka import linear_cka
-from prism_analysis.similarity import (
+from prism_analysis.representations.cka import linear_cka
+from prism_analysis.representations.similarity import (
     MEASURES,
     calibrate,
     cknna,

@@ -1,4 +1,4 @@
-"""Update geometry (prism_analysis.spectral, `prism audit --spectral`) against planted answers and
+"""Update geometry (prism_analysis.weights.spectral, `prism audit --spectral`) against planted answers and
 independent references: scipy.linalg.subspace_angles, numpy's SVD, an element-by-element bf16
 rounding written here."""
 
@@ -14,7 +14,8 @@ from helpers import model_state, save_state
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from prism_analysis.spectral import (
+from prism_analysis.weights.audit import spectral_summary
+from prism_analysis.weights.spectral import (
     COLUMNS,
     SpectralStats,
     effective_rank,
@@ -23,7 +24,6 @@ from prism_analysis.spectral import (
     randomized_svd,
     update_geometry,
 )
-from prism_analysis.weights import spectral_summary
 from prism_cli import main
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
@@ -294,7 +294,7 @@ def test_audit_spectral_reads_base_plus_lora_adapter_and_finds_its_rank(tmp):
     pytest.importorskip("peft")
     from test_lora import QV, make_lora
 
-    from prism_analysis.weights import audit
+    from prism_analysis.weights.audit import audit
 
     base, adapter, _ = make_lora(tmp, **QV)
     res = audit(base, f"{base}+{adapter}", progress=False, spectral=True, spectral_k=4)

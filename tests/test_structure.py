@@ -128,7 +128,7 @@ def test_no_module_shadows_the_standard_library():
     assert not shadowing
 
 
-@pytest.mark.parametrize("package", ["prism_analysis", "prism_analysis.cli"])
+@pytest.mark.parametrize("package", ["prism_analysis", "prism_analysis.cli.commands"])
 def test_analysis_imports_without_the_training_package(package, tmp_path):
     """prism_analysis imports (and its CLI runs) with prism_train made unimportable."""
     blocker = tmp_path / "prism_train"

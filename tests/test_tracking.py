@@ -1,4 +1,4 @@
-"""Live tracking (prism_analysis.tracking) against the offline analyses over saved checkpoints.
+"""Live tracking (prism_analysis.tracking.tracker) against the offline analyses over saved checkpoints.
 
 - a transformers Trainer run with PrismCallback at every step, saving a checkpoint at every step:
   the tracked numbers equal ``prism trajectory`` over the checkpoints (counts exactly, L2 to 1e-12),
@@ -23,8 +23,8 @@ from helpers import PROSE, tiny_tokenizer
 
 from prism_analysis.errors import PrismError
 from prism_analysis.metrics import DEFAULT_THRESHOLDS, changed_column
-from prism_analysis.tracking import Bf16Visibility, PrismCallback, UpdateTracker
-from prism_analysis.trajectory import analyse_trajectory
+from prism_analysis.tracking.tracker import Bf16Visibility, PrismCallback, UpdateTracker
+from prism_analysis.weights.trajectory import analyse_trajectory
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 COUNTED = [changed_column(t) for t in DEFAULT_THRESHOLDS] + ["fraction_equal"]

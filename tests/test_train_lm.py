@@ -123,7 +123,7 @@ def test_train_saves_a_loadable_trajectory(tmp, device):
     assert not (tmp / "run" / "step_000008" / "training_state.pt").exists()
     assert 0.9 * 12 * 4 * 32 < m["steps"][-1]["tokens"] <= 12 * 4 * 32  # trained tokens, padding not counted
     # the analysis side reads the manifest directly
-    from prism_analysis.trajectory import analyse_trajectory
+    from prism_analysis.weights.trajectory import analyse_trajectory
 
     traj = analyse_trajectory(tmp / "run", progress=False, device="cpu")
     assert traj.steps == [0, 1, 2, 4, 8, 12]
@@ -248,7 +248,7 @@ def test_pass_at_k():
 def test_greedy_eval_generates_each_distinct_problem_once_and_scores_every_draw(tmp, monkeypatch):
     """Planted answers: the fake model solves a known half of the distinct problems; every draw of a
     problem must get that problem's score, and each distinct prompt is generated exactly once."""
-    from prism_analysis.model_loader import load_model
+    from prism_analysis.representations.model_loader import load_model
     from prism_train import evaluate as ev
 
     train(TrainConfig(**{**SMALL, "steps": 1, "save_every": 1}), tmp / "r", progress=False)

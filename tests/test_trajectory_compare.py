@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers import model_state, save_model, save_state
 
-from prism_analysis.compare import OverlapStats, compare_updates
-from prism_analysis.interpolate import interpolate, landscape
-from prism_analysis.run_manifest import discover
-from prism_analysis.trajectory import analyse_trajectory, first_step_reaching
+from prism_analysis.checkpoints.run_manifest import discover
+from prism_analysis.weights.compare import OverlapStats, compare_updates
+from prism_analysis.weights.interpolate import interpolate, landscape
+from prism_analysis.weights.trajectory import analyse_trajectory, first_step_reaching
 from prism_cli import main
 
 STEPS = [0, 10, 20, 40, 80, 160, 320]
@@ -126,7 +126,7 @@ def test_run_is_named_after_its_directory_not_a_tensor(planted_run, tmp, capsys)
 
 
 def test_trajectory_reads_each_checkpoint_once(planted_run, monkeypatch):
-    from prism_analysis import checkpoint_reader as ck
+    from prism_analysis.checkpoints import reader as ck
 
     root, _ = planted_run
     reads = []
@@ -288,7 +288,8 @@ def test_landscape_and_figure(tmp):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_overlap_fused_and_torch_paths_agree(dtype, monkeypatch):
-    from prism_analysis import fused, weights
+    from prism_analysis.weights import audit as weights
+    from prism_analysis.weights import fused
 
     monkeypatch.setattr(weights, "FUSED_MIN_NUMEL", 0)
     calls = []

@@ -9,9 +9,9 @@ from helpers import model_state, save_state
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prism_analysis import weights
 from prism_analysis.metrics import DEFAULT_THRESHOLDS, normalized_l2
-from prism_analysis.weights import UpdateStats, audit
+from prism_analysis.weights import audit as weights
+from prism_analysis.weights.audit import UpdateStats, audit
 
 
 def reference(a: torch.Tensor, b: torch.Tensor, thresholds=DEFAULT_THRESHOLDS):

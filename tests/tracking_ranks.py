@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from helpers import end_worker
 
-from prism_analysis.tracking import UpdateTracker
+from prism_analysis.tracking.tracker import UpdateTracker
 from prism_train.models import build_model
 
 

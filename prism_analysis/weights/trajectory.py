@@ -28,17 +28,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import distributed
-from .accumulator import group_stats, part_stats
-from .checkpoint_reader import open_aligned, read_ahead, stream_aligned
+from .. import distributed
+from ..accumulator import group_stats, part_stats
+from ..checkpoints.hub import HubReference
+from ..checkpoints.reader import open_aligned, read_ahead, stream_aligned
+from ..checkpoints.run_manifest import discover
+from ..devices import resolve_device
+from ..errors import PrismError
+from ..metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, changed_column
+from ..outputs import atomic_output_dir, write_json
+from .audit import UpdateStats
 from .compare import OverlapStats
-from .devices import resolve_device
-from .errors import PrismError
-from .hub import HubReference
-from .metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, changed_column
-from .outputs import atomic_output_dir, write_json
-from .run_manifest import discover
-from .weights import UpdateStats
 
 #: Columns of the tidy trajectory table (``prism trajectory`` and live tracking write the same).
 COLUMNS = ["step", "component", "metric", "value"]
@@ -253,7 +253,7 @@ def _one_checkpoint_at_a_time(refs, stats: _StepStats, allow_pickle: bool, progr
     """Checkpoint by checkpoint: theta_0 and theta_T are fetched once and kept; each middle one is
     fetched, compared with both, and evicted from the Hub cache when this call downloaded it.
     Returns the disk record: bytes of each checkpoint, the peak held at once, what was evicted."""
-    from . import hub
+    from ..checkpoints import hub
 
     fresh = {i: isinstance(r, HubReference) and not hub.is_cached(r) for i, r in enumerate(refs)}
     (first, last), al = open_aligned([refs[0], refs[-1]], allow_pickle, config, progress=progress)
@@ -278,7 +278,7 @@ def _one_checkpoint_at_a_time(refs, stats: _StepStats, allow_pickle: bool, progr
 
 def save_trajectory(out, main: Trajectory, compare: Trajectory | None = None) -> None:
     """Write trajectory.csv, summary.json and the F16 figure (and the compared run) atomically."""
-    from .figures import plot_trajectory
+    from ..figures import plot_trajectory
 
     runs = [main] + ([compare] if compare is not None else [])
     inputs = [p for t in runs for p in t.paths] + [t.source for t in runs]

@@ -9,7 +9,7 @@ Two estimators, with columns named after the one they belong to (:data:`COLUMNS`
 
 - ``cka`` -- CKA on all n prompts, the number printed and plotted -- with its 95% delete-one
   jackknife interval ``cka_ci_low``, ``cka_ci_high`` (and ``cka_se``): an interval for that
-  estimate, which always contains it (:func:`~prism_analysis.cka.jackknife_cka`).
+  estimate, which always contains it (:func:`~prism_analysis.representations.cka.jackknife_cka`).
 - ``resample_*`` -- PRISM's protocol, kept because the paper uses it: CKA on ``bootstrap`` random
   subsets of ``resample_size`` prompts (half of them by default; 100 of 200 in the paper), their
   mean, std and percentile interval. That is an estimate of CKA on ``resample_size`` prompts, which
@@ -34,13 +34,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import distributed
+from .. import distributed
+from ..checkpoints.reader import open_checkpoint
+from ..errors import PrismError
+from ..outputs import atomic_output_dir, write_json
 from .activations import find_modules, iter_activations
-from .checkpoint_reader import open_checkpoint
 from .cka import StreamingCKA, bootstrap_cka, cka_matrix, jackknife_cka, layerwise_cka, min_rows
-from .errors import PrismError
 from .model_loader import load_model
-from .outputs import atomic_output_dir, write_json
 
 
 def read_probe(path: str | os.PathLike) -> list[str]:
@@ -103,7 +103,7 @@ class ModelCKA:
     pool: str
     layers: pd.DataFrame  # COLUMNS
     matrices: dict[str, pd.DataFrame] = field(default_factory=dict)
-    #: ``--measure`` beyond cka: probe + :func:`prism_analysis.similarity.similarity_table` columns
+    #: ``--measure`` beyond cka: probe + :func:`prism_analysis.representations.similarity.similarity_table` columns
     similarity: pd.DataFrame = field(default_factory=pd.DataFrame)
     run: dict = field(default_factory=dict)  # a distributed run: world_size, prompts_per_rank
 
@@ -123,7 +123,7 @@ class ModelCKA:
 
     def save(self, out: str | os.PathLike) -> None:
         """Write cka.csv, summary.json, the F14 figure (and matrices) atomically."""
-        from .figures import plot_cka_layers, plot_cka_matrix
+        from ..figures import plot_cka_layers, plot_cka_matrix
 
         with atomic_output_dir(out, "cka", [self.a, self.b]) as tmp:
             self.layers.to_csv(tmp / "cka.csv", index=False)
@@ -135,7 +135,7 @@ class ModelCKA:
                 m.to_csv(tmp / f"cka_matrix_{probe}.csv")
                 plot_cka_matrix(m, tmp / f"cka_matrix_{probe}", title=f"{probe}: every layer pair")
             if len(self.similarity):
-                from .figures import plot_similarity
+                from ..figures import plot_similarity
 
                 self.similarity.to_csv(tmp / "similarity.csv", index=False)
                 plot_similarity(
@@ -250,7 +250,7 @@ def model_cka(
 
     ``a``/``b``: any checkpoint form (paths, Hub references, ``BASE+ADAPTER``, sharded training
     checkpoints with ``config``). ``measures`` other than ``("cka",)``: also the calibrated suite of
-    :mod:`prism_analysis.similarity` on the same activations (``ModelCKA.similarity``), with a
+    :mod:`prism_analysis.representations.similarity` on the same activations (``ModelCKA.similarity``), with a
     permutation null of ``permutations`` shuffles, ``knn_k`` neighbours and ``svcca_k`` SVD directions;
     the resamples are the CKA ones (``bootstrap``, ``sample_size``, ``seed``)."""
     from .similarity import MEASURES

@@ -15,7 +15,7 @@ group mixing dense and sparse tensors is not credited with overlap it gets from 
 tensor that :func:`prism_analysis.components.parts` splits (fused q/k/v, a stack of experts) counts
 part by part, so components are grouped exactly as the audit groups them.
 Sums are float64; :class:`OverlapStats` follows update / compute / merge like
-:class:`prism_analysis.weights.UpdateStats`, which supplies the per-update L2 and fractions.
+:class:`prism_analysis.weights.audit.UpdateStats`, which supplies the per-update L2 and fractions.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from . import distributed
-from .accumulator import Accumulator, group_stats, part_stats, state
-from .checkpoint_reader import open_aligned, stream_aligned
-from .devices import resolve_device
-from .metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, bits_equal, changed_mask, threshold_key
-from .outputs import atomic_output_dir, write_json
-from .weights import CHUNK, UpdateStats, as_float, ordered_dot, promote, use_fused
+from .. import distributed
+from ..accumulator import Accumulator, group_stats, part_stats, state
+from ..checkpoints.reader import open_aligned, stream_aligned
+from ..devices import resolve_device
+from ..metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, bits_equal, changed_mask, threshold_key
+from ..outputs import atomic_output_dir, write_json
+from .audit import CHUNK, UpdateStats, as_float, ordered_dot, promote, use_fused
 
 
 @dataclass
@@ -128,7 +128,7 @@ class Comparison:
         return self.summary_dict
 
     def save(self, out: str | os.PathLike) -> None:
-        from .figures import plot_compare
+        from ..figures import plot_compare
 
         inputs = [self.paths[k] for k in ("a1", "b1", "a2", "b2")]
         with atomic_output_dir(out, "compare", inputs) as tmp:

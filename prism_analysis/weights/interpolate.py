@@ -23,10 +23,10 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint_reader import open_aligned, stream_aligned
-from .errors import PrismError
-from .outputs import atomic_output_dir
-from .progress import progress_bar
+from ..checkpoints.reader import open_aligned, stream_aligned
+from ..errors import PrismError
+from ..outputs import atomic_output_dir
+from ..progress import progress_bar
 
 SHARD_BYTES = 2 << 30
 _WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".distcp", ".metadata")

@@ -2,7 +2,7 @@
 
 Safetensors only unless the caller allows pickle (then ``torch.load(weights_only=True)`` inside
 transformers); ``trust_remote_code`` stays off unless asked for. The checkpoint's files are checked
-first by :class:`~prism_analysis.checkpoint_reader.Checkpoint`, so a bad file gives the same
+first by :class:`~prism_analysis.checkpoints.reader.Checkpoint`, so a bad file gives the same
 one-line error as every other command.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_reader import Checkpoint, label, open_checkpoint
-from .devices import resolve_device
-from .errors import PrismError
-from .hub import resolve
+from ..checkpoints.hub import resolve
+from ..checkpoints.reader import Checkpoint, label, open_checkpoint
+from ..devices import resolve_device
+from ..errors import PrismError
 
 DTYPES = ("float32", "bfloat16", "float16")
 

@@ -4,12 +4,12 @@
 optimizer step and :meth:`~UpdateTracker.finish` at the end. :class:`PrismCallback` does the same
 inside a ``transformers.Trainer`` and every TRL trainer built on it (SFT, GRPO, DPO)::
 
-    from prism_analysis.tracking import PrismCallback
+    from prism_analysis.tracking.tracker import PrismCallback
     trainer = GRPOTrainer(..., callbacks=[PrismCallback(every=10, out="prism_tracking")])
     trainer.train()
 
 At step 0 the tracker snapshots theta_0. At every tracked step t (``t % every == 0``, and the last
-step) it measures, per component and in total, with :class:`~prism_analysis.weights.UpdateStats`
+step) it measures, per component and in total, with :class:`~prism_analysis.weights.audit.UpdateStats`
 (the same kernels and definitions as ``prism audit`` / ``prism trajectory``):
 
 - ``normalized_l2``: C(t) = ||theta_t - theta_0||_F / ||theta_0||_F (Eq. 1 against theta_0);
@@ -61,13 +61,13 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from .accumulator import Accumulator, group_stats, part_stats, state
-from .components import Part, component
-from .errors import PrismError
-from .metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, changed_column, check_thresholds
-from .outputs import atomic_output_dir, is_output_of, write_atomic, write_json
-from .trajectory import COLUMNS, Trajectory, by_component, update_rows
-from .weights import UpdateStats
+from ..accumulator import Accumulator, group_stats, part_stats, state
+from ..components import Part, component
+from ..errors import PrismError
+from ..metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, changed_column, check_thresholds
+from ..outputs import atomic_output_dir, is_output_of, write_atomic, write_json
+from ..weights.audit import UpdateStats
+from ..weights.trajectory import COLUMNS, Trajectory, by_component, update_rows
 
 #: Command name in the output marker of a tracking directory.
 COMMAND = "track"
@@ -85,13 +85,13 @@ WRAPPER_PREFIXES = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_
 @dataclass
 class Bf16Visibility(Accumulator):
     """Elements whose change a bfloat16 checkpoint would show, ``bf16(b) != bf16(a)`` bitwise
-    (:func:`prism_analysis.spectral.fraction_visible_bf16`; float32 tensors only)."""
+    (:func:`prism_analysis.weights.spectral.fraction_visible_bf16`; float32 tensors only)."""
 
     numel: int = state(0)
     n_visible: int = state(0)
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> Bf16Visibility:
-        from .spectral import fraction_visible_bf16
+        from ..weights.spectral import fraction_visible_bf16
 
         visible, numel = fraction_visible_bf16(a, b)
         return self.add({"numel": numel, "n_visible": visible})
@@ -504,7 +504,7 @@ class UpdateTracker:
     def _activations(self) -> dict[str, torch.Tensor]:
         """Mean-pooled activations of every probe set, (L + 1, n, d) float32 on the CPU; the
         model is put in eval mode under no_grad and its training mode restored."""
-        from .activations import collect_activations
+        from ..representations.activations import collect_activations
 
         model = _unwrap(self.model)
         training = model.training
@@ -520,7 +520,7 @@ class UpdateTracker:
             model.train(training)
 
     def _probe(self, step: int) -> dict[str, float]:
-        from .cka import layerwise_cka
+        from ..representations.cka import layerwise_cka
 
         metrics = {}
         for name, acts in self._activations().items():
@@ -553,7 +553,7 @@ class UpdateTracker:
         return trajectory
 
     def _write_outputs(self, trajectory: Trajectory) -> None:
-        from .figures import plot_cka_curve, plot_trajectory
+        from ..figures import plot_cka_curve, plot_trajectory
 
         summary = trajectory.summary()
         del summary["paths"]
@@ -570,7 +570,7 @@ class UpdateTracker:
 
 
 def read_tracking(out, name: str | None = None) -> Trajectory:
-    """The :class:`~prism_analysis.trajectory.Trajectory` a tracked run wrote to ``out``
+    """The :class:`~prism_analysis.weights.trajectory.Trajectory` a tracked run wrote to ``out``
     (``trajectory.csv`` and ``tracking.json``), e.g. to save or plot it beside offline ones."""
     out = Path(out)
     try:

@@ -9,7 +9,7 @@ A :class:`Checkpoint` is a read-only view of the tensors of
   ``torch.load(weights_only=True, mmap=True)``. Pickle is refused by default: it can run code.
 
 A torch.distributed.checkpoint (DCP) directory -- sharded training checkpoints, an HF Trainer
-``checkpoint-N/pytorch_model_fsdp_0/`` -- opens as a :class:`~prism_analysis.dcp_reader.DcpCheckpoint`,
+``checkpoint-N/pytorch_model_fsdp_0/`` -- opens as a :class:`~prism_analysis.checkpoints.dcp.DcpCheckpoint`,
 from :func:`open_checkpoint` and from ``Checkpoint(path)`` alike.
 
 Time and memory. Each file's header is validated (by safetensors) and parsed once, on open, so the
@@ -37,14 +37,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_base import CheckpointBase, TensorInfo
-from .checkpoint_base import file_kind as _kind
-from .checkpoint_base import one_line as _one_line
-from .checkpoint_base import read_json as _read_json
-from .dcp_reader import DcpCheckpoint, is_dcp_checkpoint
-from .errors import PrismError, os_problem
+from ..errors import PrismError, os_problem
+from ..progress import progress_bar
+from .base import CheckpointBase, TensorInfo
+from .base import file_kind as _kind
+from .base import one_line as _one_line
+from .base import read_json as _read_json
+from .dcp import DcpCheckpoint, is_dcp_checkpoint
 from .lora import ADAPTER_CONFIG, LoraCheckpoint, adapter_weights_file, split_reference
-from .progress import progress_bar
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -200,12 +200,12 @@ def open_checkpoint(
     """The checkpoint ``source`` names, opened (an opened checkpoint passes through):
 
     - a local path (it wins whenever it exists);
-    - a Hub reference (``org/name@revision:sub``, see :mod:`prism_analysis.hub`), downloaded to the
+    - a Hub reference (``org/name@revision:sub``, see :mod:`prism_analysis.checkpoints.hub`), downloaded to the
       Hub cache first (``tokenizer``: with the tokenizer files, for commands that run the model);
     - ``BASE+ADAPTER``: a base (a path or Hub reference) with a PEFT LoRA adapter (a directory or a
       Hub reference) merged one tensor at a time (:func:`open_lora`);
     - a torch.distributed.checkpoint directory, read in place as a
-      :class:`~prism_analysis.dcp_reader.DcpCheckpoint` whose architecture comes from ``config`` (a
+      :class:`~prism_analysis.checkpoints.dcp.DcpCheckpoint` whose architecture comes from ``config`` (a
       config.json path) when given.
     """
     if is_checkpoint(source):
@@ -230,7 +230,7 @@ def open_checkpoint(
 
 def open_lora(base, adapter_dir: str | os.PathLike, allow_pickle: bool = False) -> LoraCheckpoint:
     """``base`` (a path or an opened checkpoint) with the PEFT LoRA adapter in ``adapter_dir`` merged,
-    one tensor at a time (:mod:`prism_analysis.lora`): its ``adapter_config.json`` and
+    one tensor at a time (:mod:`prism_analysis.checkpoints.lora`): its ``adapter_config.json`` and
     ``adapter_model.safetensors`` (``adapter_model.bin`` only with ``allow_pickle``)."""
     adapter_dir = Path(adapter_dir)
     config = adapter_dir / ADAPTER_CONFIG
@@ -417,7 +417,7 @@ def _reference(source):
 
 
 def _remote_checkpoint(ref) -> Checkpoint | None:
-    """A header-only checkpoint of a Hub reference (see :func:`prism_analysis.hub.remote_header`)."""
+    """A header-only checkpoint of a Hub reference (see :func:`prism_analysis.checkpoints.hub.remote_header`)."""
     from . import hub
 
     header = hub.remote_header(ref)

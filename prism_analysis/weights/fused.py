@@ -10,7 +10,7 @@ equality of the stored bits; if both are finite, float64 sums of x^2, y^2, x*y, 
 else a count of non-finite elements; and "changed at tau" for every threshold by :func:`_changed`,
 the rule of :mod:`prism_analysis.metrics` (both kernels call it).
 
-Used by :class:`prism_analysis.weights.UpdateStats` and :class:`prism_analysis.compare.OverlapStats`
+Used by :class:`prism_analysis.weights.audit.UpdateStats` and :class:`prism_analysis.weights.compare.OverlapStats`
 for large CPU tensors of dtype bf16, fp16 and fp32 (``weights.use_fused``); their torch paths handle
 GPU tensors, other dtypes and small tensors with the same results. This module (and numba) is
 imported only when a tensor needs it, so commands on small models never pay numba's start-up.

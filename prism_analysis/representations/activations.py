@@ -19,7 +19,7 @@ Pooling over the tokens of a prompt:
 
 - ``mean``   mean over real tokens (PRISM's choice; one prompt per forward pass, so no padding)
 - ``last``   the last real token
-- ``tokens`` every real token (feed these to :class:`prism_analysis.cka.StreamingCKA`)
+- ``tokens`` every real token (feed these to :class:`prism_analysis.representations.cka.StreamingCKA`)
 
 Prompts may be batched: sequences are right-padded and pads are masked out of every pooling, so a
 batch gives the same result as one prompt at a time (causal models: real tokens never see pads).
@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from .errors import PrismError, warn
+from ..errors import PrismError, warn
 
 POOLS = ("mean", "last", "tokens")
 
@@ -117,7 +117,7 @@ def iter_activations(
         raise ValueError(f"unknown pooling {pool!r}; choose one of {', '.join(POOLS)}")
     from nnsight import NNsight
 
-    from .progress import progress_bar
+    from ..progress import progress_bar
 
     layers_path, n_layers = find_modules(model)
     nn_model = NNsight(model)

@@ -5,7 +5,7 @@ For the earlier checkpoint A and the later checkpoint B, matched tensor by tenso
 and the count of non-finite elements -- with the definitions of :mod:`prism_analysis.metrics`.
 
 All thresholds of a sweep come from one pass per tensor. Large CPU tensors go through a fused
-numba kernel (:mod:`prism_analysis.fused`) that reads each element pair once; GPU tensors, other
+numba kernel (:mod:`prism_analysis.weights.fused`) that reads each element pair once; GPU tensors, other
 dtypes and small tensors take the torch path, which gives the same counts and float64 sums.
 
 :class:`UpdateStats` follows the update / compute / merge pattern of torchmetrics
@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from . import distributed
-from .accumulator import Accumulator, group_stats, merge_all, part_stats, state
-from .checkpoint_reader import label, open_aligned, stream_aligned
-from .components import classify, expert_index
-from .devices import resolve_device
-from .metrics import (
+from .. import distributed
+from ..accumulator import Accumulator, group_stats, merge_all, part_stats, state
+from ..checkpoints.reader import label, open_aligned, stream_aligned
+from ..components import classify, expert_index
+from ..devices import resolve_device
+from ..metrics import (
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLDS,
     bits_equal,
@@ -38,7 +38,7 @@ from .metrics import (
     normalized_l2,
     threshold_key,
 )
-from .outputs import atomic_output_dir, write_json
+from ..outputs import atomic_output_dir, write_json
 
 #: Use the fused numba kernels for large CPU tensors (bf16/fp16/fp32). The torch path gives the same result.
 USE_FUSED = True
@@ -294,7 +294,7 @@ class Audit:
             if len(self.experts):
                 self.experts.to_csv(tmp / "experts.csv", index=False)
             if figure:
-                from .figures import plot_audit
+                from ..figures import plot_audit
 
                 plot_audit(
                     self.layers,
@@ -303,7 +303,7 @@ class Audit:
                     title=f"{_short_name(self.a)} -> {_short_name(self.b)}",
                 )
                 if self.spectral:
-                    from .figures import plot_spectral
+                    from ..figures import plot_spectral
 
                     plot_spectral(
                         self.layers,
@@ -417,7 +417,7 @@ def audit(
     ``device``: where the statistics run (default: cuda when available, else cpu).
     Peak memory is ``prefetch + 1`` tensor pairs (the current one and those read ahead), whatever
     the checkpoint size.
-    ``spectral``: also the update geometry of every 2-D tensor (:mod:`prism_analysis.spectral`, top
+    ``spectral``: also the update geometry of every 2-D tensor (:mod:`prism_analysis.weights.spectral`, top
     ``spectral_k`` principal subspaces), computed alongside in the same pass, as extra columns of
     every table (its accumulators are in ``Audit.spectral``).
     """
@@ -490,11 +490,11 @@ def audit(
 
 def spectral_summary(a, b, k: int = 16, device=None, allow_pickle: bool = False, config=None):
     """The update geometry of checkpoint ``b`` against ``a`` by component, for a report: one row per
-    component plus ``total``, with :data:`prism_analysis.spectral.COLUMNS`, ``normalized_l2``, ``fraction_changed``
+    component plus ``total``, with :data:`prism_analysis.weights.spectral.COLUMNS`, ``normalized_l2``, ``fraction_changed``
     (share not bitwise equal, the exact counterpart of ``fraction_visible_bf16``).
 
     Runs :func:`audit` with ``spectral=True`` (any checkpoint form, streamed); the columns are those of
-    :mod:`prism_analysis.spectral`.
+    :mod:`prism_analysis.weights.spectral`.
     """
     from .spectral import COLUMNS
 

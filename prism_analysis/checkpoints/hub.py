@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PrismError
+from ..errors import PrismError
 
 REFERENCE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[^:@]+))?(?::(?P<subfolder>[^:]+))?$")
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json")
@@ -131,7 +131,7 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 def split_adapter_reference(source) -> tuple[str, str] | None:
     """``(BASE, ADAPTER)`` when ``source`` reads ``BASE+ADAPTER`` with either side on the Hub (each
     side a local path that exists or a Hub reference); None otherwise. Local-only pairs are split by
-    :func:`prism_analysis.lora.split_reference`."""
+    :func:`prism_analysis.checkpoints.lora.split_reference`."""
     text = os.fspath(source) if not isinstance(source, HubReference) else str(source)
     if "+" not in text or Path(text).exists():
         return None

@@ -28,7 +28,7 @@ dtype; the work is in float64):
 - :func:`rsa` (Kriegeskorte et al. 2008, representational similarity analysis): the Spearman
   correlation of the condensed (i < j) dissimilarity matrices, dissimilarity = correlation distance
   ``1 - pearson(x_i, x_j)`` between rows; distances equal to 12 decimals share their average rank.
-- ``cka``: linear CKA (:mod:`prism_analysis.cka`, Eq. 4).
+- ``cka``: linear CKA (:mod:`prism_analysis.representations.cka`, Eq. 4).
 
 Calibration (:func:`similarity_table`): a permutation null per layer -- the rows of Y shuffled
 (seeded, the same permutations for every layer and measure), which keeps each representation's
@@ -41,7 +41,7 @@ for the Procrustes distance) and the null-corrected score
 the share of the way from chance to a perfect score (perfect = 1, or 0 for the distance): 0 is
 what any two unpaired representations of these shapes reach, 1 is perfect (Huh et al. and arXiv
 2602.14486 show raw scores grow with width and depth; the null absorbs that). Intervals:
-PRISM's protocol as for CKA (:func:`prism_analysis.cka.bootstrap_cka`), the measure on random
+PRISM's protocol as for CKA (:func:`prism_analysis.representations.cka.bootstrap_cka`), the measure on random
 subsets of ``sample_size`` rows, ``*_resample_mean``, ``*_resample_ci_low``, ``*_resample_ci_high``.
 """
 
@@ -360,7 +360,7 @@ def similarity_table(
     resampling protocol (``bootstrap`` random subsets of ``sample_size`` rows, default n // 2,
     without replacement; percentile interval at ``ci``).
     """
-    from .progress import progress_bar
+    from ..progress import progress_bar
 
     unknown = [m for m in measures if m not in MEASURES]
     if unknown:

@@ -5,7 +5,7 @@ what ``torch.distributed.checkpoint.save`` writes for FSDP2 / FSDP ``SHARDED_STA
 the HF Trainer and accelerate (``checkpoint-N/pytorch_model_fsdp_0/``), torchtitan
 (``checkpoint/step-N/``), Megatron's ``torch_dist`` format, and anyone calling ``dcp.save``.
 :class:`DcpCheckpoint` reads such a directory with the interface of every checkpoint here
-(:class:`~prism_analysis.checkpoint_base.CheckpointBase`), so audits, trajectories and comparisons
+(:class:`~prism_analysis.checkpoints.base.CheckpointBase`), so audits, trajectories and comparisons
 stream it like safetensors; ``open_checkpoint(path)`` and ``Checkpoint(path)`` return one.
 
 What is read, and how.
@@ -64,8 +64,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_base import EMBEDDING_SUFFIXES, CheckpointBase, TensorInfo, file_kind, one_line, read_json
-from .errors import PrismError, os_problem
+from ..errors import PrismError, os_problem
+from .base import EMBEDDING_SUFFIXES, CheckpointBase, TensorInfo, file_kind, one_line, read_json
 
 METADATA = ".metadata"
 #: The first bytes of a torch.save archive (a zip file): every chunk FileSystemWriter writes by default.

@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from .errors import PrismError, from_os_error
+from ..errors import PrismError, from_os_error
 
 #: File name of a run's manifest.
 MANIFEST = "trajectory.json"

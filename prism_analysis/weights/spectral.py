@@ -61,7 +61,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .accumulator import Accumulator, state
+from ..accumulator import Accumulator, state
 
 F64 = torch.float64
 #: Principal subspaces compared (k) unless told otherwise.

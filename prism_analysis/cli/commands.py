@@ -2,7 +2,7 @@
 
 Each subcommand is a thin layer over the Python API. :data:`COMMANDS` is this package's command
 table; the ``prism`` entry point (:mod:`prism_cli`) joins it with the training commands, and
-``python -m prism_analysis.cli`` runs the analysis commands alone.
+``python -m prism_analysis.cli.commands`` runs the analysis commands alone.
 
 Errors in the input (missing files, corrupt checkpoints, mismatched models, bad options) print one
 line ``prism: error: <file or option>: <problem>`` and exit with status 2, with no traceback and no
@@ -17,10 +17,10 @@ import os
 import sys
 import textwrap
 
-from .distributed import is_root
-from .errors import PrismError, from_os_error
-from .metrics import DEFAULT_THRESHOLD
-from .options import nonempty, number, number_list
+from ..distributed import is_root
+from ..errors import PrismError, from_os_error
+from ..metrics import DEFAULT_THRESHOLD
+from ..options import nonempty, number, number_list
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -132,18 +132,18 @@ def _add_audit(sub) -> None:
 
 def warn_unused_config(config, inputs) -> None:
     """A warning when ``--config`` is given but no input is a torch.distributed.checkpoint directory."""
-    from .dcp_reader import is_dcp_checkpoint
+    from ..checkpoints.dcp import is_dcp_checkpoint
 
     if config and not any(is_dcp_checkpoint(p) for p in inputs):
-        from .errors import warn
+        from ..errors import warn
 
         warn(f"--config {config} is not used: no input is a torch.distributed.checkpoint directory")
 
 
 def _run_audit(args) -> None:
-    from .metrics import DEFAULT_THRESHOLDS
-    from .outputs import check_destination
-    from .weights import audit
+    from ..metrics import DEFAULT_THRESHOLDS
+    from ..outputs import check_destination
+    from ..weights.audit import audit
 
     if args.out:
         check_destination(args.out, "audit", [args.a, args.b, args.config])
@@ -270,8 +270,8 @@ def _add_cka(sub) -> None:
 def _run_cka(args) -> None:
     from pathlib import Path
 
-    from .model_cka import model_cka, read_probe
-    from .outputs import check_destination
+    from ..outputs import check_destination
+    from ..representations.model_cka import model_cka, read_probe
 
     if args.out:
         check_destination(args.out, "cka", [args.a, args.b, *args.probe])
@@ -316,8 +316,8 @@ def _run_cka(args) -> None:
 
 
 def _measure_list(text: str) -> tuple[str, ...]:
-    """``--measure``: comma-separated names of prism_analysis.similarity.MEASURES, in that order."""
-    from .similarity import MEASURES
+    """``--measure``: comma-separated names of prism_analysis.representations.similarity.MEASURES, in that order."""
+    from ..representations.similarity import MEASURES
 
     names = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [t for t in names if t not in MEASURES]
@@ -395,7 +395,7 @@ def _add_trajectory(sub) -> None:
 
 def _hub_trajectory(args) -> list:
     """The Hub references of ``RUN --revisions ...`` / ``RUN --subfolders ...``, in step order."""
-    from . import hub
+    from ..checkpoints import hub
 
     if len(args.run) != 1 or not hub.is_hub_reference(args.run[0]):
         raise PrismError("--revisions and --subfolders take one Hub repository as RUN (org/name)")
@@ -426,9 +426,9 @@ def _is_pattern(text: str) -> bool:
 
 
 def _run_trajectory(args) -> None:
-    from .metrics import DEFAULT_THRESHOLDS
-    from .outputs import check_destination
-    from .trajectory import analyse_trajectory, save_trajectory
+    from ..metrics import DEFAULT_THRESHOLDS
+    from ..outputs import check_destination
+    from ..weights.trajectory import analyse_trajectory, save_trajectory
 
     if args.out:
         check_destination(args.out, "trajectory", [*args.run, args.compare, args.config])
@@ -489,8 +489,8 @@ def _add_compare(sub) -> None:
 
 
 def _run_compare(args) -> None:
-    from .compare import compare_updates
-    from .outputs import check_destination
+    from ..outputs import check_destination
+    from ..weights.compare import compare_updates
 
     if args.out:
         check_destination(args.out, "compare", [args.a1, args.b1, args.a2, args.b2])
@@ -541,7 +541,7 @@ def _add_interpolate(sub) -> None:
 
 
 def _run_interpolate(args) -> None:
-    from .interpolate import interpolate
+    from ..weights.interpolate import interpolate
 
     out = interpolate(
         args.base,
@@ -570,7 +570,7 @@ DESCRIPTION = """\
 
 def build_parser(commands=COMMANDS) -> argparse.ArgumentParser:
     """The ``prism`` parser with the given command tables."""
-    from . import __version__
+    from .. import __version__
 
     parser = OneLineParser(
         prog="prism",
@@ -600,14 +600,14 @@ def add_nproc_option(p) -> None:
     )
 
 
-def run(argv: list[str] | None = None, commands=COMMANDS, module: str = "prism_analysis.cli") -> int:
+def run(argv: list[str] | None = None, commands=COMMANDS, module: str = "prism_analysis.cli.commands") -> int:
     """Parse ``argv`` and run the command; bad input -> one line on stderr and exit status 2.
 
     ``--nproc N`` relaunches the command in N processes through torch.distributed's launcher
     (``python -m MODULE`` in each, :mod:`prism_analysis.launch`). Under a launcher every rank runs
     the command; an error on any rank ends all of them, and rank 0 prints it.
     """
-    from . import distributed
+    from .. import distributed
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(commands).parse_args(argv)
@@ -615,7 +615,7 @@ def run(argv: list[str] | None = None, commands=COMMANDS, module: str = "prism_a
         if getattr(args, "one_process", False) and (args.nproc > 1 or distributed.world_size() > 1):
             raise PrismError(f"'prism {args.command}' runs in one process; run it without --nproc or a launcher")
         if getattr(args, "nproc", 1) > 1:
-            from .launch import relaunch
+            from ..launch import relaunch
 
             return relaunch(module, argv, args.nproc)
         try:
@@ -647,7 +647,7 @@ def run(argv: list[str] | None = None, commands=COMMANDS, module: str = "prism_a
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The analysis commands alone (``python -m prism_analysis.cli``)."""
+    """The analysis commands alone (``python -m prism_analysis.cli.commands``)."""
     return run(argv)
 
 

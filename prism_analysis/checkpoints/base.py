@@ -1,7 +1,7 @@
 """What every checkpoint view shares: :class:`TensorInfo`, :class:`CheckpointBase` and file checks.
 
-Two readers build on it: :mod:`prism_analysis.checkpoint_reader` (Hugging Face safetensors and,
-when allowed, pickle files) and :mod:`prism_analysis.dcp_reader` (torch.distributed.checkpoint
+Two readers build on it: :mod:`prism_analysis.checkpoints.reader` (Hugging Face safetensors and,
+when allowed, pickle files) and :mod:`prism_analysis.checkpoints.dcp` (torch.distributed.checkpoint
 directories). Everything above them -- alignment, streaming, the statistics -- sees only this
 interface: ``tensors``, ``aliases``, ``config``, ``names``, ``info(name)`` and ``get(name)``.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import PrismError, os_problem
+from ..errors import PrismError, os_problem
 
 #: How input embeddings are named: the tensor a tied ``lm_head.weight`` is served by.
 EMBEDDING_SUFFIXES = ("embed_tokens.weight", "embeddings.weight", "wte.weight")

@@ -1,0 +1,1 @@
+"""prism_analysis.weights."""
