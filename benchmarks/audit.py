@@ -5,6 +5,9 @@ Methods (each runs in its own child process, so its peak resident memory is its 
   naive   what users run today: AutoModelForCausalLM.from_pretrained(A) and (B) in bf16, then for
           every parameter the L2, the fraction changed at each threshold and the bitwise-equal share
   floor   just reading both checkpoint files once (readinto a reused 64 MiB buffer)
+  kernel  the fused kernel alone on both checkpoints already in memory, next to a memory-bandwidth
+          floor: a plain numba prange streaming sum over the same bytes (the bf16 bits as uint16),
+          same threads, same process, best of 3 each; reported as GB/s and kernel / floor
 
 The pair is a synthetic sharded bf16 LLaMA-shaped checkpoint (B = A with 5% of elements moved by ~3%).
 Files are read once before timing so every method sees a warm page cache.
@@ -12,6 +15,7 @@ Files are read once before timing so every method sees a warm page cache.
   python benchmarks/audit.py                 # ~1.5 GB per checkpoint
   python benchmarks/audit.py --quick         # ~0.2 GB per checkpoint
   python benchmarks/audit.py --large         # prism + floor only, a 13.5 GB pair (> half of 24 GB RAM)
+  python benchmarks/audit.py --methods floor,kernel,prism   # skip the (slow, memory-hungry) naive way
 """
 
 from __future__ import annotations
@@ -124,6 +128,60 @@ def run_floor(a, b, device):
     return total
 
 
+def bandwidth_floor():
+    """A numba prange streaming sum of uint16 arrays: the memory-bandwidth floor of the kernel."""
+    import numpy as np
+    from numba import njit, prange
+
+    @njit(parallel=True, nogil=True)
+    def stream_sum(x):  # pragma: no cover - compiled
+        n = x.size
+        block = 1 << 16
+        nblocks = (n + block - 1) // block
+        out = np.zeros(nblocks, dtype=np.uint64)
+        for blk in prange(nblocks):
+            lo = blk * block
+            hi = min(n, lo + block)
+            s = np.uint64(0)
+            for j in range(lo, hi):
+                s += x[j]
+            out[blk] = s
+        return out.sum()
+
+    return stream_sum
+
+
+def run_kernel(a, b, device):
+    """Both checkpoints in memory, then GB/s of the fused kernel and of the bandwidth floor."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from prism_analysis.weights import fused
+
+    ta, tb = {}, {}
+    for path in files(a):
+        ta.update({k: v.clone() for k, v in load_file(path).items()})
+    for path in files(b):
+        tb.update({k: v.clone() for k, v in load_file(path).items()})
+    names = sorted(ta)
+    nbytes = sum(ta[k].nbytes + tb[k].nbytes for k in names)
+    bits = [t.reshape(-1).view(torch.int16).numpy().view(np.uint16) for k in names for t in (ta[k], tb[k])]
+    stream_sum = bandwidth_floor()
+    stream_sum(bits[0][:16])
+    fused.pair_stats(ta[names[0]][:16], tb[names[0]][:16], THRESHOLDS)
+    best = {"kernel": float("inf"), "bandwidth": float("inf")}
+    for _ in range(3):
+        t = time.perf_counter()
+        for x in bits:
+            stream_sum(x)
+        best["bandwidth"] = min(best["bandwidth"], time.perf_counter() - t)
+        t = time.perf_counter()
+        for k in names:
+            fused.pair_stats(ta[k], tb[k], THRESHOLDS)
+        best["kernel"] = min(best["kernel"], time.perf_counter() - t)
+    return {"bytes": nbytes, "kernel_s": best["kernel"], "bandwidth_s": best["bandwidth"]}
+
+
 def peak_rss_kb() -> int:
     """VmHWM: this address space's peak resident set (ru_maxrss would carry the parent's over exec)."""
     with open("/proc/self/status") as f:
@@ -134,7 +192,7 @@ def peak_rss_kb() -> int:
 
 
 def child(method: str, a: Path, b: Path, device: str) -> None:
-    fn = {"prism": run_prism, "naive": run_naive, "floor": run_floor}[method]
+    fn = {"prism": run_prism, "naive": run_naive, "floor": run_floor, "kernel": run_kernel}[method]
     if method == "prism":  # compile the fused kernel (cached on disk after the first run) before timing
         from prism_analysis.weights.audit import FUSED_MIN_NUMEL, UpdateStats
 
@@ -168,7 +226,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a small pair (~0.2 GB each)")
     ap.add_argument("--large", action="store_true", help="a pair larger than half the RAM (prism and floor only)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--methods", default=None, help="comma-separated subset of prism,naive,floor")
+    ap.add_argument("--methods", default=None, help="comma-separated subset of floor,kernel,prism,naive")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -189,7 +247,9 @@ def main() -> None:
         f"device: {args.device}; torch {torch.__version__}; {os.cpu_count()} cores"
     )
     methods = (
-        args.methods.split(",") if args.methods else (["floor", "prism"] if args.large else ["floor", "prism", "naive"])
+        args.methods.split(",")
+        if args.methods
+        else (["floor", "prism"] if args.large else ["floor", "kernel", "prism", "naive"])
     )
     run_floor(a, b, args.device)  # warm the page cache
     results = {}
@@ -208,6 +268,7 @@ def main() -> None:
         f"\n{'method':<8}{'wall s':>9}{'GB/s':>8}{'peak RSS MB':>13}{'(after imports)':>17}"
         f"{'time / prism':>14}{'RSS / prism':>13}"
     )
+    kernel = results.pop("kernel", None)
     p = results.get("prism")
     for m, r in results.items():
         tr = f"{r['wall_s'] / p['wall_s']:.2f}x" if p else "-"
@@ -215,6 +276,15 @@ def main() -> None:
         print(
             f"{m:<8}{r['wall_s']:>9.2f}{pair_gb / r['wall_s']:>8.2f}{r['peak_rss_mb']:>13.0f}"
             f"{r['rss_after_imports_mb']:>17.0f}{tr:>14}{mr:>13}"
+        )
+    if "prism" in results and "floor" in results:
+        print(f"\nprism end to end / read floor: {p['wall_s'] / results['floor']['wall_s']:.2f}x")
+    if kernel:
+        k = kernel["value"]
+        kernel_gbs, floor_gbs = k["bytes"] / k["kernel_s"] / 1e9, k["bytes"] / k["bandwidth_s"] / 1e9
+        print(
+            f"\nin memory, {k['bytes'] / 1e9:.2f} GB, {os.cpu_count()} cores: fused kernel {kernel_gbs:.2f} GB/s, "
+            f"bandwidth floor (streaming sum) {floor_gbs:.2f} GB/s: kernel at {kernel_gbs / floor_gbs:.0%} of the floor"
         )
     if "prism" in results and "naive" in results:
         print(f"\nnormalized L2: prism {results['prism']['value']:.8g}  naive {results['naive']['value']:.8g}")

@@ -1,115 +1,301 @@
-"""Fused single-pass CPU kernel for the update statistics of one tensor pair (numba).
+"""Fused single-pass CPU kernels for the update statistics of tensor pairs (numba, SIMD).
 
 Why: element-wise torch on the CPU needs about ten passes over memory (dtype conversions,
 difference, four float64 sums, ratio, bucketing, equality) and runs ~15x slower than reading the
-checkpoint. This kernel reads each element pair once and does everything in registers, on all
-cores (``numba.prange`` over 64K-element blocks, partial results per block, summed in float64).
+checkpoint. These kernels read each element once from memory, on all cores, in loops the compiler
+vectorizes (AVX2: 4 float64 lanes per instruction).
 
 Per element, with x = float64(a) and y = float64(b) (exact for bf16/fp16/fp32 inputs): bitwise
 equality of the stored bits; if both are finite, float64 sums of x^2, y^2, x*y, (y-x)^2 and max |y-x|,
-else a count of non-finite elements; and "changed at tau" for every threshold by :func:`_changed`,
-the rule of :mod:`prism_analysis.metrics` (both kernels call it).
+else a count of non-finite elements; and "changed at tau" for every threshold, the rule of
+:mod:`prism_analysis.metrics` encoded once here by :func:`_rule_operands` and :func:`_changed`
+(both kernels use them): ``changed <=> lhs > tau * rhs`` with ``(lhs, rhs) = (|y - x|, |x|)`` for a
+finite pair and ``(0 if the bits are equal else 1, 0)`` otherwise (valid for finite tau >= 0).
 
-Used by :class:`prism_analysis.weights.audit.UpdateStats` and :class:`prism_analysis.weights.compare.OverlapStats`
-for large CPU tensors of dtype bf16, fp16 and fp32 (``weights.use_fused``); their torch paths handle
-GPU tensors, other dtypes and small tensors with the same results. This module (and numba) is
-imported only when a tensor needs it, so commands on small models never pay numba's start-up.
+How it vectorizes. Work is split into blocks of :data:`BLOCK` elements (one ``numba.prange`` task
+each), a block into sub-chunks of :data:`SUB` elements. Per sub-chunk:
+
+1. one element-wise loop, no branches and no data-dependent indexing: the stored bits are widened
+   in registers (bf16 -> float32 is a 16-bit shift of the uint16 bits; fp16 a hardware
+   conversion; then float32 -> float64), finiteness comes from the exponent bits, bit equality
+   from the integers; it adds the float64 sums, the integer counts (equal, non-finite) and the
+   maximum (as the integer order of the float64 bits of |y - x| >= 0), and writes the rule's
+   (lhs, rhs) to a float64 scratch that stays in L1;
+2. for the audit, short loops over that scratch count ``lhs > tau * rhs`` with one counter per
+   threshold, :data:`GROUP` thresholds per loop (no histogram, no data-dependent index). The
+   overlap kernel has one threshold and counts in step 1.
+
+Counts are exact integers and maxima exact, in any order: bit-identical to the torch path.
+
+Summation order of the float64 sums (fixed for a given build; the same on 1 or N threads and on
+any rank). Each product is rounded to float64 on its own (no fused multiply-add). Within a
+sub-chunk, the running sum starts at 0 and its additions are marked reassociable (and nothing
+else) by :func:`_sum_add`, which lets LLVM's loop vectorizer keep W interleaved partial sums:
+element j of the sub-chunk goes to partial j mod W, the partials are combined by a fixed tree at the
+end of the loop, and the last m mod W elements are added one by one. W (vector width x unroll) is
+chosen when numba compiles the kernel for the host CPU (4 on this AVX2 machine), so the order is
+fixed for that compiled kernel (numba's on-disk cache is per CPU) and may round differently, by
+~1e-16 relative, on another CPU family. Sub-chunk sums are added to the block's sum in order;
+block sums are added by :func:`math.fsum` (correctly rounded, so in no particular order). Blocks
+are fixed 64K-element slices of the tensor whatever the thread count, and a block's result does
+not depend on which thread ran it, so ``numba.set_num_threads`` and distributed ranks do not change
+a bit. The torch path groups its additions differently (4096-element blocks): its sums agree to
+~1e-15 relative (the tests require 1e-13 of the sum of absolute terms against math.fsum).
+
+Used by :class:`prism_analysis.weights.update.UpdateStats` and :class:`prism_analysis.weights.overlap.OverlapStats`
+(trajectories, update comparisons) for large CPU tensors of dtype bf16, fp16 and fp32
+(``update.use_fused``); their torch paths handle GPU tensors, other dtypes and small tensors with
+the same counts. This module (and numba) is imported only when a tensor needs it, so commands on
+small models never pay numba's start-up. Throughput against a streaming-sum bandwidth floor:
+``benchmarks/audit.py --methods kernel``; against the previous scalar kernels:
+``benchmarks/trajectory.py``.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
+#: Elements per parallel task; each task's partial results are combined after all have run.
 BLOCK = 1 << 16
+#: Elements per sub-chunk of a block: the rule's float64 operands (2 x 8 KB) stay in the L1 cache.
+SUB = 1 << 10
+#: Thresholds counted per pass over a sub-chunk's operands (a sweep is padded to a multiple of it).
+GROUP = 3
+
+
+@intrinsic
+def _widen(typingctx, u):  # pragma: no cover - compiled
+    """``(value, finite)`` of one stored element: its float64 value and whether it is finite
+    (exponent bits not all set). The element is given by its bits, the integer type telling the
+    format: uint16 bf16 (the top half of the float32 with the same value: a 16-bit shift), int16
+    fp16 (a hardware half -> float conversion), uint32 float32. Register operations only, so loops
+    vectorize; every conversion is exact."""
+    if u not in (types.uint16, types.int16, types.uint32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        bits = args[0]
+        if signature.args[0] == types.int16:  # fp16
+            exp = ir.Constant(ir.IntType(16), 0x7C00)
+            value = builder.fpext(builder.bitcast(bits, ir.HalfType()), ir.DoubleType())
+        else:
+            i32 = ir.IntType(32)
+            if signature.args[0] == types.uint16:  # bf16
+                bits = builder.shl(builder.zext(bits, i32), ir.Constant(i32, 16))
+            exp = ir.Constant(i32, 0x7F800000)
+            value = builder.fpext(builder.bitcast(bits, ir.FloatType()), ir.DoubleType())
+        finite = builder.icmp_unsigned("!=", builder.and_(bits, exp), exp)
+        return context.make_tuple(builder, signature.return_type, (value, finite))
+
+    return types.Tuple((types.float64, types.boolean))(u), codegen
+
+
+@intrinsic
+def _sum_add(typingctx, s, v):  # pragma: no cover - compiled
+    """``s + v`` marked reassociable (and nothing else: no FMA, no NaN/Inf assumptions), so that
+    the compiler vectorizes a running sum into interleaved partial sums (see the module docstring)."""
+    if s != types.float64 or v != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fadd(args[0], args[1], flags=("reassoc",))
+
+    return types.float64(types.float64, types.float64), codegen
+
+
+@intrinsic
+def _order_bits(typingctx, v):  # pragma: no cover - compiled
+    """The bits of a float64 as int64: for v >= 0 they order as the values, so max is an integer max."""
+    if v != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _from_order_bits(typingctx, i):  # pragma: no cover - compiled
+    """Inverse of :func:`_order_bits`."""
+    if i != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
 
 
 @njit(inline="always", cache=True)
-def _changed(finite, abs_diff, abs_x, eq, tau):  # pragma: no cover - compiled
-    """The rule of metrics.py for one element: x and y both finite -> |y - x| > tau |x| (float64);
-    otherwise -> their bits differ. The caller passes finite, |y - x|, |x| and bit equality."""
-    return abs_diff > tau * abs_x if finite else not eq
+def _rule_operands(finite, abs_diff, abs_x, eq):  # pragma: no cover - compiled
+    """``(lhs, rhs)`` with "changed at tau" <=> ``lhs > tau * rhs`` (:func:`_changed`) for every
+    finite tau >= 0: the rule of metrics.py. ``abs_diff``, ``abs_x``: |y - x| and |x| in float64
+    after x and y are replaced by 0 where the pair is not finite; ``eq``: bitwise equality.
+    A finite pair: ``(|y - x|, |x|)``; a pair with a NaN or Inf is changed iff its bits differ:
+    ``(1, 0)`` (1 > 0) or ``(0, 0)`` (0 > 0 is false)."""
+    return (abs_diff if finite else (0.0 if eq else 1.0)), abs_x
 
 
 @njit(inline="always", cache=True)
-def _thresholds_changed(finite, abs_diff, abs_x, eq, thresholds):  # pragma: no cover - compiled
-    """How many of the (ascending) thresholds an element is changed at, by :func:`_changed`.
+def _changed(lhs, rhs, tau):  # pragma: no cover - compiled
+    """Changed at ``tau``, from :func:`_rule_operands` (a strict, exact float64 comparison)."""
+    return lhs > tau * rhs
 
-    "Changed at tau" is monotone in tau (changed at a larger tau implies changed at every smaller
-    one), so this count k says the element is changed at exactly the k smallest thresholds: one
-    histogram increment per element instead of one counter per threshold.
-    """
-    k = 0
-    for t in thresholds:
-        k += _changed(finite, abs_diff, abs_x, eq, t)
-    return k
+
+@njit(cache=True, nogil=True)
+def _pair_block(a, b, taus, acc, cnt, ops):  # pragma: no cover - compiled
+    """One block of :func:`_kernel` (``a``, ``b``: its stored bits): sums into ``acc`` (5), counts
+    into ``cnt`` (2 + len(taus)); ``ops``: scratch for the rule's operands (2 x SUB float64)."""
+    n = a.size
+    s_a2 = 0.0
+    s_b2 = 0.0
+    s_ab = 0.0
+    s_d2 = 0.0
+    mx = 0  # max |y - x| as ordered bits
+    n_eq = 0
+    n_nf = 0
+    for start in range(0, n, SUB):
+        m = min(SUB, n - start)
+        sa = a[start : start + m]
+        sb = b[start : start + m]
+        c_a2 = 0.0
+        c_b2 = 0.0
+        c_ab = 0.0
+        c_d2 = 0.0
+        for j in range(m):  # element-wise: vectorized; integer sums and reassociable float sums
+            x, fx = _widen(sa[j])
+            y, fy = _widen(sb[j])
+            eq = sa[j] == sb[j]
+            finite = fx & fy
+            x = x if finite else 0.0
+            y = y if finite else 0.0
+            d = y - x
+            ad = abs(d)
+            c_a2 = _sum_add(c_a2, x * x)
+            c_b2 = _sum_add(c_b2, y * y)
+            c_ab = _sum_add(c_ab, x * y)
+            c_d2 = _sum_add(c_d2, d * d)
+            mx = max(mx, _order_bits(ad))
+            lhs, rhs = _rule_operands(finite, ad, abs(x), eq)
+            ops[j] = lhs
+            ops[SUB + j] = rhs
+            n_eq += eq
+            n_nf += not finite
+        s_a2 += c_a2
+        s_b2 += c_b2
+        s_ab += c_ab
+        s_d2 += c_d2
+        for k in range(0, len(taus), GROUP):  # one counter per threshold, GROUP thresholds a pass
+            t0 = taus[k]
+            t1 = taus[k + 1]
+            t2 = taus[k + 2]
+            c0 = 0
+            c1 = 0
+            c2 = 0
+            for j in range(m):
+                lhs = ops[j]
+                rhs = ops[SUB + j]
+                c0 += _changed(lhs, rhs, t0)
+                c1 += _changed(lhs, rhs, t1)
+                c2 += _changed(lhs, rhs, t2)
+            cnt[2 + k] += c0
+            cnt[3 + k] += c1
+            cnt[4 + k] += c2
+    acc[0] = s_a2
+    acc[1] = s_b2
+    acc[2] = s_ab
+    acc[3] = s_d2
+    acc[4] = _from_order_bits(mx)
+    cnt[0] = n_eq
+    cnt[1] = n_nf
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _kernel(a, b, thresholds, bf16):  # pragma: no cover - compiled
+def _kernel(a, b, taus):  # pragma: no cover - compiled
+    """Per block: ``acc[blk] = [sum a^2, sum b^2, sum a*b, sum (b-a)^2, max|b-a|]`` over finite
+    pairs, ``cnt[blk] = [n_equal, n_nonfinite, n_changed per threshold]`` (``taus``: the sweep
+    padded to a multiple of GROUP; the padding's counts are dropped). ``a``, ``b``: uint16 bf16
+    bits or uint32 float32 bits."""
     n = a.size
-    K = len(thresholds)
     nblocks = (n + BLOCK - 1) // BLOCK
     acc = np.zeros((nblocks, 5))
-    cnt = np.zeros((nblocks, K + 2), dtype=np.int64)
+    cnt = np.zeros((nblocks, len(taus) + 2), dtype=np.int64)
     for blk in prange(nblocks):
         lo = blk * BLOCK
         hi = min(n, lo + BLOCK)
-        m = hi - lo
-        if bf16:  # bf16 bits are the top half of the float32 with the same value
-            ua = np.empty(m, dtype=np.uint32)
-            ub = np.empty(m, dtype=np.uint32)
-            for j in range(m):
-                ua[j] = np.uint32(a[lo + j]) << 16
-                ub[j] = np.uint32(b[lo + j]) << 16
-            fa = ua.view(np.float32)
-            fb = ub.view(np.float32)
-        else:
-            fa = a[lo:hi].view(np.float32)
-            fb = b[lo:hi].view(np.float32)
-        s_a2 = 0.0
-        s_b2 = 0.0
-        s_ab = 0.0
-        s_d2 = 0.0
-        mx = 0.0
-        n_eq = 0
-        n_nf = 0
-        hist = np.zeros(K + 1, dtype=np.int64)  # hist[k]: elements changed at the k smallest thresholds
-        for j in range(m):
-            eq = a[lo + j] == b[lo + j]
-            n_eq += eq
-            x = np.float64(fa[j])
-            y = np.float64(fb[j])
-            finite = np.isfinite(x) and np.isfinite(y)
-            d = y - x
-            ad = abs(d)
-            ax = abs(x)
-            if finite:
-                s_a2 += x * x
-                s_b2 += y * y
-                s_ab += x * y
-                s_d2 += d * d
-                mx = max(mx, ad)
-            else:
-                n_nf += 1
-            hist[_thresholds_changed(finite, ad, ax, eq, thresholds)] += 1
-        acc[blk, 0] = s_a2
-        acc[blk, 1] = s_b2
-        acc[blk, 2] = s_ab
-        acc[blk, 3] = s_d2
-        acc[blk, 4] = mx
-        cnt[blk, 0] = n_eq
-        cnt[blk, 1] = n_nf
-        above = 0
-        for t in range(K - 1, -1, -1):  # changed at threshold t: counted in hist[t + 1 ...]
-            above += hist[t + 1]
-            cnt[blk, 2 + t] = above
+        _pair_block(a[lo:hi], b[lo:hi], taus, acc[blk], cnt[blk], np.empty(2 * SUB))
     return acc, cnt
 
 
+@njit(cache=True, nogil=True)
+def _overlap_block(a1, b1, a2, b2, tau, acc, cnt):  # pragma: no cover - compiled
+    """One block of :func:`_overlap_kernel`: sums into ``acc`` (3), counts into ``cnt`` (3)."""
+    n = a1.size
+    s_dot = 0.0
+    s_1 = 0.0
+    s_2 = 0.0
+    n1 = 0
+    n2 = 0
+    n12 = 0
+    for start in range(0, n, SUB):
+        m = min(SUB, n - start)
+        p1 = a1[start : start + m]
+        q1 = b1[start : start + m]
+        p2 = a2[start : start + m]
+        q2 = b2[start : start + m]
+        c_dot = 0.0
+        c_1 = 0.0
+        c_2 = 0.0
+        for j in range(m):  # element-wise: vectorized; integer sums and reassociable float sums
+            x1, fx1 = _widen(p1[j])
+            y1, fy1 = _widen(q1[j])
+            x2, fx2 = _widen(p2[j])
+            y2, fy2 = _widen(q2[j])
+            f1 = fx1 & fy1
+            f2 = fx2 & fy2
+            x1 = x1 if f1 else 0.0  # 0 where the pair is not finite: d1 is then 0 too
+            y1 = y1 if f1 else 0.0
+            x2 = x2 if f2 else 0.0
+            y2 = y2 if f2 else 0.0
+            d1 = y1 - x1
+            d2 = y2 - x2
+            # the sums take elements where both d1 and d2 are finite (a float32 difference never
+            # overflows in float64): d1 * d2 is already 0 elsewhere
+            e1 = d1 if f2 else 0.0
+            e2 = d2 if f1 else 0.0
+            c_dot = _sum_add(c_dot, d1 * d2)
+            c_1 = _sum_add(c_1, e1 * e1)
+            c_2 = _sum_add(c_2, e2 * e2)
+            l1, r1 = _rule_operands(f1, abs(d1), abs(x1), p1[j] == q1[j])
+            l2, r2 = _rule_operands(f2, abs(d2), abs(x2), p2[j] == q2[j])
+            m1 = _changed(l1, r1, tau)
+            m2 = _changed(l2, r2, tau)
+            n1 += m1
+            n2 += m2
+            n12 += m1 & m2
+        s_dot += c_dot
+        s_1 += c_1
+        s_2 += c_2
+    acc[0] = s_dot
+    acc[1] = s_1
+    acc[2] = s_2
+    cnt[0] = n1
+    cnt[1] = n2
+    cnt[2] = n12
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def _overlap_kernel(a1, b1, a2, b2, tau, bf16):  # pragma: no cover - compiled
+def _overlap_kernel(a1, b1, a2, b2, tau):  # pragma: no cover - compiled
+    """Per block: ``acc[blk] = [<d1, d2>, |d1|^2, |d2|^2]`` over elements where d1 and d2 are
+    finite, ``cnt[blk] = [|M1|, |M2|, |M1 & M2|]`` for the changed-at-tau masks. Inputs: uint16
+    bf16 bits or uint32 float32 bits, all four of one dtype."""
     n = a1.size
     nblocks = (n + BLOCK - 1) // BLOCK
     acc = np.zeros((nblocks, 3))
@@ -117,77 +303,47 @@ def _overlap_kernel(a1, b1, a2, b2, tau, bf16):  # pragma: no cover - compiled
     for blk in prange(nblocks):
         lo = blk * BLOCK
         hi = min(n, lo + BLOCK)
-        m = hi - lo
-        u = np.empty((4, m), dtype=np.uint32)
-        if bf16:
-            for j in range(m):
-                u[0, j] = np.uint32(a1[lo + j]) << 16
-                u[1, j] = np.uint32(b1[lo + j]) << 16
-                u[2, j] = np.uint32(a2[lo + j]) << 16
-                u[3, j] = np.uint32(b2[lo + j]) << 16
-        else:
-            for j in range(m):
-                u[0, j] = a1[lo + j]
-                u[1, j] = b1[lo + j]
-                u[2, j] = a2[lo + j]
-                u[3, j] = b2[lo + j]
-        f = u.view(np.float32)
-        dot = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        n1 = 0
-        n2 = 0
-        n12 = 0
-        for j in range(m):
-            x1 = np.float64(f[0, j])
-            y1 = np.float64(f[1, j])
-            x2 = np.float64(f[2, j])
-            y2 = np.float64(f[3, j])
-            d1 = y1 - x1
-            d2 = y2 - x2
-            if np.isfinite(d1) and np.isfinite(d2):
-                dot += d1 * d2
-                s1 += d1 * d1
-                s2 += d2 * d2
-            f1 = np.isfinite(x1) and np.isfinite(y1)
-            f2 = np.isfinite(x2) and np.isfinite(y2)
-            c1 = _changed(f1, abs(d1), abs(x1), u[0, j] == u[1, j], tau)
-            c2 = _changed(f2, abs(d2), abs(x2), u[2, j] == u[3, j], tau)
-            n1 += c1
-            n2 += c2
-            n12 += c1 and c2
-        acc[blk, 0] = dot
-        acc[blk, 1] = s1
-        acc[blk, 2] = s2
-        cnt[blk, 0] = n1
-        cnt[blk, 1] = n2
-        cnt[blk, 2] = n12
+        _overlap_block(a1[lo:hi], b1[lo:hi], a2[lo:hi], b2[lo:hi], tau, acc[blk], cnt[blk])
     return acc, cnt
 
 
 def _bits(t: torch.Tensor):
+    """The stored bits as a numpy array whose integer type tells the kernels the format (see
+    :func:`_widen`): bf16 uint16, fp16 int16, float32 uint32. No copy."""
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(np.uint16)
+    if t.dtype == torch.float16:
+        return t.view(torch.int16).numpy()
     return t.view(torch.int32).numpy().view(np.uint32)
+
+
+def _check_tau(tau: float) -> float:
+    tau = float(tau)
+    if not math.isfinite(tau) or tau < 0:  # the kernels' encoding of the rule needs 0 <= tau < inf
+        raise ValueError(f"threshold must be a finite, non-negative fraction, got {tau}")
+    return tau
+
+
+def _fsum_columns(acc: np.ndarray) -> list[float]:
+    """Column sums of the per-block partials, correctly rounded (so in no particular order)."""
+    return [math.fsum(acc[:, i].tolist()) for i in range(acc.shape[1])]
 
 
 def overlap_stats(a1, b1, a2, b2, tau: float) -> tuple[list[float], list[int]]:
     """``([<d1, d2>, |d1|^2, |d2|^2], [|M1|, |M2|, |M1 & M2|])`` for d_i = b_i - a_i and the
     changed-at-tau masks M_i, in one pass (all four tensors of one dtype, CPU)."""
     ts = [t.reshape(-1) for t in (a1, b1, a2, b2)]
-    if ts[0].dtype == torch.float16:
-        ts = [t.float() for t in ts]
-    acc, cnt = _overlap_kernel(*[_bits(t) for t in ts], float(tau), ts[0].dtype == torch.bfloat16)
-    return acc.sum(axis=0).tolist(), cnt.sum(axis=0).tolist()
+    acc, cnt = _overlap_kernel(*[_bits(t) for t in ts], _check_tau(tau))
+    return _fsum_columns(acc), cnt.sum(axis=0).tolist()
 
 
 def pair_stats(a: torch.Tensor, b: torch.Tensor, thresholds: tuple[float, ...]) -> tuple[list[float], list[int]]:
     """``([sum a^2, sum b^2, sum a*b, sum (b-a)^2, max|b-a|], [n_equal, n_nonfinite, n_changed per tau])``."""
     a, b = a.reshape(-1), b.reshape(-1)
-    if a.dtype == torch.float16:  # fp16 -> fp32 is exact and injective: equal bits stay equal bits
-        a, b = a.float(), b.float()
-    # a tuple, not an array: the kernel is compiled (and cached on disk) per sweep length, which lets
-    # numba unroll the threshold loop (20% faster than an array of thresholds)
-    acc, cnt = _kernel(_bits(a), _bits(b), tuple(float(t) for t in thresholds), a.dtype == torch.bfloat16)
-    sums = [*acc[:, :4].sum(axis=0).tolist(), float(acc[:, 4].max()) if len(acc) else 0.0]
-    return sums, cnt.sum(axis=0).tolist()
+    taus = [_check_tau(t) for t in thresholds]
+    k = len(taus)
+    taus += [math.inf] * (-k % GROUP)  # padding: its counts are dropped
+    # a tuple, not an array: the kernel is compiled (and cached on disk) per padded sweep length
+    acc, cnt = _kernel(_bits(a), _bits(b), tuple(taus))
+    sums = [*_fsum_columns(acc[:, :4]), float(acc[:, 4].max()) if len(acc) else 0.0]
+    return sums, cnt[:, : 2 + k].sum(axis=0).tolist()
