@@ -46,7 +46,7 @@ def read_all(path: Path) -> tuple[float, int]:
     (headers, metadata, imports) is not timed."""
     import psutil
 
-    from prism_analysis.checkpoints.reader import open_checkpoint
+    from prism_analysis.checkpoints.opening import open_checkpoint
 
     ck = open_checkpoint(path)
     proc = psutil.Process()

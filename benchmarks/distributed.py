@@ -118,7 +118,7 @@ def main() -> None:
     root = Path(args.root)
     commands = inputs(root)
     configs = [tuple(int(x) for x in c.split("x")) if "x" in c else (int(c), None) for c in args.nproc.split(",")]
-    from prism_analysis.checkpoints.reader import Checkpoint
+    from prism_analysis.checkpoints.local import Checkpoint
 
     work = {
         "audit": sum(Checkpoint(p).nbytes for p in commands["audit"][1:3]),

@@ -29,7 +29,7 @@ import torch
 from numba import njit, prange
 from safetensors.torch import save_file
 
-from prism_analysis.checkpoints import reader as ck
+from prism_analysis.checkpoints import local as ck
 from prism_analysis.weights.audit import audit
 from prism_analysis.weights.trajectory import analyse_trajectory
 

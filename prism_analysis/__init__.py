@@ -25,9 +25,8 @@ The public API is importable from here, lazily (importing the package loads no t
 
 from __future__ import annotations
 
-import importlib
-
 from . import _moved
+from ._lazy import exports
 from .errors import PrismError
 
 __version__ = "0.2.0"
@@ -35,8 +34,8 @@ __version__ = "0.2.0"
 #: public name -> the module (under prism_analysis) that defines it. ``model_cka`` and ``interpolate``
 #: join in 0.3, when the old module paths of the same names (:mod:`prism_analysis._moved`) are gone.
 API = {
-    "open_checkpoint": "checkpoints.open",
-    "open_aligned": "checkpoints.open",
+    "open_checkpoint": "checkpoints.opening",
+    "open_aligned": "checkpoints.opening",
     "Checkpoint": "checkpoints.local",
     "audit": "weights.audit",
     "Audit": "weights.audit",
@@ -62,15 +61,6 @@ API = {
 __all__ = ["PrismError", "__version__", *API]
 
 
-def __getattr__(name: str):
-    """PEP 562: the public API, imported on first use."""
-    if name in API:
-        return getattr(importlib.import_module(f"{__name__}.{API[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(API))
-
+__getattr__, __dir__ = exports(__name__, API)
 
 _moved.install()

@@ -17,7 +17,7 @@ import warnings
 #: old module (under prism_analysis) -> its module now
 MOVED = {
     "checkpoint_base": "checkpoints.base",
-    "checkpoint_reader": "checkpoints.reader",
+    "checkpoint_reader": "checkpoints",
     "dcp_reader": "checkpoints.dcp",
     "lora": "checkpoints.lora",
     "hub": "checkpoints.hub",

@@ -14,7 +14,7 @@ import transformers
 from helpers import save_state
 from safetensors.torch import load_file
 
-from prism_analysis.checkpoints.reader import Checkpoint
+from prism_analysis.checkpoints.local import Checkpoint
 from prism_analysis.components import COMPONENTS, classify, expert_index, parts
 from prism_analysis.weights.audit import audit
 from prism_analysis.weights.compare import compare_updates

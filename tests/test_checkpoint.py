@@ -7,7 +7,9 @@ import torch
 from helpers import model_state, peak_rss_growth, save_state
 from safetensors.torch import save_file
 
-from prism_analysis.checkpoints.reader import Checkpoint, align, stream_aligned
+from prism_analysis.checkpoints.align import align
+from prism_analysis.checkpoints.local import Checkpoint
+from prism_analysis.checkpoints.stream import stream_aligned
 from prism_analysis.errors import PrismError
 from prism_analysis.weights.audit import audit
 
@@ -186,7 +188,7 @@ def test_each_header_is_parsed_once_whatever_the_tensor_count(tmp, monkeypatch):
     header once (re-parsing it for every tensor made 20,000 tensors take >600 s)."""
     import safetensors
 
-    from prism_analysis.checkpoints import reader
+    from prism_analysis.checkpoints import stream as reader
 
     n = 3000  # MoE-like: many small tensors, in 2 shards
     state = {f"model.layers.{i // 100}.mlp.experts.{i % 100}.w1.weight": torch.full((4,), float(i)) for i in range(n)}

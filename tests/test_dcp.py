@@ -23,7 +23,7 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from prism_analysis.checkpoints import dcp as dcp_reader
 from prism_analysis.checkpoints.dcp import DcpCheckpoint, is_dcp_checkpoint, model_names
-from prism_analysis.checkpoints.reader import Checkpoint
+from prism_analysis.checkpoints.opening import open_checkpoint
 from prism_analysis.checkpoints.run_manifest import discover
 from prism_analysis.errors import PrismError
 from prism_analysis.representations.model_loader import load_model
@@ -67,7 +67,7 @@ def same_audit(x, y) -> None:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_sharded_save_audits_exactly_like_the_consolidated_safetensors(saved, layout):
     dcp = saved / layout
-    assert is_dcp_checkpoint(dcp) and isinstance(Checkpoint(dcp), DcpCheckpoint)
+    assert is_dcp_checkpoint(dcp) and isinstance(open_checkpoint(dcp), DcpCheckpoint)
     zero = audit(saved / "consolidated", dcp, progress=False, device="cpu")
     assert zero.only_in_a == zero.only_in_b == [] and len(zero.tensors) == 21
     assert zero.tensors["normalized_l2"].eq(0).all() and zero.tensors["fraction_equal"].eq(1).all()
@@ -80,7 +80,7 @@ def test_each_tensor_reads_only_its_own_chunks(saved, monkeypatch):
     """get(name) loads that tensor's two chunks (uneven ones for the 1001-row embedding) and reads
     no more bytes than they take in the .distcp files."""
     ck = DcpCheckpoint(saved / "run" / "checkpoint-2")
-    hf = Checkpoint(saved / "consolidated")
+    hf = open_checkpoint(saved / "consolidated")
     assert set(ck.names) == set(hf.names) and ck.architecture is None
     chunks = ck._chunks["model.embed_tokens.weight"]
     assert [c.sizes for c in chunks] == [(501, 64), (500, 64)]
@@ -107,7 +107,7 @@ def test_each_tensor_reads_only_its_own_chunks(saved, monkeypatch):
 
 def test_only_model_weights_are_kept(saved):
     trainer = DcpCheckpoint(saved / "trainer")  # model + AdamW state + a step counter in one directory
-    assert set(trainer.names) == set(Checkpoint(saved / "consolidated").names)
+    assert set(trainer.names) == set(open_checkpoint(saved / "consolidated").names)
     with pytest.raises(PrismError, match="holds no model weights"):
         DcpCheckpoint(saved / "run" / "checkpoint-2" / "optimizer_0")
 
@@ -118,7 +118,7 @@ def test_config_beside_in_the_parent_or_given(saved, tmp):
     assert DcpCheckpoint(run / "checkpoint-2").architecture is None
     shutil.copy(saved / "consolidated" / "config.json", run / "checkpoint-2")
     for path in (run / "checkpoint-2", run / "checkpoint-2" / "pytorch_model_fsdp_0"):
-        assert Checkpoint(path).architecture == "llama"
+        assert open_checkpoint(path).architecture == "llama"
     given = DcpCheckpoint(saved / "dcp", config=saved / "consolidated" / "config.json")
     assert given.architecture == "llama" and DcpCheckpoint(saved / "dcp", config=saved / "base").config == given.config
     # a tied head is left to the embedding, as save_pretrained leaves it out
@@ -221,16 +221,16 @@ def test_bad_sharded_checkpoints_give_one_line_errors(saved, tmp, capsys):
     good = metadata.read_bytes()
     # a missing shard: the metadata names it
     shard.rename(tmp / "moved.distcp")
-    one_line_error(lambda: Checkpoint(bad), ".metadata", "__1_0.distcp", "missing")
+    one_line_error(lambda: open_checkpoint(bad), ".metadata", "__1_0.distcp", "missing")
     assert main(["audit", str(saved / "consolidated"), str(bad), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("prism: error: ") and "__1_0.distcp" in err and "\n" not in err
     (tmp / "moved.distcp").rename(shard)
     # corrupt or truncated metadata
     metadata.write_bytes(b"not a pickle at all")
-    one_line_error(lambda: Checkpoint(bad), str(metadata), "corrupt")
+    one_line_error(lambda: open_checkpoint(bad), str(metadata), "corrupt")
     metadata.write_bytes(good[: len(good) // 2])
-    one_line_error(lambda: Checkpoint(bad), str(metadata), "corrupt")
+    one_line_error(lambda: open_checkpoint(bad), str(metadata), "corrupt")
     # a hostile metadata pickle is refused before it runs anything
     marker = tmp / "pwned"
 
@@ -239,11 +239,11 @@ def test_bad_sharded_checkpoints_give_one_line_errors(saved, tmp, capsys):
             return (os.system, (f"touch {marker}",))
 
     metadata.write_bytes(pickle.dumps(Evil()))
-    one_line_error(lambda: Checkpoint(bad), str(metadata), "refusing to unpickle")
+    one_line_error(lambda: open_checkpoint(bad), str(metadata), "refusing to unpickle")
     assert not marker.exists()
     metadata.write_bytes(good)
     # corrupt chunks (their start, their end) and a chunk holding an object: the error names the data file
-    ck = Checkpoint(bad)
+    ck = open_checkpoint(bad)
     (up, up_chunk), (down, down_chunk) = (
         (f"model.layers.1.mlp.{n}.weight", ck._chunks[f"model.layers.1.mlp.{n}.weight"][1])
         for n in ("up_proj", "down_proj")
@@ -262,7 +262,7 @@ def test_bad_sharded_checkpoints_give_one_line_errors(saved, tmp, capsys):
     evil = dataclasses.replace(trusted.storage_data[index], relative_path="evil.distcp", offset=0)
     trusted.storage_data[index] = dataclasses.replace(evil, length=(bad / "evil.distcp").stat().st_size)
     metadata.write_bytes(pickle.dumps(trusted))
-    one_line_error(lambda: Checkpoint(bad).get("model.norm.weight"), "evil.distcp", "refused to unpickle")
+    one_line_error(lambda: open_checkpoint(bad).get("model.norm.weight"), "evil.distcp", "refused to unpickle")
     assert not marker.exists()
     one_line_error(lambda: DcpCheckpoint(saved / "base"), "base", "not a torch.distributed.checkpoint")
     one_line_error(lambda: DcpCheckpoint(saved / "dcp", config=tmp / "nope.json"), "nope.json", "no such file")

@@ -173,7 +173,7 @@ def test_ordered_dot_has_the_same_bits_with_any_number_of_threads():
 
 def test_a_rank_reads_only_the_tensors_it_owns(checkpoints, monkeypatch):
     """Rank 1 of 2 (simulated in this process): reads exactly its share, sends exactly those results."""
-    from prism_analysis.checkpoints import reader as checkpoint_reader
+    from prism_analysis.checkpoints import local as checkpoint_reader
     from prism_analysis.weights import audit as weights
 
     read, sent = [], {}
@@ -271,7 +271,7 @@ def corrupt_chunk_owned_by_rank_1(data: Path) -> tuple[Path, str]:
     import torch.distributed.checkpoint as dcp
 
     from prism_analysis.checkpoints.dcp import DcpCheckpoint
-    from prism_analysis.checkpoints.reader import Checkpoint
+    from prism_analysis.checkpoints.local import Checkpoint
 
     out = data / "c0_dcp"
     if not out.exists():

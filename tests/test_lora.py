@@ -9,8 +9,9 @@ import torch
 from helpers import peak_rss_growth, save_state
 from safetensors.torch import load_file, save_file
 
+from prism_analysis.checkpoints.local import Checkpoint
 from prism_analysis.checkpoints.lora import LoraCheckpoint
-from prism_analysis.checkpoints.reader import Checkpoint, open_checkpoint, open_lora
+from prism_analysis.checkpoints.opening import open_checkpoint, open_lora
 from prism_analysis.errors import PrismError
 from prism_analysis.weights.audit import audit
 from prism_cli import main

@@ -126,7 +126,7 @@ def test_run_is_named_after_its_directory_not_a_tensor(planted_run, tmp, capsys)
 
 
 def test_trajectory_reads_each_checkpoint_once(planted_run, monkeypatch):
-    from prism_analysis.checkpoints import reader as ck
+    from prism_analysis.checkpoints import local as ck
 
     root, _ = planted_run
     reads = []

@@ -1,6 +1,6 @@
 """What every checkpoint view shares: :class:`TensorInfo`, :class:`CheckpointBase` and file checks.
 
-Two readers build on it: :mod:`prism_analysis.checkpoints.reader` (Hugging Face safetensors and,
+Two readers build on it: :mod:`prism_analysis.checkpoints.local` (Hugging Face safetensors and,
 when allowed, pickle files) and :mod:`prism_analysis.checkpoints.dcp` (torch.distributed.checkpoint
 directories). Everything above them -- alignment, streaming, the statistics -- sees only this
 interface: ``tensors``, ``aliases``, ``config``, ``names``, ``info(name)`` and ``get(name)``.
@@ -140,3 +140,13 @@ def read_json(path: Path, what: str):
         raise PrismError(f"cannot read {what} ({os_problem(e)})", path) from None
     except ValueError as e:
         raise PrismError(f"{what} is not valid JSON ({one_line(e)})", path) from None
+
+
+def label(ckpt) -> str:
+    """How to name an opened checkpoint to the user: the reference they gave, else its path."""
+    return getattr(ckpt, "source", None) or str(ckpt.path)
+
+
+def is_checkpoint(obj) -> bool:
+    """Whether ``obj`` is an opened checkpoint (a :class:`Checkpoint` or one with its interface)."""
+    return hasattr(obj, "tensors") and hasattr(obj, "get") and hasattr(obj, "aliases")

@@ -10,12 +10,12 @@ is ``r x vocab`` and B ``dim x r``). ``rank_pattern`` and ``alpha_pattern`` give
 per module, matched as PEFT matches them.
 
 :class:`LoraCheckpoint` is a read-only checkpoint, duck-typed like
-:class:`~prism_analysis.checkpoints.reader.Checkpoint`, that serves W + ΔW: ``get(name)`` reads W
+:class:`~prism_analysis.checkpoints.local.Checkpoint`, that serves W + ΔW: ``get(name)`` reads W
 from the base, A and B from the adapter, and adds ΔW for that one tensor. Auditing BASE against
 BASE+ADAPTER therefore measures the update the adapter makes, module by module, with memory bounded
 by a few copies of one tensor, never the merged model.
 
-Open one with :func:`prism_analysis.checkpoints.reader.open_lora` (or ``open_checkpoint("BASE+ADAPTER")``),
+Open one with :func:`prism_analysis.checkpoints.opening.open_lora` (or ``open_checkpoint("BASE+ADAPTER")``),
 which reads the files; this module holds the arithmetic and the mapping of the adapter onto the base,
 and imports nothing of the reader (which imports it).
 
@@ -114,12 +114,12 @@ def add_update(w: torch.Tensor, delta: torch.Tensor, round_first: bool = False) 
 class LoraCheckpoint:
     """A base checkpoint with a PEFT LoRA adapter merged, one tensor at a time.
 
-    Duck-typed like :class:`~prism_analysis.checkpoints.reader.Checkpoint`: ``path`` (``BASE+ADAPTER``),
+    Duck-typed like :class:`~prism_analysis.checkpoints.local.Checkpoint`: ``path`` (``BASE+ADAPTER``),
     ``config``, ``tensors`` and ``aliases`` (the base's: merging changes no name, shape or dtype),
     ``names``, ``nbytes``, ``architecture``, ``info(name)`` and ``get(name)``. ``changed`` lists the
     base tensors the adapter touches.
 
-    Made by :func:`~prism_analysis.checkpoints.reader.open_lora` from the opened pieces: ``base`` (a
+    Made by :func:`~prism_analysis.checkpoints.opening.open_lora` from the opened pieces: ``base`` (a
     checkpoint), ``adapter_dir``, ``adapter_config`` (its ``adapter_config.json``, checked here) and
     ``weights`` (its tensors, a checkpoint of ``adapter_model.safetensors``).
     """

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from .. import distributed
-from ..checkpoints.reader import open_checkpoint
+from ..checkpoints.opening import open_checkpoint
 from ..errors import PrismError
 from ..outputs import atomic_output_dir, write_json
 from .activations import find_modules, iter_activations

@@ -2,7 +2,7 @@
 
 Safetensors only unless the caller allows pickle (then ``torch.load(weights_only=True)`` inside
 transformers); ``trust_remote_code`` stays off unless asked for. The checkpoint's files are checked
-first by :class:`~prism_analysis.checkpoints.reader.Checkpoint`, so a bad file gives the same
+first by :class:`~prism_analysis.checkpoints.local.Checkpoint`, so a bad file gives the same
 one-line error as every other command.
 """
 
@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints.base import label
 from ..checkpoints.hub import resolve
-from ..checkpoints.reader import Checkpoint, label, open_checkpoint
+from ..checkpoints.local import Checkpoint
+from ..checkpoints.opening import open_checkpoint
 from ..devices import resolve_device
 from ..errors import PrismError
 

@@ -26,7 +26,9 @@ import torch
 
 from .. import distributed
 from ..accumulator import Accumulator, group_stats, merge_all, part_stats, state
-from ..checkpoints.reader import label, open_aligned, stream_aligned
+from ..checkpoints.base import label
+from ..checkpoints.opening import open_aligned
+from ..checkpoints.stream import stream_aligned
 from ..components import classify, expert_index
 from ..devices import resolve_device
 from ..metrics import (

@@ -29,7 +29,8 @@ import torch
 
 from .. import distributed
 from ..accumulator import Accumulator, group_stats, part_stats, state
-from ..checkpoints.reader import open_aligned, stream_aligned
+from ..checkpoints.opening import open_aligned
+from ..checkpoints.stream import stream_aligned
 from ..devices import resolve_device
 from ..metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, bits_equal, changed_mask, threshold_key
 from ..outputs import atomic_output_dir, write_json

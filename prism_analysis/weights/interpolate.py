@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from ..checkpoints.reader import open_aligned, stream_aligned
+from ..checkpoints.opening import open_aligned
+from ..checkpoints.stream import stream_aligned
 from ..errors import PrismError
 from ..outputs import atomic_output_dir
 from ..progress import progress_bar

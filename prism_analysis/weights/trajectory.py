@@ -31,8 +31,9 @@ import pandas as pd
 from .. import distributed
 from ..accumulator import group_stats, part_stats
 from ..checkpoints.hub import HubReference
-from ..checkpoints.reader import open_aligned, read_ahead, stream_aligned
+from ..checkpoints.opening import open_aligned
 from ..checkpoints.run_manifest import discover
+from ..checkpoints.stream import read_ahead, stream_aligned
 from ..devices import resolve_device
 from ..errors import PrismError
 from ..metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, changed_column

@@ -1,0 +1,119 @@
+"""The one way to open a checkpoint: :func:`open_checkpoint` (and :func:`open_aligned` for several).
+
+Every form a user can name goes through :func:`open_checkpoint`, which picks the reader:
+
+- a local safetensors (or, when allowed, pickle) checkpoint -> :class:`~prism_analysis.checkpoints.local.Checkpoint`;
+- a torch.distributed.checkpoint directory -> :class:`~prism_analysis.checkpoints.dcp.DcpCheckpoint`;
+- ``BASE+ADAPTER`` -> :class:`~prism_analysis.checkpoints.lora.LoraCheckpoint`;
+- a Hub reference ``org/name@revision:sub`` -> downloaded (:mod:`~prism_analysis.checkpoints.hub`), then local.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import PrismError
+from .align import Alignment, _check_aligned
+from .base import CheckpointBase, TensorInfo, is_checkpoint
+from .base import file_kind as _kind
+from .base import read_json as _read_json
+from .dcp import DcpCheckpoint, is_dcp_checkpoint
+from .local import Checkpoint, safetensors_dtypes
+from .lora import ADAPTER_CONFIG, LoraCheckpoint, adapter_weights_file, split_reference
+
+
+def open_checkpoint(
+    source, allow_pickle: bool = False, config=None, tokenizer: bool = False, progress: bool = True
+) -> CheckpointBase:
+    """The checkpoint ``source`` names, opened (an opened checkpoint passes through):
+
+    - a local path (it wins whenever it exists);
+    - a Hub reference (``org/name@revision:sub``, see :mod:`prism_analysis.checkpoints.hub`), downloaded to the
+      Hub cache first (``tokenizer``: with the tokenizer files, for commands that run the model);
+    - ``BASE+ADAPTER``: a base (a path or Hub reference) with a PEFT LoRA adapter (a directory or a
+      Hub reference) merged one tensor at a time (:func:`open_lora`);
+    - a torch.distributed.checkpoint directory, read in place as a
+      :class:`~prism_analysis.checkpoints.dcp.DcpCheckpoint` whose architecture comes from ``config`` (a
+      config.json path) when given.
+    """
+    if is_checkpoint(source):
+        return source
+    from . import hub
+
+    if not isinstance(source, hub.HubReference) and (
+        (pair := split_reference(source)) is not None or (pair := hub.split_adapter_reference(source)) is not None
+    ):
+        base, adapter = pair
+        if not Path(adapter).exists():
+            adapter = hub.fetch_adapter(hub.parse_reference(adapter), allow_pickle=allow_pickle, progress=progress)
+        return open_lora(open_checkpoint(base, allow_pickle, config, tokenizer, progress), adapter, allow_pickle)
+    ref = hub.parse_reference(source)
+    if isinstance(ref, Path):
+        if is_dcp_checkpoint(ref):
+            return DcpCheckpoint(ref, allow_pickle=allow_pickle, config=config)
+        return Checkpoint(ref, allow_pickle=allow_pickle)
+    local = hub.fetch(ref, tokenizer=tokenizer, allow_pickle=allow_pickle, progress=progress)
+    return Checkpoint(local, allow_pickle=allow_pickle, source=str(ref))
+
+
+def open_lora(base, adapter_dir: str | os.PathLike, allow_pickle: bool = False) -> LoraCheckpoint:
+    """``base`` (a path or an opened checkpoint) with the PEFT LoRA adapter in ``adapter_dir`` merged,
+    one tensor at a time (:mod:`prism_analysis.checkpoints.lora`): its ``adapter_config.json`` and
+    ``adapter_model.safetensors`` (``adapter_model.bin`` only with ``allow_pickle``)."""
+    adapter_dir = Path(adapter_dir)
+    config = adapter_dir / ADAPTER_CONFIG
+    if _kind(config, missing_ok=True) != "file":
+        raise PrismError(f"not a PEFT adapter directory (no {ADAPTER_CONFIG})", adapter_dir)
+    adapter_config = _read_json(config, ADAPTER_CONFIG)
+    weights = Checkpoint(adapter_weights_file(adapter_dir), allow_pickle=allow_pickle)
+    return LoraCheckpoint(open_checkpoint(base, allow_pickle), adapter_dir, adapter_config, weights)
+
+
+def open_aligned(
+    sources: Iterable, allow_pickle: bool = False, config=None, progress: bool = True
+) -> tuple[list[Checkpoint], Alignment]:
+    """Open checkpoints (paths or Hub references), check that they match, and align them.
+
+    The names compared are those of the first two aligned (:func:`align`); every further checkpoint
+    must hold each of them with the same shape, else :class:`PrismError` names the missing tensor.
+    Hub references are checked first from their safetensors headers on the Hub, so a mismatched
+    pair fails before anything large is downloaded. ``config``: the config.json of
+    torch.distributed.checkpoint inputs (:func:`open_checkpoint`).
+    """
+    from . import hub
+
+    sources = [_reference(s) for s in sources]
+    if any(isinstance(s, hub.HubReference) for s in sources):
+        headers = [_remote_checkpoint(s) if isinstance(s, hub.HubReference) else s for s in sources]
+        if all(h is not None for h in headers):
+            _check_aligned([open_checkpoint(h, allow_pickle, config) for h in headers])
+    ckpts = [open_checkpoint(s, allow_pickle, config, progress=progress) for s in sources]
+    return ckpts, _check_aligned(ckpts)
+
+
+def _reference(source):
+    """An opened checkpoint as it is; a path or Hub reference parsed; anything else (``BASE+ADAPTER``)
+    left for :func:`open_checkpoint` to read."""
+    from . import hub
+
+    if is_checkpoint(source):
+        return source
+    try:
+        return hub.parse_reference(source)
+    except PrismError:
+        return source
+
+
+def _remote_checkpoint(ref) -> Checkpoint | None:
+    """A header-only checkpoint of a Hub reference (see :func:`prism_analysis.checkpoints.hub.remote_header`)."""
+    from . import hub
+
+    header = hub.remote_header(ref)
+    if header is None:
+        return None
+    config, tensors = header
+    dtypes = safetensors_dtypes()
+    infos = [TensorInfo(name, file, shape, dtypes.get(dtype)) for name, file, shape, dtype in tensors]
+    return Checkpoint.from_header(str(ref), config, infos)
