@@ -194,7 +194,7 @@ def peak_rss_kb() -> int:
 def child(method: str, a: Path, b: Path, device: str) -> None:
     fn = {"prism": run_prism, "naive": run_naive, "floor": run_floor, "kernel": run_kernel}[method]
     if method == "prism":  # compile the fused kernel (cached on disk after the first run) before timing
-        from prism_analysis.weights.audit import FUSED_MIN_NUMEL, UpdateStats
+        from prism_analysis.weights.update import FUSED_MIN_NUMEL, UpdateStats
 
         warm = torch.ones(FUSED_MIN_NUMEL, dtype=torch.bfloat16)
         UpdateStats().update(warm, warm)

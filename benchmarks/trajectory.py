@@ -173,8 +173,8 @@ def main():
     for p in paths:  # warm the page cache
         for f in p.glob("*.safetensors"):
             f.read_bytes()
-    from prism_analysis.weights.audit import UpdateStats
-    from prism_analysis.weights.compare import OverlapStats
+    from prism_analysis.weights.overlap import OverlapStats
+    from prism_analysis.weights.update import UpdateStats
 
     x = torch.ones(1 << 20, dtype=torch.bfloat16)  # load the numba kernels (cached on disk) before timing
     UpdateStats().update(x, x)

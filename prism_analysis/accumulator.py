@@ -43,6 +43,10 @@ class Accumulator:
     def setting_names(cls) -> list[str]:
         return [f.name for f in fields(cls) if "reduce" not in f.metadata]
 
+    def empty(self) -> Accumulator:
+        """A new accumulator with this one's settings and nothing accumulated (what may merge into it)."""
+        return type(self)(**{name: getattr(self, name) for name in self.setting_names()})
+
     def states(self) -> dict:
         """The state fields and their values (what a cross-process reduction sends)."""
         return {name: getattr(self, name) for name in self.state_names()}

@@ -23,8 +23,8 @@ def tmp(tmp_path) -> Path:
 def compute_path(request, monkeypatch):
     """Run a test on both implementations of the statistics: the fused numba CPU kernels (for
     tensors of any size here) and the torch path (GPU, other dtypes, small tensors)."""
-    from prism_analysis.weights import audit as weights
     from prism_analysis.weights import fused
+    from prism_analysis.weights import update as weights
 
     monkeypatch.setattr(weights, "USE_FUSED", request.param == "fused")
     monkeypatch.setattr(weights, "FUSED_MIN_NUMEL", 0)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from prism_analysis.weights.audit import UpdateStats
-from prism_analysis.weights.compare import OverlapStats
+from prism_analysis.weights.overlap import OverlapStats
+from prism_analysis.weights.update import UpdateStats
 
 NAN, INF = float("nan"), float("inf")
 # (a, b) pairs that pin the rule down; expected changed at tau = 1%

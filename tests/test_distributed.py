@@ -154,7 +154,7 @@ def test_assign_is_deterministic_and_near_the_best_split():
 
 
 def test_ordered_dot_has_the_same_bits_with_any_number_of_threads():
-    from prism_analysis.weights.audit import ordered_dot
+    from prism_analysis.weights.update import ordered_dot
 
     g = torch.Generator().manual_seed(1)
     x, y = (torch.randn(1_500_001, generator=g, dtype=torch.float64) for _ in range(2))

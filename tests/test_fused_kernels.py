@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from prism_analysis.metrics import bits_equal, changed_mask
 from prism_analysis.weights import fused
-from prism_analysis.weights.audit import _torch_pair_stats
-from prism_analysis.weights.compare import _torch_overlap
+from prism_analysis.weights.overlap import _torch_overlap
+from prism_analysis.weights.update import _torch_pair_stats
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 #: thresholds with exact binary values (0.25, 0.5, 1, 2) so that planted pairs sit exactly on them

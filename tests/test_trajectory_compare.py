@@ -9,8 +9,9 @@ import torch
 from helpers import model_state, save_model, save_state
 
 from prism_analysis.checkpoints.run_manifest import discover
-from prism_analysis.weights.compare import OverlapStats, compare_updates
+from prism_analysis.weights.compare import compare_updates
 from prism_analysis.weights.interpolate import interpolate, landscape
+from prism_analysis.weights.overlap import OverlapStats
 from prism_analysis.weights.trajectory import analyse_trajectory, first_step_reaching
 from prism_cli import main
 
@@ -288,8 +289,8 @@ def test_landscape_and_figure(tmp):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_overlap_fused_and_torch_paths_agree(dtype, monkeypatch):
-    from prism_analysis.weights import audit as weights
     from prism_analysis.weights import fused
+    from prism_analysis.weights import update as weights
 
     monkeypatch.setattr(weights, "FUSED_MIN_NUMEL", 0)
     calls = []

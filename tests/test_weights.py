@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prism_analysis.metrics import DEFAULT_THRESHOLDS, normalized_l2
-from prism_analysis.weights import audit as weights
-from prism_analysis.weights.audit import UpdateStats, audit
+from prism_analysis.weights import update as weights
+from prism_analysis.weights.audit import audit
+from prism_analysis.weights.update import UpdateStats
 
 
 def reference(a: torch.Tensor, b: torch.Tensor, thresholds=DEFAULT_THRESHOLDS):

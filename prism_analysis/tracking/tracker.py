@@ -66,8 +66,8 @@ from ..components import Part, component
 from ..errors import PrismError
 from ..metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, changed_column, check_thresholds
 from ..outputs import atomic_output_dir, is_output_of, write_atomic, write_json
-from ..weights.audit import UpdateStats
 from ..weights.trajectory import COLUMNS, Trajectory, by_component, update_rows
+from ..weights.update import UpdateStats
 
 #: Command name in the output marker of a tracking directory.
 COMMAND = "track"

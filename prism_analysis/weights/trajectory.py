@@ -29,17 +29,17 @@ from pathlib import Path
 import pandas as pd
 
 from .. import distributed
-from ..accumulator import group_stats, part_stats
+from ..accumulator import group_stats
 from ..checkpoints.hub import HubReference
 from ..checkpoints.opening import open_aligned
 from ..checkpoints.run_manifest import discover
-from ..checkpoints.stream import read_ahead, stream_aligned
 from ..devices import resolve_device
 from ..errors import PrismError
 from ..metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, changed_column
 from ..outputs import atomic_output_dir, write_json
-from .audit import UpdateStats
-from .compare import OverlapStats
+from .measure import Statistic, measure_aligned
+from .overlap import OverlapStats
+from .update import UpdateStats
 
 #: Columns of the tidy trajectory table (``prism trajectory`` and live tracking write the same).
 COLUMNS = ["step", "component", "metric", "value"]
@@ -157,13 +157,13 @@ def analyse_trajectory(
         raise PrismError(f"duplicate steps in the trajectory: {steps}", str(entries[0][1]))
     refs = [p for _, p in entries]
     thresholds = tuple(sorted(set(thresholds) | {tau}))
-    stats = _StepStats(thresholds, tau, resolve_device(device))
+    stats = _StepStats(thresholds, tau, resolve_device(device), progress)
     if evict:
         if distributed.world_size() > 1:
             raise PrismError("--evict fetches one checkpoint at a time for one process; run it without a launcher")
-        disk, run = _one_checkpoint_at_a_time(refs, stats, allow_pickle, progress, config), {}
+        disk, run = _one_checkpoint_at_a_time(refs, stats, allow_pickle, config), {}
     else:
-        disk, run = None, _each_file_once(refs, stats, allow_pickle, progress, config)
+        disk, run = None, _each_file_once(refs, stats, allow_pickle, config)
     rows = []
     for i, step in enumerate(steps):
         gu = group_stats(stats.update[i], stats.new_update)
@@ -184,11 +184,10 @@ def analyse_trajectory(
 
 class _StepStats:
     """Per step index and tensor name, by part (fused q/k/v, experts): UpdateStats(theta_0, theta_t)
-    and OverlapStats(t vs T). ``config`` (theta_0's config.json) decides the parts."""
+    and OverlapStats(t vs T), filled by :func:`measure_aligned` passes over the checkpoints."""
 
-    def __init__(self, thresholds, tau, device):
-        self.thresholds, self.tau, self.device = thresholds, tau, device
-        self.config = None
+    def __init__(self, thresholds, tau, device, progress: bool):
+        self.thresholds, self.tau, self.device, self.progress = thresholds, tau, device, progress
         self.update: dict[int, dict] = {}
         self.overlap: dict[int, dict] = {}
 
@@ -198,22 +197,22 @@ class _StepStats:
     def new_overlap(self) -> OverlapStats:
         return OverlapStats(self.tau)
 
-    def measure(self, name: str, first, theta, last) -> tuple[list, list]:
-        """The per-part statistics of one tensor at one step: (UpdateStats parts, OverlapStats parts)."""
-        first, theta, last = (t.to(self.device) for t in (first, theta, last))
-        return (
-            part_stats(name, (first, theta), self.config, self.new_update),
-            part_stats(name, (first, theta, first, last), self.config, self.new_overlap),
-        )
+    def measure(self, ckpts, names: list[str], steps: dict[int, int], desc: str) -> dict:
+        """One pass over ``ckpts`` (the first is theta_0, the last theta_T): for every ``steps`` item
+        (step index -> the checkpoint holding theta_t, in the order to read them) the statistics of
+        that step, stored under its index. Returns the record of a distributed run."""
+        last = len(ckpts) - 1
+        statistics = []
+        for i, c in steps.items():
+            statistics.append(Statistic(f"update_{i}", self.new_update, (0, c)))
+            statistics.append(Statistic(f"overlap_{i}", self.new_overlap, (0, c, 0, last)))
+        m = measure_aligned(ckpts, names, statistics, device=self.device, desc=desc, progress=self.progress, prefetch=2)
+        for i in steps:
+            self.update[i], self.overlap[i] = m.parts[f"update_{i}"], m.parts[f"overlap_{i}"]
+        return m.run
 
-    def add(self, i: int, name: str, first, theta, last) -> None:
-        self.store(i, name, self.measure(name, first, theta, last))
 
-    def store(self, i: int, name: str, measured: tuple[list, list]) -> None:
-        self.update.setdefault(i, {})[name], self.overlap.setdefault(i, {})[name] = measured
-
-
-def _each_file_once(refs, stats: _StepStats, allow_pickle: bool, progress: bool, config=None) -> dict:
+def _each_file_once(refs, stats: _StepStats, allow_pickle: bool, config=None) -> dict:
     """Tensor by tensor across all checkpoints: theta_0 and theta_T of a name stay loaded while the
     middle checkpoints stream past, so each file is read once (every checkpoint must be local or
     downloaded first).
@@ -223,54 +222,29 @@ def _each_file_once(refs, stats: _StepStats, allow_pickle: bool, progress: bool,
     stored in the single-process order. Returns the record of a distributed run (empty otherwise).
     """
     # the names compared are those theta_0 and theta_T share; every middle checkpoint must have them
-    opened, al = open_aligned([refs[0], refs[-1], *refs[1:-1]], allow_pickle, config, progress=progress)
+    opened, al = open_aligned([refs[0], refs[-1], *refs[1:-1]], allow_pickle, config, progress=stats.progress)
     ckpts = [opened[0], *opened[2:], opened[1]]
-    stats.config = ckpts[0].config
     T = len(ckpts) - 1
-    order = [0, T, *range(1, T)]
-
-    def measure(names: list[str]) -> dict:  # name -> [statistics at step index i for i in order]
-        tensors = read_ahead(((ckpts[i], n) for n in names for i in order), desc="trajectory", progress=progress)
-        out = {}
-        for tensor_name in names:
-            first, last = next(tensors), next(tensors)
-            out[tensor_name] = []
-            for i in order:
-                theta = first if i == 0 else last if i == T else next(tensors)
-                out[tensor_name].append(stats.measure(tensor_name, first, theta, last))
-                del theta
-            del first, last
-        return out
-
-    sizes = [sum(c.info(n).nbytes for c in ckpts) for n in al.common]
-    measured, loads = distributed.share(al.common, sizes, measure)
-    for tensor_name, per_step in measured.items():
-        for i, m in zip(order, per_step):
-            stats.store(i, tensor_name, m)
-    return distributed.run_record(loads)
+    return stats.measure(ckpts, al.common, {i: i for i in [0, T, *range(1, T)]}, "trajectory")
 
 
-def _one_checkpoint_at_a_time(refs, stats: _StepStats, allow_pickle: bool, progress: bool, config=None) -> dict:
+def _one_checkpoint_at_a_time(refs, stats: _StepStats, allow_pickle: bool, config=None) -> dict:
     """Checkpoint by checkpoint: theta_0 and theta_T are fetched once and kept; each middle one is
     fetched, compared with both, and evicted from the Hub cache when this call downloaded it.
     Returns the disk record: bytes of each checkpoint, the peak held at once, what was evicted."""
     from ..checkpoints import hub
 
     fresh = {i: isinstance(r, HubReference) and not hub.is_cached(r) for i, r in enumerate(refs)}
-    (first, last), al = open_aligned([refs[0], refs[-1]], allow_pickle, config, progress=progress)
-    stats.config = first.config
+    (first, last), al = open_aligned([refs[0], refs[-1]], allow_pickle, config, progress=stats.progress)
     T = len(refs) - 1
     sizes = {0: first.nbytes, T: last.nbytes}
     peak, evicted = first.nbytes + last.nbytes, []
-    for name, (a, z) in stream_aligned([first, last], al.common, desc="theta_0, theta_T", progress=progress):
-        stats.add(0, name, a, a, z)
-        stats.add(T, name, a, z, z)
+    stats.measure([first, last], al.common, {0: 0, T: 1}, "theta_0, theta_T")
     for i in range(1, T):
-        (_, _, mid), _ = open_aligned([first, last, refs[i]], allow_pickle, config, progress=progress)
+        (_, _, mid), _ = open_aligned([first, last, refs[i]], allow_pickle, config, progress=stats.progress)
         sizes[i] = mid.nbytes
         peak = max(peak, first.nbytes + last.nbytes + mid.nbytes)
-        for name, (a, t, z) in stream_aligned([first, mid, last], al.common, desc=f"step {i}", progress=progress):
-            stats.add(i, name, a, t, z)
+        stats.measure([first, mid, last], al.common, {i: 1}, f"step {i}")
         if fresh[i]:
             hub.evict(refs[i])
             evicted.append(str(refs[i]))
