@@ -66,6 +66,11 @@ class Accumulator:
                 setattr(self, f.name, op(mine, theirs))
         return self
 
+    def all_reduce(self) -> Accumulator:
+        """Reduce this accumulator's states across all ranks in place (:func:`all_reduce`) and return it."""
+        all_reduce([self])
+        return self
+
     def merge(self, other: Accumulator) -> Accumulator:
         """Fold ``other`` (same type and settings) into this accumulator and return it."""
         if type(other) is not type(self):
@@ -129,3 +134,38 @@ def group_stats(per_tensor: dict[str, list], make) -> dict:
         "experts": dict(sorted(experts.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0, kv[0][1]))),
         "total": total,
     }
+
+
+def all_reduce(accumulators: list[Accumulator]) -> None:
+    """Reduce the states of ``accumulators`` (the same list, in the same order, on every rank) across
+    the ranks of the default process group, in place: "sum" states add (float64; counts are exact
+    below 2^53), "max" states take the maximum. One collective per reduction kind for the whole list.
+    Without an initialised process group this does nothing."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+
+    for reduce, op in (("sum", dist.ReduceOp.SUM), ("max", dist.ReduceOp.MAX)):
+        slots = []  # (accumulator, field name, list length or None)
+        values = []
+        for acc in accumulators:
+            for f in fields(acc):
+                if f.metadata.get("reduce") != reduce:
+                    continue
+                v = getattr(acc, f.name)
+                slots.append((acc, f.name, len(v) if isinstance(v, list) else None))
+                values += v if isinstance(v, list) else [v]
+        if not values:
+            continue
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, op=op)
+        flat, i = t.tolist(), 0
+        for acc, name, n in slots:
+            size = 1 if n is None else n
+            old, vals = getattr(acc, name), flat[i : i + size]
+            i += size
+            if isinstance(old[0] if n else old, int):
+                vals = [int(v) for v in vals]
+            setattr(acc, name, vals[0] if n is None else vals)

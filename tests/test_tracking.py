@@ -23,7 +23,9 @@ from helpers import PROSE, tiny_tokenizer
 
 from prism_analysis.errors import PrismError
 from prism_analysis.metrics import DEFAULT_THRESHOLDS, changed_column
-from prism_analysis.tracking.tracker import Bf16Visibility, PrismCallback, UpdateTracker
+from prism_analysis.tracking.callback import PrismCallback
+from prism_analysis.tracking.tracker import UpdateTracker
+from prism_analysis.weights.spectral import Bf16Visibility
 from prism_analysis.weights.trajectory import analyse_trajectory
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -1,7 +1,7 @@
 """Checkpoints: open any form a user names, align two, stream their tensors (``checkpoints -> ...``).
 
 - :mod:`~prism_analysis.checkpoints.base`         the view every reader gives: ``TensorInfo``, ``CheckpointBase``
-- :mod:`~prism_analysis.checkpoints.local`        safetensors (and, when allowed, pickle) files, memory-mapped per tensor
+- :mod:`~prism_analysis.checkpoints.local`        safetensors (and, if allowed, pickle) files, mapped per tensor
 - :mod:`~prism_analysis.checkpoints.dcp`          torch.distributed.checkpoint directories, read in place
 - :mod:`~prism_analysis.checkpoints.lora`         ``BASE+ADAPTER``: a PEFT LoRA adapter merged one tensor at a time
 - :mod:`~prism_analysis.checkpoints.hub`          Hub references ``org/name@revision:sub`` through huggingface_hub

@@ -1,10 +1,11 @@
 """Live tracking: PRISM's weight and representation metrics while a run trains, no checkpoints saved.
 
 :class:`UpdateTracker` wraps any PyTorch model; call :meth:`~UpdateTracker.step` after every
-optimizer step and :meth:`~UpdateTracker.finish` at the end. :class:`PrismCallback` does the same
-inside a ``transformers.Trainer`` and every TRL trainer built on it (SFT, GRPO, DPO)::
+optimizer step and :meth:`~UpdateTracker.finish` at the end.
+:class:`~prism_analysis.tracking.callback.PrismCallback` does the same inside a
+``transformers.Trainer`` and every TRL trainer built on it (SFT, GRPO, DPO)::
 
-    from prism_analysis.tracking.tracker import PrismCallback
+    from prism_analysis.tracking import PrismCallback
     trainer = GRPOTrainer(..., callbacks=[PrismCallback(every=10, out="prism_tracking")])
     trainer.train()
 
@@ -53,21 +54,20 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import TrainerCallback
 
-from ..accumulator import Accumulator, group_stats, part_stats, state
+from ..accumulator import all_reduce, group_stats, part_stats
 from ..components import Part, component
 from ..errors import PrismError
 from ..metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, changed_column, check_thresholds
 from ..outputs import atomic_output_dir, is_output_of, write_atomic, write_json
+from ..weights.spectral import Bf16Visibility
 from ..weights.trajectory import COLUMNS, Trajectory, by_component, update_rows
 from ..weights.update import UpdateStats
+from .snapshots import Snapshot, _dist, _is_sharded, _unwrap, named_tensors
 
 #: Command name in the output marker of a tracking directory.
 COMMAND = "track"
@@ -77,157 +77,6 @@ REFERENCES = ("cpu", "device", "disk")
 #: which keeps numba out of a small audit's start-up; inside a training loop it is worth loading:
 #: a 26M-parameter model's tracked step takes ~0.13 s instead of ~0.8 s on 2 cores).
 FUSED_MIN_NUMEL = 1 << 14
-#: Wrapper prefixes stripped from parameter names (torch.compile, FSDP1, activation checkpointing).
-WRAPPER_PREFIXES = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
-
-
-# -- bf16 visibility ------------------------------------------------------------------------------
-@dataclass
-class Bf16Visibility(Accumulator):
-    """Elements whose change a bfloat16 checkpoint would show, ``bf16(b) != bf16(a)`` bitwise
-    (:func:`prism_analysis.weights.spectral.fraction_visible_bf16`; float32 tensors only)."""
-
-    numel: int = state(0)
-    n_visible: int = state(0)
-
-    def update(self, a: torch.Tensor, b: torch.Tensor) -> Bf16Visibility:
-        from ..weights.spectral import fraction_visible_bf16
-
-        visible, numel = fraction_visible_bf16(a, b)
-        return self.add({"numel": numel, "n_visible": visible})
-
-    def compute(self) -> float:
-        return self.n_visible / self.numel if self.numel else math.nan
-
-
-# -- parameters -----------------------------------------------------------------------------------
-def _unwrap(model):
-    """The module whose parameter names are the checkpoint's: DDP's ``.module``, or the model."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def clean_name(name: str) -> str:
-    """A parameter name as a checkpoint stores it (wrapper prefixes removed)."""
-    for prefix in WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
-
-
-def named_tensors(model) -> dict[str, torch.Tensor]:
-    """Checkpoint name -> the detached parameter values this rank holds (a DTensor's local shard);
-    tied parameters once, as ``named_parameters`` gives them."""
-    out = {}
-    for n, p in _unwrap(model).named_parameters():
-        t = p.detach()
-        out[clean_name(n)] = t.to_local() if hasattr(t, "to_local") else t
-    return out
-
-
-def _is_sharded(model) -> bool:
-    return any(hasattr(p, "to_local") for p in _unwrap(model).parameters())
-
-
-def _dist() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_reduce(accumulators: list[Accumulator]) -> None:
-    """Reduce the states of ``accumulators`` (the same list on every rank) across ranks, in place:
-    "sum" states add (float64; counts are exact below 2^53), "max" states take the maximum."""
-    from dataclasses import fields
-
-    import torch.distributed as dist
-
-    for reduce, op in (("sum", dist.ReduceOp.SUM), ("max", dist.ReduceOp.MAX)):
-        slots = []  # (accumulator, field name, list length or None)
-        values = []
-        for acc in accumulators:
-            for f in fields(acc):
-                if f.metadata.get("reduce") != reduce:
-                    continue
-                v = getattr(acc, f.name)
-                slots.append((acc, f.name, len(v) if isinstance(v, list) else None))
-                values += v if isinstance(v, list) else [v]
-        if not values:
-            continue
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t, op=op)
-        flat, i = t.tolist(), 0
-        for acc, name, n in slots:
-            size = 1 if n is None else n
-            old, vals = getattr(acc, name), flat[i : i + size]
-            i += size
-            if isinstance(old[0] if n else old, int):
-                vals = [int(v) for v in vals]
-            setattr(acc, name, vals[0] if n is None else vals)
-
-
-# -- reference snapshots --------------------------------------------------------------------------
-class Snapshot:
-    """A copy of the parameters: in host RAM (``cpu``), on their device (``device``), or only in a
-    safetensors file read through a memory map (``disk``)."""
-
-    def __init__(self, where: str, tensors: dict | None, path: Path | None):
-        self.where, self.tensors, self.path = where, tensors, path
-        self._file = None
-
-    @classmethod
-    def take(cls, tensors: dict[str, torch.Tensor], where: str, path: Path | None) -> Snapshot:
-        """Copy ``tensors``; with ``path`` also save them there (safetensors, atomically)."""
-        if path is not None:
-            from safetensors.torch import save_file
-
-            write_atomic(
-                path, lambda tmp: save_file({n: t.to("cpu").contiguous() for n, t in tensors.items()}, str(tmp))
-            )
-        if where == "disk":
-            if path is None:
-                raise PrismError("reference='disk' needs an output directory (out=...)")
-            return cls(where, None, path)
-        copy = {n: (t.clone() if where == "device" else t.to("cpu", copy=True)) for n, t in tensors.items()}
-        return cls(where, copy, path)
-
-    @classmethod
-    def load(cls, path: Path, where: str, device=None) -> Snapshot:
-        """A snapshot that :meth:`take` saved."""
-        if not path.is_file():
-            raise PrismError("the reference snapshot of this tracked run is missing", path)
-        if where == "disk":
-            return cls(where, None, path)
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path), device="cpu")
-        if where == "device" and device is not None:
-            tensors = {n: t.to(device) for n, t in tensors.items()}
-        return cls(where, tensors, path)
-
-    def get(self, name: str, device) -> torch.Tensor:
-        """Tensor ``name`` on ``device``."""
-        if self.tensors is not None:
-            return self.tensors[name].to(device, non_blocking=True)
-        if self._file is None:
-            from safetensors import safe_open
-
-            self._file = safe_open(str(self.path), framework="pt")
-        return self._file.get_tensor(name).to(device)
-
-    def discard(self) -> None:
-        """Free the copy (and delete its file, for a ``disk`` snapshot: this tracker wrote it)."""
-        self.tensors, self._file = None, None
-        if self.where == "disk" and self.path is not None:
-            self.path.unlink(missing_ok=True)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes this snapshot holds in memory (0 for ``disk``: the page cache holds what is read)."""
-        return sum(t.numel() * t.element_size() for t in self.tensors.values()) if self.tensors else 0
 
 
 # -- the tracker ----------------------------------------------------------------------------------
@@ -473,7 +322,7 @@ class UpdateTracker:
         vis = by_component(group_stats(visible, Bf16Visibility)) if visible else []
         k_groups = {k: by_component(group_stats(v, make)) for k, v in k_update.items()}
         if self.sharded and self.world > 1:
-            _all_reduce([acc for _, acc in groups + vis] + [acc for g in k_groups.values() for _, acc in g])
+            all_reduce([acc for _, acc in groups + vis] + [acc for g in k_groups.values() for _, acc in g])
         rows = []
         for comp, acc in groups:
             rows += update_rows(step, comp, acc)
@@ -588,66 +437,3 @@ def _figure(stem: Path, draw) -> None:
     draw(tmp)
     for suffix in (".png", ".pdf"):
         tmp.with_suffix(suffix).replace(stem.with_suffix(suffix))
-
-
-# -- transformers / TRL ---------------------------------------------------------------------------
-class PrismCallback(TrainerCallback):
-    """:class:`UpdateTracker` as a ``transformers`` callback: works with ``Trainer`` and the TRL
-    trainers built on it (``SFTTrainer``, ``GRPOTrainer``, ``DPOTrainer``).
-
-    ``on_train_begin`` snapshots theta_0 (or, when the Trainer resumes from a checkpoint, restores
-    it from ``out``); ``on_step_end`` (which sees ``state.global_step`` after the optimizer step, the
-    number a ``checkpoint-N`` directory gets) measures; the metrics go into the Trainer's next log
-    (keys under ``prism/``, so ``report_to`` backends plot them; a tracked step asks the Trainer to
-    log); ``on_train_end`` writes ``out``. Options are :class:`UpdateTracker`'s; the tokenizer
-    for a probe set defaults to the trainer's ``processing_class``.
-    """
-
-    def __init__(self, every: int = 10, out="prism_tracking", **options):
-        self.every, self.out, self.options = every, out, options
-        self.tracker: UpdateTracker | None = None
-        self.pending: dict[str, float] = {}
-
-    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-        _run_before_reporters(self)
-        options = dict(self.options)
-        if options.get("probe") is not None and options.get("tokenizer") is None:
-            options["tokenizer"] = getattr(processing_class, "tokenizer", processing_class)
-        resume = state.global_step > 0
-        self.tracker = UpdateTracker(
-            model,
-            every=self.every,
-            out=self.out,
-            step=state.global_step,
-            resume=resume,
-            total_steps=state.max_steps or None,
-            **options,
-        )
-
-    def on_step_end(self, args, state, control, **kwargs):
-        metrics = self.tracker.step(state.global_step)
-        if metrics:
-            self.pending |= metrics
-            control.should_log = True
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.pending and logs is not None:
-            logs.update(self.pending)
-            if state.log_history:
-                state.log_history[-1].update(self.pending)
-            self.pending = {}
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.tracker.finish(state.global_step)
-
-
-def _run_before_reporters(callback) -> None:
-    """Move ``callback`` to the front of the Trainer's callback list, so that the ``prism/`` keys it
-    adds to the logs reach the ``report_to`` callbacks (which the Trainer puts before the user's).
-    The caller of an event method is ``CallbackHandler.call_event``, whose ``self`` is that list's owner."""
-    from transformers.trainer_callback import CallbackHandler
-
-    handler = sys._getframe(2).f_locals.get("self")
-    if isinstance(handler, CallbackHandler) and callback in handler.callbacks:
-        handler.callbacks.remove(callback)
-        handler.callbacks.insert(0, callback)

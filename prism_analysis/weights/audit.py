@@ -133,7 +133,8 @@ class Audit:
                     )
 
     def format(self, tau: float = DEFAULT_THRESHOLD) -> str:
-        """A compact text summary in the style of PRISM Tables 12, 22 and 23 (:func:`~prism_analysis.weights.report.format_audit`)."""
+        """A compact text summary in the style of PRISM Tables 12, 22 and 23
+        (:func:`~prism_analysis.weights.report.format_audit`)."""
         from .report import format_audit
 
         return format_audit(self, tau)
@@ -232,8 +233,8 @@ def audit(
 
 def spectral_summary(a, b, k: int = 16, device=None, allow_pickle: bool = False, config=None):
     """The update geometry of checkpoint ``b`` against ``a`` by component, for a report: one row per
-    component plus ``total``, with :data:`prism_analysis.weights.spectral.COLUMNS`, ``normalized_l2``, ``fraction_changed``
-    (share not bitwise equal, the exact counterpart of ``fraction_visible_bf16``).
+    component plus ``total``, with :data:`prism_analysis.weights.spectral.COLUMNS`, ``normalized_l2``,
+    ``fraction_changed`` (share not bitwise equal, the exact counterpart of ``fraction_visible_bf16``).
 
     Runs :func:`audit` with ``spectral=True`` (any checkpoint form, streamed); the columns are those of
     :mod:`prism_analysis.weights.spectral`.

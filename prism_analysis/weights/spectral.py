@@ -289,3 +289,22 @@ class SpectralStats(Accumulator):
 
     def row(self) -> dict:
         return self.compute()
+
+
+# -- bf16 visibility ------------------------------------------------------------------------------
+@dataclass
+class Bf16Visibility(Accumulator):
+    """Elements whose change a bfloat16 checkpoint would show, ``bf16(b) != bf16(a)`` bitwise
+    (:func:`prism_analysis.weights.spectral.fraction_visible_bf16`; float32 tensors only)."""
+
+    numel: int = state(0)
+    n_visible: int = state(0)
+
+    def update(self, a: torch.Tensor, b: torch.Tensor) -> Bf16Visibility:
+        from ..weights.spectral import fraction_visible_bf16
+
+        visible, numel = fraction_visible_bf16(a, b)
+        return self.add({"numel": numel, "n_visible": visible})
+
+    def compute(self) -> float:
+        return self.n_visible / self.numel if self.numel else math.nan
