@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import PrismError
+from .errors import PARAM, PrismError
 
 
 def default_device() -> torch.device:
@@ -23,17 +23,17 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(spec)
     except (RuntimeError, TypeError):
-        raise PrismError(f"--device {spec!r} is not a device (use cpu, cuda, cuda:N or mps)") from None
+        raise PrismError(f"{PARAM} {spec!r} is not a device (use cpu, cuda, cuda:N or mps)", param="device") from None
     if dev.type == "cpu":
         return dev
     if dev.type == "meta":
-        raise PrismError("--device meta holds no values; use cpu or cuda")
+        raise PrismError(f"{PARAM} meta holds no values; use cpu or cuda", param="device")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise PrismError(f"--device {spec} asks for a GPU, but torch sees none here (use cpu)")
+            raise PrismError(f"{PARAM} {spec} asks for a GPU, but torch sees none here (use cpu)", param="device")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise PrismError(f"--device {spec}: this machine has {torch.cuda.device_count()} GPU(s)")
+            raise PrismError(f"{PARAM} {spec}: this machine has {torch.cuda.device_count()} GPU(s)", param="device")
         return dev
     if dev.type == "mps" and torch.backends.mps.is_available():
         return dev
-    raise PrismError(f"--device {spec}: that device is not available here (use cpu or cuda)")
+    raise PrismError(f"{PARAM} {spec}: that device is not available here (use cpu or cuda)", param="device")

@@ -27,13 +27,32 @@ _OS_PROBLEMS = {
 }
 
 
-class PrismError(Exception):
-    """Bad input: names the offending file (when there is one) and the problem, in one line."""
+#: Where a parameter's name stands in a problem's text: the Python name (``measures``) for a caller
+#: of the library, the flag (``--measure``) on the command line (:func:`prism_analysis.cli.parser.flag`).
+PARAM = "{@param}"
 
-    def __init__(self, problem: str, path: str | os.PathLike | None = None):
+
+class PrismError(Exception):
+    """Bad input: names the offending file (when there is one) and the problem, in one line.
+
+    ``param``: the library parameter the problem is about; :data:`PARAM` in ``problem`` stands for
+    its name, which :meth:`render` fills in (the Python name by default, a CLI flag on request)::
+
+        >>> e = PrismError(f"{PARAM}: unknown 'nope'", param="measures")
+        >>> str(e), e.render("--measure")
+        ("measures: unknown 'nope'", "--measure: unknown 'nope'")
+    """
+
+    def __init__(self, problem: str, path: str | os.PathLike | None = None, param: str | None = None):
         self.problem = problem
         self.path = None if path is None else os.fspath(path)
-        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+        self.param = param
+        super().__init__(self.render())
+
+    def render(self, name: str | None = None) -> str:
+        """The one-line message, with ``name`` (default: the parameter's Python name) for :data:`PARAM`."""
+        text = self.problem.replace(PARAM, name or self.param) if self.param else self.problem
+        return f"{self.path}: {text}" if self.path else text
 
 
 def warn(message: str) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .errors import PrismError
+from .errors import PARAM, PrismError
 
 EXIT_FAILED = 1
 
@@ -51,7 +51,9 @@ def relaunch(module: str, argv: list[str], nproc: int) -> int:
     from . import distributed
 
     if distributed.world_size() > 1:
-        raise PrismError("--nproc is for a run started without a launcher; this one already runs under one")
+        raise PrismError(
+            f"{PARAM} is for a run started without a launcher; this one already runs under one", param="nproc"
+        )
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser
     from torch.distributed.run import run as launch

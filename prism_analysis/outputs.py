@@ -26,7 +26,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .errors import PrismError, from_os_error, os_problem_in
+from .errors import PARAM, PrismError, from_os_error, os_problem_in
 
 #: Hidden file in every output directory: ``{"command": "audit", "tool": "prism"}``.
 MARKER = ".prism-output.json"
@@ -117,7 +117,7 @@ def check_destination(out: str | os.PathLike, command: str, inputs=()) -> Path:
     directory that is not a previous output of ``prism COMMAND``.
     """
     if not str(out).strip():
-        raise PrismError("--out must not be empty")
+        raise PrismError(f"{PARAM} must not be empty", param="out")
     out = Path(out)
     resolved = out.resolve()
     if resolved == Path.cwd().resolve() or resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
@@ -129,7 +129,7 @@ def check_destination(out: str | os.PathLike, command: str, inputs=()) -> Path:
             if p.exists() and _inside(p.resolve(), resolved):
                 raise PrismError(f"refusing to write over an input of this command ({src})", out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise PrismError("exists and is not a directory; remove it or name another --out", out)
+        raise PrismError(f"exists and is not a directory; remove it or name another {PARAM}", out, param="out")
     if out.is_dir() and any(out.iterdir()) and not is_output_of(out, command):
         raise PrismError(
             f"directory is not empty and was not written by 'prism {command}'; name a new or empty directory", out

@@ -20,7 +20,7 @@ def commands() -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prism_analysis.cli.commands import run
+    from prism_analysis.cli.parser import run
 
     return run(argv, commands(), module="prism_cli")
 

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from prism_analysis.cli.commands import add_checkpoint_options, add_command, add_config_option
+from prism_analysis.cli.parser import add_checkpoint_options, add_command, add_config_option
 from prism_analysis.distributed import is_root
 from prism_analysis.options import add_options, from_args, nonempty, number
 

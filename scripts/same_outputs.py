@@ -4,12 +4,16 @@ Used to prove a refactor changes no output: run it with the tree before and the 
 compare the two output folders byte for byte::
 
     python scripts/same_outputs.py fixtures /tmp/fx                       # once: the fixtures
-    PYTHONPATH=OLD python scripts/same_outputs.py run /tmp/fx /tmp/before  # the tree before
-    PYTHONPATH=NEW python scripts/same_outputs.py run /tmp/fx /tmp/after   # the tree after
+    PYTHONPATH=OLD python scripts/same_outputs.py run /tmp/fx /tmp/out && mv /tmp/out /tmp/before
+    PYTHONPATH=NEW python scripts/same_outputs.py run /tmp/fx /tmp/out && mv /tmp/out /tmp/after
     python scripts/same_outputs.py diff /tmp/before /tmp/after
 
-``diff`` compares every file byte for byte and prints the ones that differ; files that hold wall
-times (the study's stage times, run logs) are compared with those fields removed.
+Run both into the same folder (moved away after each run): the study hashes its configuration,
+paths included.
+
+``diff`` compares every file byte for byte and prints the ones that differ. Outputs that name their
+own folder are compared with that folder's path replaced; JSON keys that hold wall times or dates,
+the study report's stage-time rows and run lock files (a process id) are left out.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import filecmp
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,15 +74,38 @@ def _strip(value):
     return value
 
 
-def same(a: Path, b: Path) -> bool:
-    if filecmp.cmp(a, b, shallow=False):
+#: Files that hold a process id or wall times only: present on both sides, contents not compared.
+UNCOMPARED = (".prism-run.lock",)
+#: Rows of the study report's stage-time table (wall seconds).
+STAGE_ROW = re.compile(r"^(\| (pretrain|mid|rl|eval|analyse) \|.*|Total of the stages listed: .*)$", re.M)
+
+
+def _text(path: Path, root: Path) -> str:
+    """A text file with its output root replaced (outputs name their own paths)."""
+    return path.read_text().replace(str(root), "<OUT>")
+
+
+def same(a: Path, b: Path, root_a: Path, root_b: Path) -> bool:
+    if filecmp.cmp(a, b, shallow=False) or a.name in UNCOMPARED:
         return True
+    try:
+        ta, tb = _text(a, root_a), _text(b, root_b)
+    except UnicodeDecodeError:
+        return False  # binary and different
     if a.suffix == ".json":
         try:
-            return _strip(json.loads(a.read_text())) == _strip(json.loads(b.read_text()))
+            ja, jb = _strip(json.loads(ta)), _strip(json.loads(tb))
         except ValueError:
             return False
-    return False
+        if a.parent.name == "stages":  # the study's stage records: seconds per job
+            ja.pop("jobs", None), jb.pop("jobs", None)
+        try:
+            return ja == jb
+        except ValueError:
+            return False
+    if a.suffix == ".md":
+        ta, tb = STAGE_ROW.sub("", ta), STAGE_ROW.sub("", tb)
+    return ta == tb
 
 
 def diff(a: Path, b: Path) -> int:
@@ -86,7 +114,7 @@ def diff(a: Path, b: Path) -> int:
     bad = sorted(fa ^ fb)
     for p in sorted(fa ^ fb):
         print(f"only in {'before' if p in fa else 'after'}: {p}")
-    differ = [p for p in sorted(fa & fb) if not same(a / p, b / p)]
+    differ = [p for p in sorted(fa & fb) if not same(a / p, b / p, a, b)]
     for p in differ:
         print(f"differs: {p}")
     print(f"{len(fa & fb) - len(differ)} of {len(fa | fb)} files identical")

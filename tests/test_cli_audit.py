@@ -114,13 +114,11 @@ def test_bad_input_exit_2_one_line_no_output(tmp, ckpts, capsys, case):
 
 def test_console_script_exit_code_and_help():
     r = subprocess.run(
-        [sys.executable, "-m", "prism_analysis.cli.commands", "audit", "/nonexistent/a", "/nonexistent/b"],
+        [sys.executable, "-m", "prism_analysis.cli", "audit", "/nonexistent/a", "/nonexistent/b"],
         capture_output=True,
         text=True,
     )
     assert r.returncode == 2
     assert r.stderr.strip() == "prism: error: /nonexistent/a: no such file or directory"
-    h = subprocess.run(
-        [sys.executable, "-m", "prism_analysis.cli.commands", "audit", "--help"], capture_output=True, text=True
-    )
+    h = subprocess.run([sys.executable, "-m", "prism_analysis.cli", "audit", "--help"], capture_output=True, text=True)
     assert h.returncode == 0 and "normalized L2" in h.stdout and "examples:" in h.stdout

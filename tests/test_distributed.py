@@ -203,7 +203,7 @@ def test_a_rank_reads_only_the_tensors_it_owns(checkpoints, monkeypatch):
 
 
 def test_every_command_has_nproc_and_it_is_stripped_for_the_workers():
-    from prism_analysis.cli.commands import build_parser
+    from prism_analysis.cli.parser import build_parser
     from prism_analysis.launch import strip_nproc
     from prism_cli import commands
 

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import PrismError
+from ..errors import PARAM, PrismError
 
 REFERENCE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[^:@]+))?(?::(?P<subfolder>[^:]+))?$")
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json")
@@ -189,9 +189,10 @@ def fetch(
                 raise PrismError("no safetensors or pytorch weights in this checkpoint", str(ref))
             if not allow_pickle:
                 raise PrismError(
-                    "the repository has pickle weights only (they can run code); pass --allow-pickle to load "
+                    "the repository has pickle weights only (they can run code); pass " + PARAM + " to load "
                     "them with torch.load(weights_only=True)",
                     str(ref),
+                    param="allow_pickle",
                 )
             names += list(PICKLE_FILES)
     elif allow_pickle:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import PrismError, os_problem
+from ..errors import PARAM, PrismError, os_problem
 from .base import CheckpointBase, TensorInfo
 from .base import file_kind as _kind
 from .base import one_line as _one_line
@@ -148,8 +148,9 @@ class Checkpoint(CheckpointBase):
             raise PrismError(
                 "refusing to unpickle a .bin checkpoint (it can run code); convert it to safetensors "
                 "(load with transformers and save_pretrained(..., safe_serialization=True)) "
-                "or pass --allow-pickle to load it with torch.load(weights_only=True)",
+                f"or pass {PARAM} to load it with torch.load(weights_only=True)",
                 files[0],
+                param="allow_pickle",
             )
         self.is_pickle = True
         return files

@@ -1,75 +1,30 @@
 """The analysis commands of ``prism``: audit, cka, trajectory, compare, interpolate.
 
-Each subcommand is a thin layer over the Python API. :data:`COMMANDS` is this package's command
-table; the ``prism`` entry point (:mod:`prism_cli`) joins it with the training commands, and
-``python -m prism_analysis.cli.commands`` runs the analysis commands alone.
-
-Errors in the input (missing files, corrupt checkpoints, mismatched models, bad options) print one
-line ``prism: error: <file or option>: <problem>`` and exit with status 2, with no traceback and no
-partial output. An ``--out`` that would overwrite an input or a directory the command did not write
-is refused before any work starts.
+Each command is a pair: ``_add_<name>(sub)`` declares its options and help, ``_run_<name>(args)``
+calls the Python API with them. :data:`COMMANDS` is this package's command table; the ``prism``
+entry point (:mod:`prism_cli`) joins it with the training commands, and ``python -m
+prism_analysis.cli`` runs the analysis commands alone. The parser framework (one-line errors, exit
+codes, ``--nproc``) is :mod:`prism_analysis.cli.parser`.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import textwrap
 
 from ..distributed import is_root
-from ..errors import PrismError, from_os_error
+from ..errors import PrismError
 from ..metrics import DEFAULT_THRESHOLD
-from ..options import nonempty, number, number_list
-
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
-
-THRESHOLD_LIST = number_list(float, percent=True, low=0)
-TAU = number(float, low=0)
-POSITIVE = number(int, low=1)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad option in one line (``prism CMD: error: ...``), exit status 2."""
-
-    def error(self, message: str):
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
-
-
-def add_checkpoint_options(p, device: bool = True) -> None:
-    """Options every command that reads checkpoints has."""
-    if device:
-        p.add_argument("--device", default=None, help="where the work runs: cpu, cuda, cuda:N (default: cuda if any)")
-    p.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="also read .bin/.pt checkpoints, with torch.load(weights_only=True); off by default (pickle can run code)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def add_config_option(p) -> None:
-    """``--config``: the architecture of torch.distributed.checkpoint inputs, which store no config.json."""
-    p.add_argument(
-        "--config",
-        type=nonempty,
-        default=None,
-        metavar="PATH",
-        help="config.json (or a directory holding one) for torch.distributed.checkpoint (DCP) inputs "
-        "(default: config.json in the DCP directory or its parent); HF checkpoints use their own",
-    )
-
-
-def add_command(sub, name: str, help: str, description: str, epilog: str = ""):
-    """A subcommand parser whose description and examples keep their line breaks."""
-    return sub.add_parser(
-        name,
-        help=help,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=textwrap.dedent(description),
-        epilog=textwrap.dedent(epilog),
-    )
+from ..options import nonempty, number
+from .parser import (
+    POSITIVE,
+    TAU,
+    THRESHOLD_LIST,
+    add_checkpoint_options,
+    add_command,
+    add_config_option,
+    warn_unused_config,
+)
+from .references import hub_trajectory
 
 
 # -- audit ------------------------------------------------------------------------------------------
@@ -128,16 +83,6 @@ def _add_audit(sub) -> None:
     add_config_option(p)
     add_checkpoint_options(p)
     p.set_defaults(func=_run_audit)
-
-
-def warn_unused_config(config, inputs) -> None:
-    """A warning when ``--config`` is given but no input is a torch.distributed.checkpoint directory."""
-    from ..checkpoints.dcp import is_dcp_checkpoint
-
-    if config and not any(is_dcp_checkpoint(p) for p in inputs):
-        from ..errors import warn
-
-        warn(f"--config {config} is not used: no input is a torch.distributed.checkpoint directory")
 
 
 def _run_audit(args) -> None:
@@ -316,16 +261,9 @@ def _run_cka(args) -> None:
 
 
 def _measure_list(text: str) -> tuple[str, ...]:
-    """``--measure``: comma-separated names of prism_analysis.representations.similarity.MEASURES, in that order."""
-    from ..representations.similarity import MEASURES
-
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [t for t in names if t not in MEASURES]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown measure {', '.join(unknown) or repr(text)}; choose from {', '.join(MEASURES)}"
-        )
-    return tuple(m for m in MEASURES if m in names)
+    """``--measure``: comma-separated names of measures (checked by
+    :func:`~prism_analysis.representations.similarity.check_measures` when the command runs)."""
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 # -- trajectory -------------------------------------------------------------------------------------
@@ -393,38 +331,6 @@ def _add_trajectory(sub) -> None:
     p.set_defaults(func=_run_trajectory)
 
 
-def _hub_trajectory(args) -> list:
-    """The Hub references of ``RUN --revisions ...`` / ``RUN --subfolders ...``, in step order."""
-    from ..checkpoints import hub
-
-    if len(args.run) != 1 or not hub.is_hub_reference(args.run[0]):
-        raise PrismError("--revisions and --subfolders take one Hub repository as RUN (org/name)")
-    repo = hub.parse_reference(args.run[0])
-    refs = [repo]
-    if args.revisions:
-        if _is_pattern(args.revisions):
-            names = hub.revisions(repo, args.revisions)
-        else:
-            names = sorted(args.revisions.split(","), key=hub.step_key)
-        refs = [repo.at(revision=r) for r in names]
-    if args.subfolders:
-        out = []
-        for r in refs:
-            if _is_pattern(args.subfolders):
-                folders = hub.subfolders(r, args.subfolders)
-            else:
-                folders = sorted(args.subfolders.split(","), key=hub.step_key)
-            out += [r.at(subfolder=f) for f in folders]
-        refs = out
-    if len(refs) < 2:
-        raise PrismError(f"a trajectory needs at least two checkpoints; found {[str(r) for r in refs]}")
-    return refs
-
-
-def _is_pattern(text: str) -> bool:
-    return any(c in text for c in "*?[")
-
-
 def _run_trajectory(args) -> None:
     from ..metrics import DEFAULT_THRESHOLDS
     from ..outputs import check_destination
@@ -440,7 +346,7 @@ def _run_trajectory(args) -> None:
         allow_pickle=args.allow_pickle,
         config=args.config,
     )
-    source = _hub_trajectory(args) if args.revisions or args.subfolders else args.run
+    source = hub_trajectory(args) if args.revisions or args.subfolders else args.run
     main_run = analyse_trajectory(source if len(source) > 1 else source[0], evict=args.evict, **kw)
     other = analyse_trajectory(args.compare, **kw) if args.compare else None
     if not is_root():  # under a launcher, rank 0 alone prints and writes
@@ -558,98 +464,3 @@ def _run_interpolate(args) -> None:
 
 #: This package's command table: functions that add one subcommand each to a subparsers object.
 COMMANDS = [_add_audit, _add_cka, _add_trajectory, _add_compare, _add_interpolate]
-
-DESCRIPTION = """\
-    PRISM toolkit: see what training does to a language model's weights and representations
-    (Runwal et al., "PRISM: Demystifying Retention and Interaction in Mid-Training", 2026).
-
-    Every command reads Hugging Face checkpoints (safetensors; pickle only with --allow-pickle);
-    audit, trajectory, compare and interpolate also read sharded torch.distributed.checkpoint
-    directories in place. Each writes tidy tables (CSV/JSON) and figures, and prints a short summary."""
-
-
-def build_parser(commands=COMMANDS) -> argparse.ArgumentParser:
-    """The ``prism`` parser with the given command tables."""
-    from .. import __version__
-
-    parser = OneLineParser(
-        prog="prism",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=textwrap.dedent(DESCRIPTION),
-        epilog="Run 'prism COMMAND --help' for the options and examples of one command.",
-    )
-    parser.add_argument("--version", action="version", version=f"prism {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
-    for add in commands:
-        add(sub)
-    for command in sub.choices.values():
-        add_nproc_option(command)
-    return parser
-
-
-def add_nproc_option(p) -> None:
-    """``--nproc N``: run the command in N processes (``torch.distributed.run``, one node)."""
-    p.add_argument(
-        "--nproc",
-        type=POSITIVE,
-        default=1,
-        metavar="N",
-        help="run in N processes on this machine through torch.distributed's launcher (default 1; audit, "
-        "trajectory, compare, cka, train and rl split their work, the other commands run in one process); "
-        "for several nodes run 'torchrun ... prism COMMAND' instead (see README: distributed runs)",
-    )
-
-
-def run(argv: list[str] | None = None, commands=COMMANDS, module: str = "prism_analysis.cli.commands") -> int:
-    """Parse ``argv`` and run the command; bad input -> one line on stderr and exit status 2.
-
-    ``--nproc N`` relaunches the command in N processes through torch.distributed's launcher
-    (``python -m MODULE`` in each, :mod:`prism_analysis.launch`). Under a launcher every rank runs
-    the command; an error on any rank ends all of them, and rank 0 prints it.
-    """
-    from .. import distributed
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(commands).parse_args(argv)
-    try:
-        if getattr(args, "one_process", False) and (args.nproc > 1 or distributed.world_size() > 1):
-            raise PrismError(f"'prism {args.command}' runs in one process; run it without --nproc or a launcher")
-        if getattr(args, "nproc", 1) > 1:
-            from ..launch import relaunch
-
-            return relaunch(module, argv, args.nproc)
-        try:
-            args.func(args)
-        except Exception as e:  # tell the other ranks, in step (one process: re-raised as it is)
-            distributed.finish(e)
-        distributed.finish()
-    except PrismError as e:
-        if isinstance(e, distributed.RankFailed) and not distributed.is_root():
-            return EXIT_BAD_INPUT  # rank 0 prints the error of the rank that failed
-        print(f"prism: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except BrokenPipeError:  # output piped into `head`: stop quietly
-        os._exit(0)
-    except OSError as e:  # disk full, permission denied, ... met while writing
-        print(f"prism: error: {from_os_error(e, 'cannot complete')}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ModuleNotFoundError as e:
-        print(
-            f"prism: error: '{args.command}' needs the package {e.name!r}, which is not installed "
-            "(pip install 'prism-toolkit[train]' installs what training needs)",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("prism: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The analysis commands alone (``python -m prism_analysis.cli.commands``)."""
-    return run(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -36,7 +36,7 @@ import torch
 
 from .. import distributed
 from ..checkpoints.opening import open_checkpoint
-from ..errors import PrismError
+from ..errors import PARAM, PrismError
 from ..outputs import atomic_output_dir, write_json
 from .activations import find_modules, iter_activations
 from .cka import StreamingCKA, bootstrap_cka, cka_matrix, jackknife_cka, layerwise_cka, min_rows
@@ -205,10 +205,11 @@ def _per_layer(
     if bootstrap and k < min_rows(debiased):
         raise PrismError(
             f"probe set {probe!r}: bootstrap resamples of {k} prompts are too few for CKA (it needs "
-            f"{min_rows(debiased)}); use more prompts, a larger --sample, or --bootstrap 0"
+            f"{min_rows(debiased)}); use more prompts, a larger {PARAM}, or no bootstrap",
+            param="sample_size",
         )
     if bootstrap and k > n:
-        raise PrismError(f"probe set {probe!r}: --sample {k} is more than its {n} prompts")
+        raise PrismError(f"probe set {probe!r}: {PARAM} {k} is more than its {n} prompts", param="sample_size")
     if n > min_rows(debiased):  # leaving one prompt out still leaves enough for CKA
         df = jackknife_cka(XA, XB, debiased=debiased)
     else:
@@ -253,15 +254,15 @@ def model_cka(
     :mod:`prism_analysis.representations.similarity` on the same activations (``ModelCKA.similarity``), with a
     permutation null of ``permutations`` shuffles, ``knn_k`` neighbours and ``svcca_k`` SVD directions;
     the resamples are the CKA ones (``bootstrap``, ``sample_size``, ``seed``)."""
-    from .similarity import MEASURES
+    from .similarity import check_measures
 
     measures = tuple(measures)
-    unknown = [m for m in measures if m not in MEASURES]
-    if unknown:
-        raise PrismError(f"--measure: unknown {', '.join(unknown)}; choose from {', '.join(MEASURES)}")
+    check_measures(measures)
     suite = measures != ("cka",)
     if suite and pool == "tokens":
-        raise PrismError("--measure beyond cka needs pooled activations (--pool mean or last), not --pool tokens")
+        raise PrismError(
+            f"{PARAM} beyond cka need pooled activations (pool mean or last), not tokens", param="measures"
+        )
     probes = {name: list(texts)[:n] if n else list(texts) for name, texts in probes.items()}
     for name, texts in probes.items():
         if len(texts) < min_rows(debiased):
@@ -282,8 +283,9 @@ def model_cka(
     if depth_a and depth_b and depth_a != depth_b and not all_pairs:
         raise PrismError(
             f"models have different layer counts ({depth_a} blocks vs {depth_b}); "
-            "use --all-pairs to compare every layer with every layer",
+            f"use {PARAM} to compare every layer with every layer",
             names[1],
+            param="all_pairs",
         )
     load = dict(
         device=device,

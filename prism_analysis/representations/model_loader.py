@@ -18,7 +18,7 @@ from ..checkpoints.hub import resolve
 from ..checkpoints.local import Checkpoint
 from ..checkpoints.opening import open_checkpoint
 from ..devices import resolve_device
-from ..errors import PrismError
+from ..errors import PARAM, PrismError
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -71,7 +71,7 @@ def load_model(
     try:
         tok = AutoTokenizer.from_pretrained(home, trust_remote_code=trust_remote_code)
     except Exception:
-        raise PrismError("no loadable tokenizer here; pass --tokenizer PATH", home) from None
+        raise PrismError(f"no loadable tokenizer here; pass {PARAM} PATH", home, param="tokenizer") from None
     return model.to(dev).eval(), tok
 
 
@@ -82,7 +82,11 @@ def _from_tensors(ckpt, torch_dtype, trust_remote_code: bool):
 
     cfg = dict(ckpt.config or {})
     if "model_type" not in cfg:
-        raise PrismError("no config.json with a model_type here (pass --config for a sharded checkpoint)", label(ckpt))
+        raise PrismError(
+            f"no config.json with a model_type here (pass {PARAM} for a sharded checkpoint)",
+            label(ckpt),
+            param="config",
+        )
     config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     try:  # parameters allocated but not initialised (they are filled below); buffers computed as usual
         from transformers.initialization import no_init_weights

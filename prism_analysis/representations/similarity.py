@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import PARAM, PrismError
 from .cka import layerwise_cka
 
 F64 = torch.float64
@@ -255,6 +256,20 @@ MEASURES: dict[str, Measure] = {
     "svcca": Measure(_prep_svcca, _score_svcca, "rows", 1.0, True, 2),
     "rsa": Measure(_prep_rsa, _score_rsa, "gram", 1.0, True, 3),
 }
+
+
+def check_measures(names) -> tuple[str, ...]:
+    """``names`` (measures of :data:`MEASURES`, at least one) in the order of :data:`MEASURES`;
+    an unknown or missing name is a :class:`~prism_analysis.errors.PrismError` about ``measures``."""
+    names = tuple(names)
+    unknown = [n for n in names if n not in MEASURES]
+    if not names or unknown:
+        raise PrismError(
+            f"{PARAM}: unknown measure {', '.join(map(str, unknown)) or 'none given'}; "
+            f"choose from {', '.join(MEASURES)}",
+            param="measures",
+        )
+    return tuple(m for m in MEASURES if m in names)
 
 
 def measure(name: str, X, Y, **params) -> float:

@@ -34,7 +34,7 @@ from ..checkpoints.hub import HubReference
 from ..checkpoints.opening import open_aligned
 from ..checkpoints.run_manifest import discover
 from ..devices import resolve_device
-from ..errors import PrismError
+from ..errors import PARAM, PrismError
 from ..metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, changed_column
 from ..outputs import atomic_output_dir, write_json
 from .measure import Statistic, measure_aligned
@@ -160,7 +160,9 @@ def analyse_trajectory(
     stats = _StepStats(thresholds, tau, resolve_device(device), progress)
     if evict:
         if distributed.world_size() > 1:
-            raise PrismError("--evict fetches one checkpoint at a time for one process; run it without a launcher")
+            raise PrismError(
+                f"{PARAM} fetches one checkpoint at a time for one process; run it without a launcher", param="evict"
+            )
         disk, run = _one_checkpoint_at_a_time(refs, stats, allow_pickle, config), {}
     else:
         disk, run = None, _each_file_once(refs, stats, allow_pickle, config)
