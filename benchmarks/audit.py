@@ -293,7 +293,8 @@ def main() -> None:
     p = results.get("prism")
     REPORT.append(
         f"{pair_gb:.2f} GB bf16 pair ({size}), device {args.device}, torch {torch.__version__}, "
-        f"{os.cpu_count()} cores, warm page cache; written by `benchmarks/audit.py --markdown`."
+        f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f}), warm page cache; "
+        "written by `benchmarks/audit.py --markdown`."
     )
     REPORT.append("")
     md_rows = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
@@ -137,7 +138,8 @@ def heatmap(args):
     REPORT.extend(
         [
             f"{L} x {L} layer heatmap, n = {n}, d = {d}, float32 inputs, torch {torch.__version__}, "
-            f'{torch.get_num_threads()} threads ("~": timed on a few pairs and extrapolated).',
+            f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} "
+            '("~": timed on a few pairs and extrapolated).',
             "",
         ]
     )

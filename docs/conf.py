@@ -12,12 +12,16 @@ Three pages are generated at build time, never written by hand:
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(DOCS / "_ext"))
+# ``python -m prism_cli`` runs the command on import: autosummary imports every module it lists,
+# so that one is stood in for by an empty module (the template leaves ``__main__`` modules out).
+sys.modules.setdefault("prism_cli.__main__", types.ModuleType("prism_cli.__main__"))
 
 project = "PRISM toolkit"
 author = "PRISM toolkit contributors"
