@@ -1,13 +1,14 @@
 # Two entry points, each of which works alone on a fresh machine:
 #   make demo   create .venv, install the project with the training extras, run the main job
-#   make test   create .venv, install the project with the test extras, lint, run the test suite
+#   make test   create .venv, install the project with the test extras, lint, run the doctests and the
+#               test suite, build the docs (warnings as errors)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
 RUN ?= runs/tiny
 
-.PHONY: demo test test-fast lint format notebooks figures bench clean
+.PHONY: demo test test-fast lint doctest docs format notebooks figures bench bench-results clean
 
 $(VENV)/.created:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +35,24 @@ $(VENV)/.test: pyproject.toml $(VENV)/.created
 demo: $(VENV)/.train
 	$(VENV)/bin/prism reproduce --preset tiny --out $(DEMO_OUT)
 
-test: lint
+test: lint doctest docs
 	$(PY) -m pytest tests
+
+# The >>> examples of the public entry points, module by module (a module not there yet is skipped).
+DOCTEST_MODULES := $(wildcard \
+	prism_analysis/__init__.py \
+	prism_analysis/metrics.py \
+	prism_analysis/representations/cka.py \
+	prism_analysis/checkpoints/opening.py \
+	prism_analysis/weights/audit.py \
+	prism_analysis/weights/update.py)
+
+doctest: $(VENV)/.test
+	$(PY) -m pytest --doctest-modules -p no:cacheprovider $(DOCTEST_MODULES)
+
+# The docs site: docs/_build/html/index.html. Warnings (a broken link, a bad docstring) are errors.
+docs: $(VENV)/.test
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 # the edit-test loop: everything but the tests marked slow
 test-fast: $(VENV)/.test
@@ -65,5 +82,10 @@ bench: $(VENV)/.test
 	$(PY) benchmarks/trajectory.py --quick
 	$(PY) benchmarks/startup.py --quick
 
+# The Markdown tables the docs include (docs/performance.md): the audit and CKA benchmarks, --quick sizes.
+bench-results: $(VENV)/.test
+	$(PY) benchmarks/audit.py --quick --markdown benchmarks/results/audit.md
+	$(PY) benchmarks/cka.py --quick --markdown benchmarks/results/cka.md
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache docs/_build docs/cli.md docs/api/generated

@@ -16,6 +16,7 @@ Files are read once before timing so every method sees a warm page cache.
   python benchmarks/audit.py --quick         # ~0.2 GB per checkpoint
   python benchmarks/audit.py --large         # prism + floor only, a 13.5 GB pair (> half of 24 GB RAM)
   python benchmarks/audit.py --methods floor,kernel,prism   # skip the (slow, memory-hungry) naive way
+  python benchmarks/audit.py --quick --markdown benchmarks/results/audit.md   # + the table as Markdown (docs)
 """
 
 from __future__ import annotations
@@ -182,6 +183,25 @@ def run_kernel(a, b, device):
     return {"bytes": nbytes, "kernel_s": best["kernel"], "bandwidth_s": best["bandwidth"]}
 
 
+#: Markdown of the printed results (``--markdown PATH`` writes it; the docs include the file).
+REPORT: list[str] = []
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> None:
+    """Add a Markdown table to :data:`REPORT`."""
+    REPORT.extend(["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)])
+    REPORT.extend("| " + " | ".join(r) + " |" for r in rows)
+    REPORT.append("")
+
+
+def write_markdown(path: str | None, title: str) -> None:
+    """Write :data:`REPORT` under ``title`` to ``path`` (nothing without ``--markdown``)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("\n".join([f"### {title}", "", *REPORT]).rstrip() + "\n")
+        print(f"\nwrote {path}")
+
+
 def peak_rss_kb() -> int:
     """VmHWM: this address space's peak resident set (ru_maxrss would carry the parent's over exec)."""
     with open("/proc/self/status") as f:
@@ -227,6 +247,7 @@ def main() -> None:
     ap.add_argument("--large", action="store_true", help="a pair larger than half the RAM (prism and floor only)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--methods", default=None, help="comma-separated subset of floor,kernel,prism,naive")
+    ap.add_argument("--markdown", metavar="PATH", default=None, help="also write the results table as Markdown")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -270,6 +291,13 @@ def main() -> None:
     )
     kernel = results.pop("kernel", None)
     p = results.get("prism")
+    REPORT.append(
+        f"{pair_gb:.2f} GB bf16 pair ({size}), device {args.device}, torch {torch.__version__}, "
+        f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f}), warm page cache; "
+        "written by `benchmarks/audit.py --markdown`."
+    )
+    REPORT.append("")
+    md_rows = []
     for m, r in results.items():
         tr = f"{r['wall_s'] / p['wall_s']:.2f}x" if p else "-"
         mr = f"{r['peak_rss_mb'] / p['peak_rss_mb']:.2f}x" if p else "-"
@@ -277,8 +305,21 @@ def main() -> None:
             f"{m:<8}{r['wall_s']:>9.2f}{pair_gb / r['wall_s']:>8.2f}{r['peak_rss_mb']:>13.0f}"
             f"{r['rss_after_imports_mb']:>17.0f}{tr:>14}{mr:>13}"
         )
+        md_rows.append(
+            [
+                m,
+                f"{r['wall_s']:.2f} s",
+                f"{pair_gb / r['wall_s']:.2f}",
+                f"{r['peak_rss_mb']:.0f} MB",
+                f"{r['rss_after_imports_mb']:.0f} MB",
+                tr,
+                mr,
+            ]
+        )
+    md_table(["method", "wall", "GB/s", "peak RSS", "(after imports)", "time / prism", "RSS / prism"], md_rows)
     if "prism" in results and "floor" in results:
         print(f"\nprism end to end / read floor: {p['wall_s'] / results['floor']['wall_s']:.2f}x")
+        REPORT.extend([f"prism end to end / read floor: {p['wall_s'] / results['floor']['wall_s']:.2f}x", ""])
     if kernel:
         k = kernel["value"]
         kernel_gbs, floor_gbs = k["bytes"] / k["kernel_s"] / 1e9, k["bytes"] / k["bandwidth_s"] / 1e9
@@ -286,8 +327,17 @@ def main() -> None:
             f"\nin memory, {k['bytes'] / 1e9:.2f} GB, {os.cpu_count()} cores: fused kernel {kernel_gbs:.2f} GB/s, "
             f"bandwidth floor (streaming sum) {floor_gbs:.2f} GB/s: kernel at {kernel_gbs / floor_gbs:.0%} of the floor"
         )
+        REPORT.extend(
+            [
+                f"In memory, {k['bytes'] / 1e9:.2f} GB: fused kernel {kernel_gbs:.2f} GB/s, bandwidth floor "
+                f"{floor_gbs:.2f} GB/s (kernel at {kernel_gbs / floor_gbs:.0%} of the floor).",
+                "",
+            ]
+        )
     if "prism" in results and "naive" in results:
         print(f"\nnormalized L2: prism {results['prism']['value']:.8g}  naive {results['naive']['value']:.8g}")
+        REPORT.append(f"normalized L2: prism {results['prism']['value']:.8g}, naive {results['naive']['value']:.8g}")
+    write_markdown(args.markdown, f"Audit ({size} pair)")
 
 
 if __name__ == "__main__":

@@ -16,19 +16,40 @@ dependencies so they keep this torch:  pip install --no-deps ckatorch cka-pytorc
 
   python benchmarks/cka.py            # full sizes (~4 min on 2 cores)
   python benchmarks/cka.py --quick    # small sizes (~30 s)
+  python benchmarks/cka.py --quick --markdown benchmarks/results/cka.md   # + the tables as Markdown (docs)
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from prism_analysis.representations import cka
+
+#: Markdown of the printed results (``--markdown PATH`` writes it; the docs include the file).
+REPORT: list[str] = []
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> None:
+    """Add a Markdown table to :data:`REPORT`."""
+    REPORT.extend(["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)])
+    REPORT.extend("| " + " | ".join(r) + " |" for r in rows)
+    REPORT.append("")
+
+
+def write_markdown(path: str | None, title: str) -> None:
+    """Write :data:`REPORT` under ``title`` to ``path`` (nothing without ``--markdown``)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("\n".join([f"### {title}", "", *REPORT]).rstrip() + "\n")
+        print(f"\nwrote {path}")
 
 
 def layers(L, n, d, seed=0, noise=0.05):
@@ -114,6 +135,14 @@ def heatmap(args):
         f"\n(1)+(2) {L} x {L} heatmap, n = {n}, d = {d}, float32 inputs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
+    REPORT.extend(
+        [
+            f"{L} x {L} layer heatmap, n = {n}, d = {d}, float32 inputs, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} "
+            '("~": timed on a few pairs and extrapolated).',
+            "",
+        ]
+    )
     rows = []
     for debiased in (False, True):
         tag = "debiased" if debiased else "biased"
@@ -185,11 +214,14 @@ def heatmap(args):
     for tag, name, t, _err, _extrap in rows:
         if name.startswith("prism cka_matrix"):
             best[tag] = t
+    md_rows = []
     for tag, name, t, err, extrap in rows:
         ts = "-" if t is None else (("~" if extrap else "") + f"{t:.2f}")
         ratio = "-" if t is None else f"{t / best[tag]:.1f}x"
         es = "-" if err is None else (f"{err:.1e}" if np.isfinite(err) else str(err))
         print(f"{tag:<10}{name:<40}{ts:>10}{ratio:>11}{es:>24}")
+        md_rows.append([tag, name, ts if t is None else ts + " s", ratio, es])
+    md_table(["variant", "method", "time", "vs prism", "max error vs float64"], md_rows)
 
 
 def streaming(args):
@@ -235,6 +267,22 @@ def streaming(args):
         f"{'prism StreamingCKA (fp32 products, f64 acc)':<44}{ours:>9.2f}{steps * chunk / ours:>12,.0f}"
         f"{ours / floor:>9.2f}x{abs(val - ref):>18.1e}"
     )
+    REPORT.extend(
+        [f"StreamingCKA, {rows:,} tokens x {d} dims (chunks of {chunk}), outlier channels, CKA ~ {ref:.6f}:", ""]
+    )
+    md_table(
+        ["method", "time", "tokens/s", "vs floor", "error vs float64"],
+        [
+            ["floor: 3 fp32 products per chunk", f"{floor:.2f} s", f"{steps * chunk / floor:,.0f}", "1.00x", "-"],
+            [
+                "prism StreamingCKA (fp32 products, f64 acc)",
+                f"{ours:.2f} s",
+                f"{steps * chunk / ours:,.0f}",
+                f"{ours / floor:.2f}x",
+                f"{abs(val - ref):.1e}",
+            ],
+        ],
+    )
 
 
 def main():
@@ -242,6 +290,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--peer-pairs", type=int, default=6, help="pairs timed for O(n^3)-per-pair peers")
     ap.add_argument("--part", choices=["all", "heatmap", "streaming"], default="all")
+    ap.add_argument("--markdown", metavar="PATH", default=None, help="also write the results tables as Markdown")
     args = ap.parse_args()
     args.layers, args.n, args.d, args.tokens = (8, 1024, 256, 200_000) if args.quick else (24, 2048, 512, 1_000_000)
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}")
@@ -249,6 +298,7 @@ def main():
         heatmap(args)
     if args.part in ("all", "streaming"):
         streaming(args)
+    write_markdown(args.markdown, f"CKA ({'quick' if args.quick else 'full'} sizes)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``prism COMMAND ... --nproc N``: the same command in N processes, through torch.distributed's launcher.
+"""``prism COMMAND [OPTIONS] --nproc N``: the same command in N processes, through torch.distributed's launcher.
 
 This is ``torchrun --standalone --nproc-per-node N -m MODULE COMMAND ...`` run from inside ``prism``:
 ``torch.distributed.run`` starts N workers on this machine with a local rendezvous, each worker runs

@@ -54,7 +54,16 @@ def check_thresholds(thresholds) -> tuple[float, ...]:
 
 
 def normalized_l2(sum_sq_diff: float, sum_sq_a: float) -> float:
-    """``sqrt(sum_sq_diff) / sqrt(sum_sq_a)`` (Eq. 1); inf when A is all zeros and B is not."""
+    """``sqrt(sum_sq_diff) / sqrt(sum_sq_a)`` (Eq. 1); inf when A is all zeros and B is not.
+
+    From the float64 sums over a tensor or a group of tensors (never a mean of per-tensor ratios)::
+
+        >>> a, b = [3.0, 4.0], [3.0, 4.5]  # ||A|| = 5, ||B - A|| = 0.5
+        >>> normalized_l2(sum((y - x) ** 2 for x, y in zip(a, b)), sum(x * x for x in a))
+        0.1
+        >>> normalized_l2(0.0, 0.0), normalized_l2(1.0, 0.0)
+        (0.0, inf)
+    """
     if sum_sq_a > 0:
         return math.sqrt(sum_sq_diff) / math.sqrt(sum_sq_a)
     return 0.0 if sum_sq_diff == 0 else math.inf
@@ -73,6 +82,22 @@ def changed_mask(a, b, tau: float, equal):
 
     ``a``, ``b``: the values in a float work dtype (float32 holds bf16/fp16 exactly, float64 the
     rest); ``equal``: :func:`bits_equal` of the stored tensors, which decides non-finite elements.
+
+    The strict comparison, the zero rule (+0 -> -0 unchanged) and the non-finite rule::
+
+        >>> import torch
+        >>> nan = float("nan")
+        >>> a = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, nan, nan])
+        >>> b = torch.tensor([1.005, 1.02, -0.0, 1e-30, 0.0, nan, 1.0])
+        >>> changed_mask(a, b, 0.01, bits_equal(a, b)).tolist()
+        [False, True, False, True, False, False, True]
+
+    On bf16 weights any tau below 2^-8 (0.39 %) is bitwise equality: the next bf16 number after 1.0
+    is 1 + 2^-7, so the smallest possible move is already "changed" at tau = 2^-8::
+
+        >>> one = torch.tensor([1.0], dtype=torch.bfloat16)
+        >>> (torch.nextafter(one, torch.tensor([2.0], dtype=torch.bfloat16)) - one).item() == 2**-7
+        True
     """
     import torch
 

@@ -37,6 +37,18 @@ def open_checkpoint(
     - a torch.distributed.checkpoint directory, read in place as a
       :class:`~prism_analysis.checkpoints.dcp.DcpCheckpoint` whose architecture comes from ``config`` (a
       config.json path) when given.
+
+    Opening reads the headers only; each tensor is memory-mapped when it is read::
+
+        >>> import tempfile, torch
+        >>> from safetensors.torch import save_file
+        >>> path = tempfile.mkdtemp() + "/model.safetensors"
+        >>> save_file({"model.embed_tokens.weight": torch.ones(8, 4), "lm_head.weight": torch.zeros(8, 4)}, path)
+        >>> ckpt = open_checkpoint(path, progress=False)
+        >>> ckpt.names, ckpt.info("lm_head.weight").shape
+        (['lm_head.weight', 'model.embed_tokens.weight'], (8, 4))
+        >>> ckpt.get("model.embed_tokens.weight").sum().item()
+        32.0
     """
     if is_checkpoint(source):
         return source

@@ -177,6 +177,24 @@ def audit(
     ``spectral``: also the update geometry of every 2-D tensor (:mod:`prism_analysis.weights.spectral`, top
     ``spectral_k`` principal subspaces), computed alongside in the same pass, as extra columns of
     every table (its accumulators are in ``Audit.spectral``).
+
+    Two tiny checkpoints, one row of one matrix moved by 0.5::
+
+        >>> import tempfile, torch
+        >>> from safetensors.torch import save_file
+        >>> d = tempfile.mkdtemp()
+        >>> a = {"model.embed_tokens.weight": torch.ones(8, 4), "model.layers.0.mlp.up_proj.weight": torch.ones(4, 4)}
+        >>> b = {k: v.clone() for k, v in a.items()}
+        >>> b["model.layers.0.mlp.up_proj.weight"][0] += 0.5
+        >>> save_file(a, f"{d}/a.safetensors"); save_file(b, f"{d}/b.safetensors")
+        >>> res = audit(f"{d}/a.safetensors", f"{d}/b.safetensors", progress=False)
+        >>> total = res.summary()["total"]
+        >>> round(total["normalized_l2"], 4), total["fraction_changed"]["0.01"] == 4 / 48
+        (0.1443, True)
+        >>> print(res.components[["component", "normalized_l2"]].to_string(index=False))
+        component  normalized_l2
+            embed           0.00
+           mlp_up           0.25
     """
     (ca, cb), al = open_aligned([a, b], allow_pickle, config, progress=progress)
     statistics = [Statistic("update", lambda: UpdateStats(thresholds), (0, 1))]
