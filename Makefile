@@ -38,14 +38,15 @@ demo: $(VENV)/.train
 test: lint doctest docs
 	$(PY) -m pytest tests
 
-# The >>> examples of the public entry points, module by module (a module not there yet is skipped).
-DOCTEST_MODULES := $(wildcard \
+# The >>> examples of the public entry points, module by module.
+DOCTEST_MODULES := \
 	prism_analysis/__init__.py \
 	prism_analysis/metrics.py \
+	prism_analysis/errors.py \
 	prism_analysis/representations/cka.py \
 	prism_analysis/checkpoints/opening.py \
 	prism_analysis/weights/audit.py \
-	prism_analysis/weights/update.py)
+	prism_analysis/weights/update.py
 
 doctest: $(VENV)/.test
 	$(PY) -m pytest --doctest-modules -p no:cacheprovider $(DOCTEST_MODULES)

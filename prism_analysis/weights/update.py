@@ -18,7 +18,7 @@ combine partial results (other tensors, other processes) with ``merge``, read th
     >>> a = torch.tensor([1.0, 2.0, 0.0, 4.0])
     >>> s = UpdateStats(thresholds=(0.01,)).update(a, torch.tensor([1.0, 2.5, 0.0, 4.0]))
     >>> round(s.compute()["normalized_l2"], 6), s.compute()["fraction_changed"]
-    (0.109109, {'1%': 0.25})
+    (0.109109, {'0.01': 0.25})
 """
 
 from __future__ import annotations
