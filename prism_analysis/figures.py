@@ -17,7 +17,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .metrics import DEFAULT_THRESHOLD, changed_column
+from .metrics import DEFAULT_THRESHOLD, SIMILARITY_MEASURES, changed_column
 
 #: seaborn's colour-blind-safe palette ("colorblind"), spelled out so drawing a figure does not
 #: import seaborn (and scipy with it); seaborn is imported only for the heatmaps.
@@ -125,9 +125,7 @@ def plot_similarity(table: pd.DataFrame, stem, title: str = "") -> plt.Figure:
     """The calibrated similarity suite (``prism cka --measure``): one panel per measure, the score by
     layer (solid, one colour per probe set), its permutation-null mean (dashed) and the null's
     +-2 std band; a hollow marker where the layer's p-value is above 0.05."""
-    from .representations.similarity import MEASURES
-
-    measures = [m for m in MEASURES if m in table]
+    measures = [m for m in SIMILARITY_MEASURES if m in table]
     cols = min(3, len(measures))
     rows = -(-len(measures) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), constrained_layout=True, squeeze=False)

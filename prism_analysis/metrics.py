@@ -104,3 +104,8 @@ def changed_mask(a, b, tau: float, equal):
     moved = (b - a).abs() > tau * a.abs()
     finite = torch.isfinite(a) & torch.isfinite(b)
     return torch.where(finite, moved, ~equal)
+
+
+#: The representation-similarity measures of :mod:`prism_analysis.representations.similarity`, in
+#: the order tables and figures list them (``prism cka --measure``).
+SIMILARITY_MEASURES = ("cka", "mutual_knn", "cknna", "procrustes", "svcca", "rsa")

@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 
 from .errors import PARAM, PrismError, from_os_error, os_problem_in
+from .references import split_reference
 
 #: Hidden file in every output directory: ``{"command": "audit", "tool": "prism"}``.
 MARKER = ".prism-output.json"
@@ -101,11 +102,9 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def _input_paths(src) -> list[Path]:
-    """The paths an input names: itself, or both halves of ``BASE+ADAPTER`` (:mod:`prism_analysis.checkpoints.lora`)."""
+    """The paths an input names: itself, or both halves of ``BASE+ADAPTER`` (:mod:`prism_analysis.references`)."""
     if "+" not in str(src) or Path(src).exists():
         return [Path(src)]
-    from .checkpoints.lora import split_reference  # imports torch: only for a '+' that names no path
-
     return [Path(p) for p in split_reference(src) or [src]]
 
 

@@ -128,6 +128,65 @@ def test_no_module_shadows_the_standard_library():
     assert not shadowing
 
 
+#: prism_analysis's subpackages and the subpackages each may import (besides the top-level modules).
+#: Data flows one way: checkpoints -> weights | representations -> tracking -> cli.
+LAYERS = {
+    "checkpoints": set(),
+    "weights": {"checkpoints"},
+    "representations": {"checkpoints"},
+    "tracking": {"checkpoints", "weights", "representations"},
+    "cli": {"checkpoints", "weights", "representations", "tracking"},
+}
+
+
+def _layer(module: str) -> str | None:
+    """The subpackage of a prism_analysis module (None for a top-level module)."""
+    parts = module.split(".")
+    if parts[0] != "prism_analysis" or len(parts) < 2:
+        return None
+    return parts[1] if parts[1] in LAYERS else None
+
+
+def test_every_subpackage_is_declared_in_the_layer_rules():
+    found = {m.split(".")[1] for m in MODULES if m.startswith("prism_analysis.") and (MODULES[m].name == "__init__.py")}
+    assert found == set(LAYERS)
+
+
+def test_subpackages_import_only_the_layers_below_them():
+    """No arrow back up: checkpoints imports none of weights, representations, tracking, cli;
+    representations does not import weights (nor weights representations); only cli imports tracking."""
+    bad = []
+    for m in MODULES:
+        src = _layer(m)
+        if src is None:
+            continue
+        for t, _, line in imports(m):
+            dst = _layer(t)
+            if dst is not None and dst != src and dst not in LAYERS[src]:
+                bad.append(f"{m}:{line} imports {t} ({src} may import {sorted(LAYERS[src]) or 'no subpackage'})")
+    assert not bad
+
+
+def test_top_level_modules_import_no_subpackage():
+    """The shared top-level modules (metrics, components, errors, outputs, ...) sit below every
+    subpackage: none of them imports one (the package __init__ only names them, lazily)."""
+    bad = [
+        f"{m}:{line} imports {t}"
+        for m in MODULES
+        if m.startswith("prism_analysis.") and _layer(m) is None and m.count(".") == 1
+        for t, _, line in imports(m)
+        if _layer(t) is not None
+    ]
+    assert not bad
+
+
+def test_similarity_measures_are_listed_in_order_in_metrics():
+    from prism_analysis.metrics import SIMILARITY_MEASURES
+    from prism_analysis.representations.similarity import MEASURES
+
+    assert tuple(MEASURES) == SIMILARITY_MEASURES
+
+
 @pytest.mark.parametrize("package", ["prism_analysis", "prism_analysis.cli.commands"])
 def test_analysis_imports_without_the_training_package(package, tmp_path):
     """prism_analysis imports (and its CLI runs) with prism_train made unimportable."""

@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 
 from ..errors import PrismError
+from ..references import ADAPTER_CONFIG
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_SAFETENSORS = "adapter_model.safetensors"
 ADAPTER_PICKLE = "adapter_model.bin"
 #: PEFT saves every tensor as ``base_model.model.<name in the base model>``.
@@ -241,23 +241,6 @@ class LoraCheckpoint:
 
     def __repr__(self) -> str:
         return f"LoraCheckpoint({str(self.path)!r}, changed={len(self.edits)}, tensors={len(self.tensors)})"
-
-
-def split_reference(source: str | os.PathLike) -> tuple[str, str] | None:
-    """``(BASE, ADAPTER)`` when ``source`` reads ``BASE+ADAPTER`` -- BASE an existing path, ADAPTER a
-    directory with ``adapter_config.json`` -- else None. A path that exists as a whole is never split;
-    a ``+`` that splits two ways is an error."""
-    text = os.fspath(source)
-    if "+" not in text or os.path.exists(text):
-        return None
-    splits = [(text[:i], text[i + 1 :]) for i, c in enumerate(text) if c == "+"]
-    splits = [(b, a) for b, a in splits if b and a and os.path.exists(b) and os.path.isdir(a)]
-    found = [(b, a) for b, a in splits if os.path.isfile(os.path.join(a, ADAPTER_CONFIG))]
-    if len(found) > 1:
-        raise PrismError(f"ambiguous BASE+ADAPTER: {' or '.join(f'{b!r} + {a!r}' for b, a in found)}", text)
-    if not found and splits:
-        raise PrismError(f"not a PEFT adapter directory (no {ADAPTER_CONFIG})", splits[0][1])
-    return found[0] if found else None
 
 
 def _pattern_value(pattern: dict, module: str, default):

@@ -15,13 +15,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import PrismError
+from ..references import ADAPTER_CONFIG, split_reference
 from .align import Alignment, _check_aligned
 from .base import CheckpointBase, TensorInfo, is_checkpoint
 from .base import file_kind as _kind
 from .base import read_json as _read_json
 from .dcp import DcpCheckpoint, is_dcp_checkpoint
 from .local import Checkpoint, safetensors_dtypes
-from .lora import ADAPTER_CONFIG, LoraCheckpoint, adapter_weights_file, split_reference
+from .lora import LoraCheckpoint, adapter_weights_file
 
 
 def open_checkpoint(
