@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from prism_analysis.options import check_options, number_list, option, steps_list
+from prism_analysis.tiny import FAMILIES
 
-#: Model families of :mod:`prism_train.models` (the paper's four).
-FAMILIES = ("llama", "granite", "mistral", "nemotron_h")
 #: Where training runs.
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -8,6 +8,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+#: The tests folder, the repository, and the subprocess driver scripts (run under torchrun or python).
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+SCRIPTS = TESTS / "scripts"
+
 
 def save_state(state: dict, path: Path, config: dict | None = None, shards: int = 1) -> Path:
     """Write ``state`` as a HF-style safetensors directory (``shards`` > 1 writes an index)."""
@@ -31,7 +36,7 @@ def save_state(state: dict, path: Path, config: dict | None = None, shards: int 
 
 def model_state(family: str = "llama", seed: int = 0, dtype=torch.float32, **overrides) -> tuple[dict, dict]:
     """(state dict, config dict) of a tiny random-init model of ``family``."""
-    from prism_train.models import build_model
+    from prism_analysis.tiny import build_model
 
     model = build_model(family, seed=seed, dtype=dtype, **overrides)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -57,7 +62,7 @@ def tiny_tokenizer():
     if _TOKENIZER is None:
         import pydoc_data.topics as topics
 
-        from prism_train.tokenizer import train_tokenizer
+        from prism_analysis.tiny import train_tokenizer
 
         _TOKENIZER = train_tokenizer(list(topics.topics.values()) + PROSE, vocab_size=512)
     return _TOKENIZER
@@ -68,7 +73,7 @@ def save_model(
 ) -> Path:
     """A complete HF checkpoint (config, safetensors, tokenizer) of a tiny random model of ``family``;
     ``perturb`` > 0 adds seeded relative noise of that size to every weight."""
-    from prism_train.models import build_model
+    from prism_analysis.tiny import build_model
 
     model = build_model(family, seed=seed, **overrides)
     if perturb:

@@ -1,7 +1,7 @@
 import pytest
 
 from prism_analysis.components import COMPONENTS, classify, component, expert_index, layer_index, parts
-from prism_train.models import FAMILIES, build_model
+from prism_analysis.tiny import FAMILIES, build_model
 
 CASES = [
     ("model.embed_tokens.weight", None, "embed"),

@@ -2,7 +2,7 @@
 
 Two real launches on tiny checkpoints: two ``torchrun`` agents with ``--nnodes 2`` meeting at a
 local c10d rendezvous, whose one launch runs audit, trajectory, compare and cka (mean and token
-pooling) through tests/dist_driver.py (``prism_cli.main``, as ``python -m prism_cli``); and the
+pooling) through tests/scripts/dist_driver.py (``prism_cli.main``, as ``python -m prism_cli``); and the
 installed ``prism`` script's ``audit --nproc 2`` (``torch.distributed.run`` of ``-m prism_cli``) with a
 chunk that only rank 1 reads corrupted. Every CSV is compared
 byte for byte and summary.json value for value with an in-process single-process run (two threads;
@@ -26,19 +26,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PROSE, model_state, save_model, save_state
+from helpers import PROSE, ROOT, SCRIPTS, TESTS, model_state, save_model, save_state
 
 from prism_analysis import distributed
 from prism_cli import main
 
-HERE = Path(__file__).parent
 TINY = dict(hidden_size=32, num_layers=2, vocab_size=600)
 RECORD_KEYS = ("world_size", "bytes_per_rank", "prompts_per_rank")
 
 
 def child_env(**extra) -> dict:
     """A child's environment: this checkout importable, quiet libraries."""
-    path = os.pathsep.join(p for p in [str(HERE.parent), os.environ.get("PYTHONPATH", "")] if p)
+    path = os.pathsep.join(p for p in [str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")] if p)
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "RANK", "WORLD_SIZE")}
     return env | {"PYTHONPATH": path, "TRANSFORMERS_VERBOSITY": "error", "PRISM_DIST_TIMEOUT": "600"} | extra
 
@@ -247,7 +246,16 @@ def test_two_nodes_with_a_c10d_rendezvous_run_every_command_exactly(data):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     rendezvous = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "prism-test"]
-    cmd = [*torchrun(), "--nnodes", "2", "--nproc-per-node", "1", *rendezvous, str(HERE / "dist_driver.py"), str(plan)]
+    cmd = [
+        *torchrun(),
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        *rendezvous,
+        str(SCRIPTS / "dist_driver.py"),
+        str(plan),
+    ]
     agents = [
         subprocess.Popen(cmd, cwd=data, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)

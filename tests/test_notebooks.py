@@ -2,12 +2,11 @@
 were executed (outputs saved, no errors), and running them again gives the same text outputs."""
 
 import importlib.util
-from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "notebooks" / "make_notebooks.py")
 make_notebooks = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(make_notebooks)

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import save_model
+from helpers import ROOT, save_model
 
 from prism_analysis.errors import PrismError
 from prism_cli import main
 from prism_train.config import TrainConfig
 from prism_train.lm import train
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(steps=4, save_every=2, batch_size=2, seq_len=32, warmup=1, model={"hidden_size": 64, "num_layers": 2})
 
 

@@ -82,8 +82,8 @@ def test_packing_never_cuts_a_document_that_fits(step):
 def test_document_ids_are_the_tokenizers_ids_and_the_memo_is_bounded():
     import random
 
+    from prism_analysis.tiny import train_tokenizer
     from prism_train.data.mix import load_mix
-    from prism_train.tokenizer import train_tokenizer
 
     rng = random.Random(0)
     samplers = [load_mix(m).sampler("train") for m in ("pretrain", "math_code_science")]

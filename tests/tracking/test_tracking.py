@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import PROSE, tiny_tokenizer
+from helpers import PROSE, ROOT, SCRIPTS, TESTS, tiny_tokenizer
 
 from prism_analysis.errors import PrismError
 from prism_analysis.metrics import DEFAULT_THRESHOLDS, changed_column
@@ -33,7 +33,7 @@ COUNTED = [changed_column(t) for t in DEFAULT_THRESHOLDS] + ["fraction_equal"]
 
 
 def tiny_llama(seed=0):
-    from prism_train.models import build_model
+    from prism_analysis.tiny import build_model
 
     return build_model("llama", seed=seed, hidden_size=32, num_layers=2)
 
@@ -345,10 +345,9 @@ def test_distributed_tracking_equals_one_process(tmp_path, mode):
     rank 0 measuring, give the single-process table (counts exactly, L2 to 1e-12)."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).parent / "tracking_ranks.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    script = SCRIPTS / "tracking_ranks.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}"}
     single = subprocess.run([sys.executable, str(script), "single", str(tmp_path / "single")], env=env, timeout=300)
     assert single.returncode == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

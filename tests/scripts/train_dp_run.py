@@ -1,4 +1,4 @@
-"""The trainers' data-parallel checks in one launch: ``torchrun ... tests/train_dp_run.py OUT COMMANDS.json``.
+"""The trainers' data-parallel checks in one launch: ``torchrun ... tests/scripts/train_dp_run.py OUT COMMANDS.json``.
 
 Runs each ``prism`` argument list of COMMANDS.json through ``prism_cli.main`` in every process. For
 ``prism rl`` the reward is replaced by a planted one (1 when the completion has an even number of

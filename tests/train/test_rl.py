@@ -129,7 +129,7 @@ def test_bf16_checkpoints_resume_exactly_from_fp32_master(start, tmp, monkeypatc
 def test_one_epoch_step_needs_no_separate_old_pass():
     """With one optimizer step per batch, old log-probs = the first pass's, detached: the loss and
     every gradient equal those of a separate no-grad pass, bit for bit (rl_train skips that pass)."""
-    from prism_train.models import build_model
+    from prism_analysis.tiny import build_model
 
     a = build_model("llama", hidden_size=64, num_layers=2, vocab_size=100)
     b = build_model("llama", hidden_size=64, num_layers=2, vocab_size=100)

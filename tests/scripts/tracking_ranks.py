@@ -1,4 +1,4 @@
-"""Live tracking across processes: ``torchrun --nproc-per-node 2 tests/tracking_ranks.py MODE OUT``.
+"""Live tracking across processes: ``torchrun --nproc-per-node 2 tests/scripts/tracking_ranks.py MODE OUT``.
 
 MODE ``fsdp2``: every rank builds the same tiny LLaMA, shards it with FSDP2 ``fully_shard`` (every
 decoder layer, then the root) and trains 4 SGD steps on the same batch, tracked every step; each
@@ -12,10 +12,10 @@ import sys
 
 import torch
 import torch.distributed as dist
-from helpers import end_worker
+from helpers import end_worker  # tests/ is on PYTHONPATH (the launching test puts it there)
 
+from prism_analysis.tiny import build_model
 from prism_analysis.tracking.tracker import UpdateTracker
-from prism_train.models import build_model
 
 
 def main(mode: str, out: str) -> None:

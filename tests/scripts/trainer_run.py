@@ -1,4 +1,4 @@
-"""Train a tiny LLaMA for a few steps with ``transformers.Trainer``: ``python tests/trainer_run.py OUT``.
+"""Train a tiny LLaMA for a few steps with ``transformers.Trainer``: ``python tests/scripts/trainer_run.py OUT``.
 
 Writes what the Trainer writes by default, ``OUT/checkpoint-N/`` (``model.safetensors``, config,
 optimizer, scheduler, trainer state) every 2 steps up to step 10, and no ``trajectory.json``.
@@ -10,7 +10,7 @@ import sys
 import torch
 from transformers import Trainer, TrainingArguments
 
-from prism_train.models import build_model
+from prism_analysis.tiny import build_model
 
 
 def main(out: str) -> None:

@@ -7,7 +7,7 @@ from torch import nn
 
 from prism_analysis.representations.activations import _capture, _unwrap, collect_activations, find_modules
 from prism_analysis.representations.model_loader import load_model
-from prism_train.models import FAMILIES
+from prism_analysis.tiny import FAMILIES
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -1,4 +1,4 @@
-"""Write a real sharded checkpoint: run under ``torchrun --nproc-per-node 2 tests/dcp_save.py OUT``.
+"""Write a real sharded checkpoint: run under ``torchrun --nproc-per-node 2 tests/scripts/dcp_save.py OUT``.
 
 Two CPU processes (gloo) build the same tiny LLaMA, perturb it with seeded noise, shard it with FSDP2
 ``fully_shard`` (every decoder layer, then the root) and save it with ``torch.distributed.checkpoint``:
@@ -28,11 +28,11 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from accelerate import PartialState
 from accelerate.utils import FullyShardedDataParallelPlugin, save_fsdp_model, save_fsdp_optimizer
-from helpers import end_worker
+from helpers import end_worker  # tests/ is on PYTHONPATH (the launching test puts it there)
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 from torch.distributed.fsdp import fully_shard
 
-from prism_train.models import build_model
+from prism_analysis.tiny import build_model
 
 
 def main(out: Path) -> None:

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import save_model
+from helpers import SCRIPTS, save_model
 from safetensors.torch import load_file
 from test_distributed import child_env, torchrun
 
 from prism_cli import main
 
-HERE = Path(__file__).parent
 TINY = dict(hidden_size=32, num_layers=2, vocab_size=600)
 TRAIN = ["train", "--init", "m0", "--seq-len", "32", "--warmup", "2", "--device", "cpu", "--quiet"]
 RUN = [*TRAIN, "--steps", "12", "--save-every", "4", "--save-steps", "1,2,3"]
@@ -72,7 +71,7 @@ def test_data_parallel_training_and_rl_on_two_cpu_processes(tmp):
     ]
     (tmp / "plan.json").write_text(json.dumps(plan))
     r = subprocess.run(
-        [*launcher, str(HERE / "train_dp_run.py"), str(tmp), str(tmp / "plan.json")],
+        [*launcher, str(SCRIPTS / "train_dp_run.py"), str(tmp), str(tmp / "plan.json")],
         cwd=tmp,
         env=child_env(),
         capture_output=True,

@@ -1,4 +1,4 @@
-"""Run several ``prism`` commands in one launch: ``torchrun ... tests/dist_driver.py COMMANDS.json``.
+"""Run several ``prism`` commands in one launch: ``torchrun ... tests/scripts/dist_driver.py COMMANDS.json``.
 
 COMMANDS.json holds a list of argument lists; each runs through ``prism_cli.main`` in turn in every
 process of the launch (the process group is joined once and reused), so one torchrun start-up

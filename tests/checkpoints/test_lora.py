@@ -23,7 +23,7 @@ QV = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
 def make_lora(tmp, model=None, dtype=torch.float32, safe=True, **lora):
     """Save a tiny model (``tmp/base``), a LoRA adapter of it with random factors (``tmp/adapter``;
     PEFT starts B at zero) and PEFT's merge of the two (``tmp/merged``)."""
-    from prism_train.models import build_model
+    from prism_analysis.tiny import build_model
 
     model = model if model is not None else build_model("llama", dtype=dtype)
     model.save_pretrained(tmp / "base")
@@ -129,7 +129,7 @@ def test_embedding_lora_modules_to_save_and_patterns(tmp):
 
 def test_lora_bias(tmp):
     """lora_bias: B's bias b adds scale * b to the base bias."""
-    from prism_train.models import build_model
+    from prism_analysis.tiny import build_model
 
     base, adapter, merged = make_lora(tmp, build_model("llama", attention_bias=True), lora_bias=True, **QV)
     lora = assert_same_as_peft(base, adapter, merged)

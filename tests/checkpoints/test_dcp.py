@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import peak_rss_growth, save_state
+from helpers import ROOT, SCRIPTS, TESTS, peak_rss_growth, save_state
 from torch.distributed.checkpoint import FileSystemReader
 
 from prism_analysis.checkpoints import dcp as dcp_reader
@@ -33,14 +33,13 @@ from prism_analysis.weights.interpolate import interpolate
 from prism_analysis.weights.trajectory import analyse_trajectory
 from prism_cli import main
 
-HERE = Path(__file__).parent
 #: The DCP layouts dcp_save.py writes, all holding the same (perturbed) weights.
 LAYOUTS = ["dcp", "trainer", "run/checkpoint-2", "run/checkpoint-2/pytorch_model_fsdp_0"]
 
 
 def child_env() -> dict:
     """The environment of a child process: this checkout importable, one thread per process."""
-    path = os.pathsep.join(p for p in [str(HERE.parent), os.environ.get("PYTHONPATH", "")] if p)
+    path = os.pathsep.join(p for p in [str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")] if p)
     return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
 
 
@@ -50,7 +49,7 @@ def saved(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dcp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     r = subprocess.run(
-        [*cmd, str(HERE / "dcp_save.py"), str(out)], env=child_env(), capture_output=True, text=True, timeout=300
+        [*cmd, str(SCRIPTS / "dcp_save.py"), str(out)], env=child_env(), capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return out
@@ -289,7 +288,7 @@ def test_hf_trainer_run_is_a_trajectory_in_step_order(tmp, capsys):
     discovered in numeric step order (10 after 8, not after 1) and analysed end to end."""
     out = tmp / "trainer"
     r = subprocess.run(
-        [sys.executable, str(HERE / "trainer_run.py"), str(out)],
+        [sys.executable, str(SCRIPTS / "trainer_run.py"), str(out)],
         env=child_env(),
         capture_output=True,
         text=True,
