@@ -16,8 +16,8 @@ from prism_analysis.errors import PrismError
 from prism_analysis.metrics import DEFAULT_THRESHOLD, threshold_key
 from prism_analysis.outputs import staged_dir, write_json
 
-from .intervals import MACRO_WEIGHTS, MATH_WEIGHTS, paired_bootstrap, wilson
-from .study_design import MODELS, STAGES
+from ..intervals import MACRO_WEIGHTS, MATH_WEIGHTS, paired_bootstrap, wilson
+from .design import MODELS, STAGES
 
 BENCHMARKS = tuple(MACRO_WEIGHTS)  # math_easy, math_hard, code, science (prism_train.evaluate)
 #: resamples of every bootstrap interval in the report
