@@ -258,7 +258,7 @@ def add_figures(sub) -> None:
 
 
 def _run_figures(args) -> None:
-    from .study.report import export
+    from .study.export import export
 
     summary = export(args.run, args.into)
     n = sum(f["reproduced"] for f in summary["findings"])
