@@ -160,7 +160,7 @@ Image(filename="audit_base_mid/update_by_layer_and_component.png")""",
             """import os, shutil, tempfile
 from pathlib import Path
 RUN = Path(os.environ.get("PRISM_RUN", "figures/run"))
-from prism_train.study_report import report
+from prism_train.study.report import report
 tmp = Path(tempfile.mkdtemp()) / "run"
 shutil.copytree(RUN, tmp)          # redraw into a copy, leaving RUN as it is
 summary = report(tmp)

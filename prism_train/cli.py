@@ -229,7 +229,7 @@ def add_reproduce(sub) -> None:
 
 
 def _run_reproduce(args) -> None:
-    from .study import reproduce
+    from .study.run import reproduce
 
     summary = reproduce(args.out, args.preset, args.family, args.force, progress=not args.quiet)
     for f in summary["findings"]:
@@ -258,7 +258,7 @@ def add_figures(sub) -> None:
 
 
 def _run_figures(args) -> None:
-    from .study_report import export
+    from .study.export import export
 
     summary = export(args.run, args.into)
     n = sum(f["reproduced"] for f in summary["findings"])

@@ -11,7 +11,7 @@ from prism_analysis.errors import PrismError
 from prism_cli import main
 from prism_train.intervals import wilson
 from prism_train.study import Study, reproduce
-from prism_train.study_design import MODELS, RLS
+from prism_train.study.design import MODELS, RLS
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 :func:`analyse_weights` and :func:`analyse_models` take plain checkpoint paths and RL run
 directories, so the same analysis runs on checkpoints the study did not train (any models named as
-in :data:`~prism_train.study_design.MODELS`); :func:`analysis_jobs` runs them on the study's run
+in :data:`~prism_train.study.design.MODELS`); :func:`analysis_jobs` runs them on the study's run
 directories, as two jobs of the study's batch (:mod:`prism_train.schedule`).
 """
 
@@ -23,10 +23,10 @@ from prism_analysis.weights.compare import compare_updates
 from prism_analysis.weights.interpolate import landscape
 from prism_analysis.weights.trajectory import analyse_trajectory, save_trajectory
 
-from .data.general import corpus
-from .data.problem import in_split
-from .data.reasoning import problem_stream
-from .study_design import AUDITS, CKA_PAIRS, GEOMETRY, MODELS, RLS, Preset
+from ..data.general import corpus
+from ..data.problem import in_split
+from ..data.reasoning import problem_stream
+from .design import AUDITS, CKA_PAIRS, GEOMETRY, MODELS, RLS, Preset
 
 
 def probe_sets(n: int) -> dict[str, list[str]]:
@@ -54,8 +54,8 @@ def math_scorer(n: int):
     """Greedy format-gated accuracy on ``n`` held-out easy math problems (the F13 score)."""
     from prism_analysis.representations.model_loader import load_model
 
-    from .evaluate import benchmark, generate
-    from .rewards import reward
+    from ..evaluate import benchmark, generate
+    from ..rewards import reward
 
     probs = benchmark("math_easy", n)
 
@@ -89,7 +89,7 @@ def analysis_jobs(runs, out, preset: Preset, after: tuple[str, ...] = ()) -> lis
     ``runs``: the directory holding one run directory per name of ``MODELS`` (each model is its
     run's last saved step, looked up when the job starts); ``after``: the jobs that train them.
     """
-    from .schedule import Job
+    from ..schedule import Job
 
     kw = {"runs": str(runs), "out": str(out)}
     return [

@@ -35,8 +35,8 @@ from prism_analysis.checkpoints.run_manifest import last_checkpoint
 from prism_analysis.errors import PrismError, from_os_error
 from prism_analysis.outputs import write_json
 
-from .run_dir import LOCK, DirectoryLock, config_hash
-from .study_design import MIDS, MODELS, PRESETS, RLS, STAGES, Preset
+from ..run_dir import LOCK, DirectoryLock, config_hash
+from .design import MIDS, MODELS, PRESETS, RLS, STAGES, Preset
 
 #: Stages whose jobs run as one batch on the workers (:meth:`Study._run_pooled`).
 POOLED = ("mid", "rl", "eval", "analyse")
@@ -57,7 +57,7 @@ class Study:
     ):
         if preset not in PRESETS:
             raise PrismError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        from .models import FAMILIES
+        from ..models import FAMILIES
 
         if family is not None and family not in FAMILIES:
             raise PrismError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
@@ -185,7 +185,7 @@ class Study:
         (self.out / "stages" / f"{stage}.json").unlink(missing_ok=True)
 
     def _train_cfg(self, **kw):
-        from .lm import TrainConfig
+        from ..lm import TrainConfig
 
         p = self.p
         return TrainConfig(
@@ -202,7 +202,7 @@ class Study:
         """Pretraining runs alone, so it takes one thread per worker: at the tiny preset's size two
         threads train 1.6x faster than one (0.19 vs 0.31 s a step, measured on 2 cores), where two
         one-thread jobs side by side are what the later stages gain from."""
-        from .schedule import call_with_threads
+        from ..schedule import call_with_threads
 
         if self.p.workers > 1:
             call_with_threads(self._pretrain, {}, self.p.workers)
@@ -210,7 +210,7 @@ class Study:
             self._pretrain()
 
     def _pretrain(self) -> None:
-        from .lm import train
+        from ..lm import train
 
         p = self.p
         train(
@@ -227,8 +227,8 @@ class Study:
         )
 
     def _mid_jobs(self) -> list:
-        from .lm import train
-        from .schedule import Job
+        from ..lm import train
+        from ..schedule import Job
 
         p = self.p
         base = str(self.model_path("base"))
@@ -249,9 +249,9 @@ class Study:
     def _rl_jobs(self, mid_names: set[str]) -> list:
         """The RL runs; one whose start is in ``mid_names`` (trained in the same batch of jobs)
         waits for it and starts from its last step."""
-        from .rl import RLConfig, rl_train
-        from .run_dir import step_name
-        from .schedule import Job
+        from ..rl import RLConfig, rl_train
+        from ..run_dir import step_name
+        from ..schedule import Job
 
         p = self.p
         jobs = []
@@ -283,7 +283,7 @@ class Study:
     def _eval_jobs(self, trained: set[str]) -> list:
         """One evaluation per model; one whose model is trained in the same batch of jobs
         (``trained``) waits for it."""
-        from .schedule import Job
+        from ..schedule import Job
 
         (self.out / "eval").mkdir(exist_ok=True)
         return [
@@ -304,7 +304,7 @@ class Study:
         does not wait alone, the analyses run beside the last evaluations) and starts the worker
         processes, and their imports, once. The later stages are recorded here; ``first`` by
         :meth:`run`."""
-        from .schedule import run_jobs
+        from ..schedule import run_jobs
 
         stages = [first] + [s for s in POOLED[POOLED.index(first) + 1 :] if not self._done(s)]
         for s in stages[1:]:
@@ -319,7 +319,7 @@ class Study:
         if "eval" in stages:
             jobs["eval"] = self._eval_jobs(set(trained))
         if "analyse" in stages:
-            from .study_analysis import analysis_jobs
+            from .analysis import analysis_jobs
 
             jobs["analyse"] = analysis_jobs(self.out / "models", self.out / "analysis", self.p, after=trained)
         t = time.perf_counter()
@@ -347,7 +347,7 @@ class Study:
         return self._run_pooled("analyse")
 
     def _run_report(self) -> None:
-        from .study_report import report
+        from .report import report
 
         report(self.out)
 
@@ -361,7 +361,7 @@ def evaluate_checkpoint(path, out, n: int) -> None:
     """Evaluate the checkpoint ``path`` on ``n`` problems per benchmark into the JSON file ``out``."""
     from prism_analysis.representations.model_loader import load_model
 
-    from .evaluate import evaluate
+    from ..evaluate import evaluate
 
     model, tok = load_model(path, device="cpu", dtype="float32", progress=False)  # bf16 weights, fp32 compute
     write_json(out, {"path": str(path), **evaluate(model, tok, n=n)})

@@ -1,9 +1,9 @@
 """What the miniature PRISM study trains and compares: its models, its pairs, its presets.
 
-The study (:mod:`prism_train.study`) pretrains a base model, mid-trains it on three mixes, runs RL
+The study (:mod:`prism_train.study.run`) pretrains a base model, mid-trains it on three mixes, runs RL
 from the base and from each mid-trained model, and compares them pairwise as the paper does. The
-names here are shared by the stages, the analysis (:mod:`prism_train.study_analysis`) and the
-report (:mod:`prism_train.study_report`).
+names here are shared by the stages, the analysis (:mod:`prism_train.study.analysis`) and the
+report (:mod:`prism_train.study.report`).
 """
 
 from __future__ import annotations
