@@ -12,18 +12,36 @@ With the rule declared once, one generic :meth:`Accumulator.merge` folds in anot
         biggest: float = state(0.0, reduce="max")
 
 Sums of floats are Python floats (IEEE float64), so a merge in a fixed order is bit-reproducible.
-List states (one entry per threshold) combine element-wise.
+List states (one entry per threshold) combine element-wise. Tensor states (a Gram matrix, a
+layer-by-layer HSIC table) are declared with default ``None`` and set by the first update; they
+combine with ``+`` and ``torch.maximum``. :meth:`Accumulator.all_reduce` combines one accumulator's
+states across the processes of a ``torch.distributed`` group (float64, exact sums of counts), so
+every statistic of the package is reduced across ranks the same way.
+
+The contract every accumulator keeps (``tests/test_accumulators.py`` checks them all): updates
+split in two accumulators and merged give the whole's ``compute()``; merging an :meth:`~Accumulator.empty`
+accumulator changes nothing; an all-reduce over ranks equals the merge of the ranks' parts.
 """
 
 from __future__ import annotations
 
 from dataclasses import field, fields
 
-REDUCTIONS = {"sum": lambda x, y: x + y, "max": max}
+
+def _max(x, y):
+    if hasattr(x, "shape") and x.shape:  # a tensor state: element-wise
+        import torch
+
+        return torch.maximum(x, y)
+    return max(x, y)
+
+
+REDUCTIONS = {"sum": lambda x, y: x + y, "max": _max}
 
 
 def state(default=0, reduce: str = "sum"):
-    """A state field of an :class:`Accumulator` dataclass (``default`` a number or a list)."""
+    """A state field of an :class:`Accumulator` dataclass (``default`` a number, a list, or None for a
+    tensor state that the first update sets)."""
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
     meta = {"reduce": reduce}
@@ -41,7 +59,8 @@ class Accumulator:
 
     @classmethod
     def setting_names(cls) -> list[str]:
-        return [f.name for f in fields(cls) if "reduce" not in f.metadata]
+        """Fields that are neither states nor a subclass's ``reference`` (e.g. a reference point)."""
+        return [f.name for f in fields(cls) if "reduce" not in f.metadata and "reference" not in f.metadata]
 
     def empty(self) -> Accumulator:
         """A new accumulator with this one's settings and nothing accumulated (what may merge into it)."""
@@ -58,7 +77,11 @@ class Accumulator:
                 continue
             op = REDUCTIONS[f.metadata["reduce"]]
             mine, theirs = getattr(self, f.name), values[f.name]
-            if isinstance(mine, list):
+            if theirs is None:  # a tensor state the other side never set
+                continue
+            if mine is None:
+                setattr(self, f.name, theirs.clone() if hasattr(theirs, "clone") else theirs)
+            elif isinstance(mine, list):
                 if len(mine) != len(theirs):
                     raise ValueError(f"cannot merge {f.name}: {len(mine)} vs {len(theirs)} entries")
                 setattr(self, f.name, [op(x, y) for x, y in zip(mine, theirs)])
@@ -155,6 +178,13 @@ def all_reduce(accumulators: list[Accumulator]) -> None:
                 if f.metadata.get("reduce") != reduce:
                     continue
                 v = getattr(acc, f.name)
+                if isinstance(v, torch.Tensor):  # a tensor state: reduced as it is, in float64
+                    if v.dtype != torch.float64:
+                        raise TypeError(f"tensor state {f.name} must be float64 to be reduced exactly")
+                    dist.all_reduce(v, op=op)
+                    continue
+                if v is None:
+                    raise ValueError(f"cannot all-reduce {type(acc).__name__}: state {f.name} is unset on this rank")
                 slots.append((acc, f.name, len(v) if isinstance(v, list) else None))
                 values += v if isinstance(v, list) else [v]
         if not values:

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 #: Keys whose values are wall-clock times or dates: left out of the comparison.
-VOLATILE = ("seconds", "time", "elapsed", "created", "started", "finished", "duration", "date", "pid", "host")
+VOLATILE = ("seconds", "time", "timing", "elapsed", "created", "started", "finished", "duration", "date", "pid", "host")
 
 
 def fixtures(root: Path) -> None:

@@ -33,9 +33,13 @@ or numpy arrays; scalars come back as Python floats, matrices as tensors (numpy 
 
 from __future__ import annotations
 
+from dataclasses import InitVar, dataclass, field, fields
+
 import numpy as np
 import pandas as pd
 import torch
+
+from ..accumulator import Accumulator, state
 
 F64 = torch.float64
 
@@ -291,51 +295,72 @@ def cka_matrix(
 
 
 # -- streaming over rows ----------------------------------------------------------------------
-class StreamingCKA:
+@dataclass
+class StreamingCKA(Accumulator):
     """Exact linear CKA over unlimited rows fed in chunks, for L matched layer pairs at once.
 
     ``update(xs, ys)`` takes a chunk: ``xs`` (L x m x d1) and ``ys`` (L x m x d2) (or sequences of
     (m x d) arrays); ``compute()`` returns the (L,) float64 CKA of all rows seen; ``merge(other)``
-    folds in a StreamingCKA fed other rows (another shard, another process), exactly.
+    folds in a StreamingCKA fed other rows (another shard, another process), exactly. It keeps the
+    :class:`~prism_analysis.accumulator.Accumulator` contract: float64 tensor states that add.
 
-    Precision: rows are shifted by a reference point (the first chunk's column means, or ``shift``:
-    states fed chunk by chunk with one shift merge by plain addition, in any chunking) before the
-    chunk products, so large means and outlier channels do not cancel catastrophically; products
-    run in ``dtype`` (fp32 by default: the speed of three GEMMs) and accumulate in float64.
-    Memory: O(d1^2 + d2^2 + d1 d2) per layer, whatever the number of rows.
+    Precision: rows are shifted by a reference point (``shift``, else the first chunk's column
+    means) before the chunk products, so large means and outlier channels do not cancel
+    catastrophically; products run in ``dtype`` (fp32 by default: the speed of three GEMMs) and
+    accumulate in float64. States taken with one reference point merge by plain addition, in any
+    chunking; :meth:`merge` first re-expresses the other's states at this one's reference point
+    (:meth:`_at`), and :meth:`all_reduce` at rank 0's. Memory: O(d1^2 + d2^2 + d1 d2) per layer,
+    whatever the number of rows.
 
-    State per layer, for shifted rows x~ = x - s_x, y~ = y - s_y: n, sums Sx, Sy, products Cxx,
-    Cyy, Cxy; and with ``debiased`` the row norms a = |x~|^2, b = |y~|^2 through sum a, sum b,
-    sum ab, sum a^2, sum b^2, sum a x~, sum b x~, sum a y~, sum b y~ (the unbiased HSIC needs them).
+    States per layer, for shifted rows x~ = x - s_x, y~ = y - s_y: n, sums Sx, Sy, products Cxx,
+    Cyy, Cxy; and with ``debiased`` the row norms a = |x~|^2, b = |y~|^2 through sum a (A1), sum b
+    (B1), sum ab, sum a^2, sum b^2, sum a x~ (Vax), sum b x~, sum a y~, sum b y~ (the unbiased
+    HSIC needs them).
     """
 
-    def __init__(self, debiased: bool = False, dtype: torch.dtype = torch.float32, device=None, shift=None):
-        self.debiased = debiased
-        self.dtype = dtype
-        self.device = device
-        self.shift = shift  # (s_x, s_y), each (L, d): the reference point, else the first chunk's means
-        self.n = 0
-        self.state: dict[str, torch.Tensor] = {}
+    debiased: bool = False
+    dtype: torch.dtype = torch.float32
+    device: object = None
+    shift: InitVar[tuple | None] = None
+    n: int = state(0)
+    Sx: torch.Tensor | None = state(None)
+    Sy: torch.Tensor | None = state(None)
+    Cxx: torch.Tensor | None = state(None)
+    Cyy: torch.Tensor | None = state(None)
+    Cxy: torch.Tensor | None = state(None)
+    A1: torch.Tensor | None = state(None)
+    B1: torch.Tensor | None = state(None)
+    Sab: torch.Tensor | None = state(None)
+    Saa: torch.Tensor | None = state(None)
+    Sbb: torch.Tensor | None = state(None)
+    Vax: torch.Tensor | None = state(None)
+    Vbx: torch.Tensor | None = state(None)
+    Vay: torch.Tensor | None = state(None)
+    Vby: torch.Tensor | None = state(None)
+    #: the reference point (s_x, s_y), each (L, d): set by ``shift`` or the first update
+    sx: torch.Tensor | None = field(default=None, repr=False, compare=False, metadata={"reference": True})
+    sy: torch.Tensor | None = field(default=None, repr=False, compare=False, metadata={"reference": True})
+
+    def __post_init__(self, shift):
+        if shift is not None:
+            self.sx, self.sy = shift
+
+    @property
+    def started(self) -> bool:
+        return self.Sx is not None
 
     def _init(self, X: torch.Tensor, Y: torch.Tensor) -> None:
         L, _, d1 = X.shape
         d2 = Y.shape[2]
         dev = X.device
         z = lambda *s: torch.zeros(*s, dtype=F64, device=dev)  # noqa: E731
-        sx, sy = self.shift if self.shift is not None else (X.to(F64).mean(1), Y.to(F64).mean(1))
-        self.state = {
-            "sx": sx.to(dev, F64),
-            "sy": sy.to(dev, F64),
-            "Sx": z(L, d1),
-            "Sy": z(L, d2),
-            "Cxx": z(L, d1, d1),
-            "Cyy": z(L, d2, d2),
-            "Cxy": z(L, d1, d2),
-        }
+        sx, sy = (self.sx, self.sy) if self.sx is not None else (X.to(F64).mean(1), Y.to(F64).mean(1))
+        self.sx, self.sy = sx.to(dev, F64), sy.to(dev, F64)
+        self.Sx, self.Sy = z(L, d1), z(L, d2)
+        self.Cxx, self.Cyy, self.Cxy = z(L, d1, d1), z(L, d2, d2), z(L, d1, d2)
         if self.debiased:
-            self.state.update(
-                A1=z(L), B1=z(L), Sab=z(L), Saa=z(L), Sbb=z(L), Vax=z(L, d1), Vbx=z(L, d1), Vay=z(L, d2), Vby=z(L, d2)
-            )
+            self.A1, self.B1, self.Sab, self.Saa, self.Sbb = z(L), z(L), z(L), z(L), z(L)
+            self.Vax, self.Vbx, self.Vay, self.Vby = z(L, d1), z(L, d1), z(L, d2), z(L, d2)
 
     def update(self, xs, ys) -> StreamingCKA:
         X, Y = _stack(xs), _stack(ys)
@@ -344,44 +369,42 @@ class StreamingCKA:
         Y = Y.to(X.device)
         if X.shape[:2] != Y.shape[:2]:
             raise ValueError(f"chunks must have the same layers and rows: {tuple(X.shape[:2])} vs {tuple(Y.shape[:2])}")
-        if not self.state:
+        if not self.started:
             self._init(X, Y)
-        elif X.shape[0] != self.state["Sx"].shape[0]:
+        elif X.shape[0] != self.Sx.shape[0]:
             raise ValueError("every chunk must have the same number of layers")
-        s = self.state
-        x = X.to(self.dtype) - s["sx"][:, None, :].to(self.dtype)
-        y = Y.to(self.dtype) - s["sy"][:, None, :].to(self.dtype)
-        s["Cxx"] += (x.mT @ x).to(F64)
-        s["Cyy"] += (y.mT @ y).to(F64)
-        s["Cxy"] += (x.mT @ y).to(F64)
+        x = X.to(self.dtype) - self.sx[:, None, :].to(self.dtype)
+        y = Y.to(self.dtype) - self.sy[:, None, :].to(self.dtype)
+        self.Cxx += (x.mT @ x).to(F64)
+        self.Cyy += (y.mT @ y).to(F64)
+        self.Cxy += (x.mT @ y).to(F64)
         x64, y64 = x.to(F64), y.to(F64)
-        s["Sx"] += x64.sum(1)
-        s["Sy"] += y64.sum(1)
+        self.Sx += x64.sum(1)
+        self.Sy += y64.sum(1)
         if self.debiased:
             a, b = (x64 * x64).sum(-1), (y64 * y64).sum(-1)
-            s["A1"] += a.sum(1)
-            s["B1"] += b.sum(1)
-            s["Sab"] += (a * b).sum(1)
-            s["Saa"] += (a * a).sum(1)
-            s["Sbb"] += (b * b).sum(1)
-            s["Vax"] += (a[:, None, :] @ x64)[:, 0]
-            s["Vbx"] += (b[:, None, :] @ x64)[:, 0]
-            s["Vay"] += (a[:, None, :] @ y64)[:, 0]
-            s["Vby"] += (b[:, None, :] @ y64)[:, 0]
+            self.A1 += a.sum(1)
+            self.B1 += b.sum(1)
+            self.Sab += (a * b).sum(1)
+            self.Saa += (a * a).sum(1)
+            self.Sbb += (b * b).sum(1)
+            self.Vax += (a[:, None, :] @ x64)[:, 0]
+            self.Vbx += (b[:, None, :] @ x64)[:, 0]
+            self.Vay += (a[:, None, :] @ y64)[:, 0]
+            self.Vby += (b[:, None, :] @ y64)[:, 0]
         self.n += X.shape[1]
         return self
 
-    def _shifted(self, sx: torch.Tensor, sy: torch.Tensor) -> dict[str, torch.Tensor]:
-        """This state re-expressed for shifts (sx, sy): x~' = x~ + dx with dx = s_old - s_new."""
-        s, n = self.state, self.n
-        dx, dy = s["sx"] - sx, s["sy"] - sy
-        Sx, Sy, Cxx, Cyy, Cxy = s["Sx"], s["Sy"], s["Cxx"], s["Cyy"], s["Cxy"]
+    def _at(self, sx: torch.Tensor, sy: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The states re-expressed for the reference point (sx, sy): x~' = x~ + dx, dx = s_old - s_new."""
+        n = self.n
+        dx, dy = self.sx - sx, self.sy - sy
+        Sx, Sy, Cxx, Cyy, Cxy = self.Sx, self.Sy, self.Cxx, self.Cyy, self.Cxy
         outer = lambda u, v: u[:, :, None] * v[:, None, :]  # noqa: E731
         dot = lambda u, v: (u * v).sum(-1)  # noqa: E731
         mv = lambda M, v: (M @ v[:, :, None])[:, :, 0]  # noqa: E731
         new = {
-            "sx": sx,
-            "sy": sy,
+            "n": n,
             "Sx": Sx + n * dx,
             "Sy": Sy + n * dy,
             "Cxx": Cxx + outer(Sx, dx) + outer(dx, Sx) + n * outer(dx, dx),
@@ -390,47 +413,32 @@ class StreamingCKA:
         }
         if self.debiased:
             cx, cy = dot(dx, dx), dot(dy, dy)
-            A1, B1 = s["A1"], s["B1"]
+            A1, B1 = self.A1, self.B1
             dxSx, dySy = dot(dx, Sx), dot(dy, Sy)
+
+            def moved_v(V, W1, C, dw, dwSw, cw, du, Su):
+                # sum_i w~'_i u~'_i for the norm w of one side and the rows u of either side:
+                # V + W1 du + 2 C dw + 2 (dw . Sw) du + |dw|^2 Su + n |dw|^2 du
+                return (
+                    V
+                    + W1[:, None] * du
+                    + 2 * mv(C, dw)
+                    + 2 * dwSw[:, None] * du
+                    + cw[:, None] * Su
+                    + n * cw[:, None] * du
+                )
+
             new["A1"] = A1 + 2 * dxSx + n * cx
             new["B1"] = B1 + 2 * dySy + n * cy
-            new["Vax"] = (
-                s["Vax"]
-                + A1[:, None] * dx
-                + 2 * mv(Cxx, dx)
-                + 2 * dxSx[:, None] * dx
-                + cx[:, None] * Sx
-                + n * cx[:, None] * dx
-            )
-            new["Vbx"] = (
-                s["Vbx"]
-                + B1[:, None] * dx
-                + 2 * mv(Cxy, dy)
-                + 2 * dySy[:, None] * dx
-                + cy[:, None] * Sx
-                + n * cy[:, None] * dx
-            )
-            new["Vay"] = (
-                s["Vay"]
-                + A1[:, None] * dy
-                + 2 * mv(Cxy.mT, dx)
-                + 2 * dxSx[:, None] * dy
-                + cx[:, None] * Sy
-                + n * cx[:, None] * dy
-            )
-            new["Vby"] = (
-                s["Vby"]
-                + B1[:, None] * dy
-                + 2 * mv(Cyy, dy)
-                + 2 * dySy[:, None] * dy
-                + cy[:, None] * Sy
-                + n * cy[:, None] * dy
-            )
+            new["Vax"] = moved_v(self.Vax, A1, Cxx, dx, dxSx, cx, dx, Sx)
+            new["Vbx"] = moved_v(self.Vbx, B1, Cxy, dy, dySy, cy, dx, Sx)
+            new["Vay"] = moved_v(self.Vay, A1, Cxy.mT, dx, dxSx, cx, dy, Sy)
+            new["Vby"] = moved_v(self.Vby, B1, Cyy, dy, dySy, cy, dy, Sy)
             new["Sab"] = (
-                s["Sab"]
-                + 2 * dot(dy, s["Vay"])
+                self.Sab
+                + 2 * dot(dy, self.Vay)
                 + cy * A1
-                + 2 * dot(dx, s["Vbx"])
+                + 2 * dot(dx, self.Vbx)
                 + 4 * dot(dx, mv(Cxy, dy))
                 + 2 * cy * dxSx
                 + cx * B1
@@ -438,43 +446,59 @@ class StreamingCKA:
                 + n * cx * cy
             )
             new["Saa"] = (
-                s["Saa"] + 4 * dot(dx, s["Vax"]) + 2 * cx * A1 + 4 * dot(dx, mv(Cxx, dx)) + 4 * cx * dxSx + n * cx * cx
+                self.Saa + 4 * dot(dx, self.Vax) + 2 * cx * A1 + 4 * dot(dx, mv(Cxx, dx)) + 4 * cx * dxSx + n * cx * cx
             )
             new["Sbb"] = (
-                s["Sbb"] + 4 * dot(dy, s["Vby"]) + 2 * cy * B1 + 4 * dot(dy, mv(Cyy, dy)) + 4 * cy * dySy + n * cy * cy
+                self.Sbb + 4 * dot(dy, self.Vby) + 2 * cy * B1 + 4 * dot(dy, mv(Cyy, dy)) + 4 * cy * dySy + n * cy * cy
             )
         return new
 
     def merge(self, other: StreamingCKA) -> StreamingCKA:
         """Fold in ``other`` (rows from elsewhere); the result equals feeding both row sets here."""
-        if other.debiased != self.debiased:
+        if type(other) is not type(self) or other.debiased != self.debiased:
             raise ValueError("cannot merge debiased with biased StreamingCKA")
-        if not other.state:
+        if not other.started:
             return self
-        if not self.state:
-            self.state = {k: v.clone() for k, v in other.state.items()}
-            self.n = other.n
+        if not self.started:
+            self.sx, self.sy = other.sx.clone(), other.sy.clone()
+            return self.add(other.states())
+        theirs = other._at(self.sx.to(other.sx.device), self.sy.to(other.sy.device))
+        return self.add({k: v.to(self.sx.device) if isinstance(v, torch.Tensor) else v for k, v in theirs.items()})
+
+    def all_reduce(self) -> StreamingCKA:
+        """Reduce across ranks at rank 0's reference point (each rank re-expresses its states there
+        first); every rank must have seen rows."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
             return self
-        theirs = other._shifted(
-            self.state["sx"].to(other.state["sx"].device), self.state["sy"].to(other.state["sy"].device)
-        )
-        for k, v in theirs.items():
-            if k not in ("sx", "sy"):
-                self.state[k] += v.to(self.state[k].device)
-        self.n += other.n
+        sx, sy = self.sx.clone(), self.sy.clone()
+        dist.broadcast(sx, src=0)
+        dist.broadcast(sy, src=0)
+        for k, v in self._at(sx, sy).items():
+            setattr(self, k, v)
+        self.sx, self.sy = sx, sy
+        return super().all_reduce()
+
+    def to(self, device) -> StreamingCKA:
+        """Move the states (and the reference point) to ``device``; returns self."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                setattr(self, f.name, v.to(device))
         return self
 
     def compute(self) -> torch.Tensor:
         """(L,) float64 linear CKA (debiased if constructed so) of all rows seen."""
-        if not self.state:
+        if not self.started:
             raise ValueError("StreamingCKA.compute() called before any update()")
         _check_rows(self.n, self.debiased)
-        s, n = self.state, self.n
+        s, n = self, self.n
         if not self.debiased:
             outer = lambda u, v: u[:, :, None] * v[:, None, :] / n  # noqa: E731
-            hxy = torch.linalg.matrix_norm(s["Cxy"] - outer(s["Sx"], s["Sy"])) ** 2
-            hxx = torch.linalg.matrix_norm(s["Cxx"] - outer(s["Sx"], s["Sx"])) ** 2
-            hyy = torch.linalg.matrix_norm(s["Cyy"] - outer(s["Sy"], s["Sy"])) ** 2
+            hxy = torch.linalg.matrix_norm(s.Cxy - outer(s.Sx, s.Sy)) ** 2
+            hxx = torch.linalg.matrix_norm(s.Cxx - outer(s.Sx, s.Sx)) ** 2
+            hyy = torch.linalg.matrix_norm(s.Cyy - outer(s.Sy, s.Sy)) ** 2
             return _ratio(hxy, hxx, hyy)
 
         def hsic(C, Su, Sv, Vuv_a, Vvu_b, Sab, A1, B1):
@@ -485,24 +509,27 @@ class StreamingCKA:
             kl = (Su[:, None, :] @ C @ Sv[:, :, None])[:, 0, 0] - (Vuv_a * Sv).sum(-1) - (Vvu_b * Su).sum(-1) + Sab
             return tr + kk * ll / ((n - 1.0) * (n - 2.0)) - 2.0 / (n - 2.0) * kl
 
-        hxy = hsic(s["Cxy"], s["Sx"], s["Sy"], s["Vay"], s["Vbx"], s["Sab"], s["A1"], s["B1"])
-        hxx = hsic(s["Cxx"], s["Sx"], s["Sx"], s["Vax"], s["Vax"], s["Saa"], s["A1"], s["A1"])
-        hyy = hsic(s["Cyy"], s["Sy"], s["Sy"], s["Vby"], s["Vby"], s["Sbb"], s["B1"], s["B1"])
+        hxy = hsic(s.Cxy, s.Sx, s.Sy, s.Vay, s.Vbx, s.Sab, s.A1, s.B1)
+        hxx = hsic(s.Cxx, s.Sx, s.Sx, s.Vax, s.Vax, s.Saa, s.A1, s.A1)
+        hyy = hsic(s.Cyy, s.Sy, s.Sy, s.Vby, s.Vby, s.Sbb, s.B1, s.B1)
         return _ratio(hxy, hxx, hyy)
 
 
-class MinibatchCKA:
+@dataclass
+class MinibatchCKA(Accumulator):
     """Minibatch CKA (Nguyen, Raghu, Kornblith 2021) for all L1 x L2 layer pairs.
 
     Each ``update(xs, ys)`` adds one minibatch (>= 4 rows): the unbiased HSIC_1 of every layer pair
     and of every layer with itself. ``compute()`` is the ratio of sums,
     sum_b HSIC_1(K_i, L_j) / sqrt(sum_b HSIC_1(K_i, K_i) * sum_b HSIC_1(L_j, L_j)).
     Unlike full-data CKA this depends on the batch size; it is the estimator of that paper.
+    States (float64 tensors and a count) merge and all-reduce by addition.
     """
 
-    def __init__(self):
-        self.hxy = self.hxx = self.hyy = None
-        self.batches = 0
+    hxy: torch.Tensor | None = state(None)
+    hxx: torch.Tensor | None = state(None)
+    hyy: torch.Tensor | None = state(None)
+    batches: int = state(0)
 
     def update(self, xs, ys) -> MinibatchCKA:
         X = _stack(xs)
@@ -515,22 +542,7 @@ class MinibatchCKA:
         GY = center_gram(_center(Y) @ _center(Y).mT, unbiased=True).reshape(Y.shape[0], -1)
         scale = 1.0 / (m * (m - 3))
         hxy, hxx, hyy = (GX @ GY.T) * scale, (GX * GX).sum(-1) * scale, (GY * GY).sum(-1) * scale
-        if self.hxy is None:
-            self.hxy, self.hxx, self.hyy = hxy, hxx, hyy
-        else:
-            self.hxy, self.hxx, self.hyy = self.hxy + hxy, self.hxx + hxx, self.hyy + hyy
-        self.batches += 1
-        return self
-
-    def merge(self, other: MinibatchCKA) -> MinibatchCKA:
-        if other.hxy is None:
-            return self
-        if self.hxy is None:
-            self.hxy, self.hxx, self.hyy = other.hxy.clone(), other.hxx.clone(), other.hyy.clone()
-        else:
-            self.hxy, self.hxx, self.hyy = self.hxy + other.hxy, self.hxx + other.hxx, self.hyy + other.hyy
-        self.batches += other.batches
-        return self
+        return self.add({"hxy": hxy, "hxx": hxx, "hyy": hyy, "batches": 1})
 
     def compute(self) -> torch.Tensor:
         if self.hxy is None:

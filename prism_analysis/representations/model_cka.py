@@ -386,14 +386,13 @@ def _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress, n
             if not starts:
                 continue
             first = StreamingCKA(debiased=debiased).update(*next(pairs(texts[:batch_size])))
-            shift = (first.state["sx"], first.state["sy"])
+            shift = (first.sx, first.sy)
             rest = [s for s in starts if s != 0]
             chunks = pairs([t for s in rest for t in texts[s : s + batch_size]])
             states = {(name, 0): first} if starts[0] == 0 else {}
             states |= {(name, s): StreamingCKA(debiased=debiased, shift=shift).update(*x) for s, x in zip(rest, chunks)}
             for key, st in states.items():
-                st.state = {k: v.cpu() for k, v in st.state.items()}
-                out[key] = st
+                out[key] = st.to("cpu")
         return out
 
     states, loads = distributed.share(batches, [len(probes[p][s : s + batch_size]) for p, s in batches], run)
