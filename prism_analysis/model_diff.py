@@ -143,8 +143,13 @@ LENS_COLUMNS = [
 
 INTERVAL = "95% percentile bootstrap over prompts (prompts resampled with replacement, ratio of sums recomputed)"
 
-#: Float64 elements per working array when the vocabulary is processed in row chunks (64 MiB).
-CHUNK_ELEMENTS = 2**23
+#: Float64 elements per working array when the vocabulary is processed in row chunks: small enough
+#: to stay in the CPU's cache (2 MiB); on a GPU (:data:`GPU_CHUNK_ELEMENTS`) large enough to fill it.
+CHUNK_ELEMENTS = 2**18
+GPU_CHUNK_ELEMENTS = 2**25
+#: Elements of one block of lens logits (rows x V, the model's dtype): the unembedding is applied to
+#: this many rows at a time, so its weight is read once per block.
+HEAD_ELEMENTS = 2**23
 
 _NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f")
 
@@ -442,12 +447,67 @@ def _encode(side_a: _Side, side_b: _Side, texts: list[str], max_length: int | No
     return ids, mask
 
 
+def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products of two (rows, V) float64 tensors."""
+    return torch.linalg.vecdot(x, y)
+
+
+def _softmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(P, logsumexp, argmax)`` per row of logits ``x`` (any float dtype), in float64:
+    ``lse = max - log P(argmax)`` (exact to rounding, as ``P(argmax) = 1 / sum exp(x - max)``), so
+    one pass of exp serves both."""
+    p = torch.softmax(x, -1, dtype=torch.float64)
+    m, top = _max(x)
+    return p, m.double() - p.gather(1, top[:, None])[:, 0].log(), top
+
+
+def _max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x.max(-1)`` (the first index on ties), through vectorized reductions (``amax``, ``amin``):
+    several times faster on the CPU than ``max``/``argmax`` with indices."""
+    m = x.amax(-1)
+    where = torch.arange(x.shape[-1], device=x.device)
+    return m, torch.where(x == m[:, None], where, x.shape[-1]).amin(-1)
+
+
+def _kl_pair(xa: torch.Tensor, xb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(KL(P_a || P_b), KL(P_b || P_a), lse_a, lse_b, argmax_a, argmax_b)`` per row of logits
+    (float64 arithmetic whatever their dtype), KL clamped at 0:
+    ``KL(P_a || P_b) = sum_v P_a(v) (x_a(v) - x_b(v)) - (lse_a - lse_b)`` (equal to
+    ``sum P_a (log P_a - log P_b)``; exactly 0 for equal logits)."""
+    pa, lse_a, top_a = _softmax(xa)
+    pb, lse_b, top_b = _softmax(xb)
+    dx = xa.double() - xb  # float64 arithmetic: the difference of two stored logits, exact
+    c = lse_a - lse_b
+    kl_ab = (_dot(pa, dx) - c).clamp_min_(0)
+    kl_ba = (c - _dot(pb, dx)).clamp_min_(0)
+    return kl_ab, kl_ba, lse_a, lse_b, top_a, top_b
+
+
 def _decode(tokenizer, ids) -> str:
     """Text of token ids; ``<id>`` for ids past the tokenizer (padded embedding matrices)."""
     ids = [int(i) for i in ids]
     if any(i >= len(tokenizer) for i in ids):
         return "".join(f"<{i}>" if i >= len(tokenizer) else tokenizer.decode([i]) for i in ids)
     return tokenizer.decode(ids)
+
+
+class _Rows:
+    """Rows of a flattened (positions, V) tensor at the real positions ``src``, sliced as if they
+    were stacked: a slice whose rows are consecutive in the batch is a view (no copy of logits)."""
+
+    def __init__(self, flat: torch.Tensor, src: np.ndarray):
+        self.flat, self.src = flat, src
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return self.flat[int(self.src[key])]
+        r0, r1, _ = key.indices(len(self.src))
+        if r1 <= r0:
+            return self.flat[:0]
+        s0 = int(self.src[r0])
+        if int(self.src[r1 - 1]) - s0 == r1 - 1 - r0:
+            return self.flat[s0 : s0 + (r1 - r0)]
+        return self.flat[torch.as_tensor(self.src[r0:r1], device=self.flat.device)]
 
 
 @dataclass
@@ -480,9 +540,10 @@ def _diff_batch(sa: _Side, sb: _Side, texts: list[str], start: int, cfg: _Settin
     tok_row = ids[m].numpy()
     next_row = next_full[m].numpy()
     md = m.to(zA.device)
-    la, lb = zA[md], zB[md]  # (rows, V) real positions, prompt-major
-    del zA, zB
-    rows, V = la.shape
+    V = zA.shape[-1]
+    src = np.flatnonzero(m.reshape(-1).numpy())  # real positions, prompt-major, in the flattened batch
+    rows = len(src)
+    la, lb = _Rows(zA.reshape(-1, V), src), _Rows(zB.reshape(-1, V), src)  # views, not copies
     n_layers = sa.n_layers
     lens_inner = [layer for layer in cfg.lens_layers if layer < n_layers] if cfg.lens else []
     if cfg.lens:
@@ -492,49 +553,48 @@ def _diff_batch(sa: _Side, sb: _Side, texts: list[str], start: int, cfg: _Settin
             if not side.checked:  # the first batch: head(h_L) must rebuild the logits
                 side.head.check(h[n_layers][:64], z[:64], label)
                 side.checked = True
-    kl_ab = np.empty(rows)
-    kl_ba = np.empty(rows)
-    lp_a = np.full(rows, np.nan)
-    lp_b = np.full(rows, np.nan)
+    kl_ab, kl_ba = np.empty(rows), np.empty(rows)
+    lp_a, lp_b = np.full(rows, np.nan), np.full(rows, np.nan)
+    top1_a, top1_b = np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64)
     per_layer = np.zeros((len(lens_inner), rows, 5))  # kl_ab, kl_ba, kl_a_out, kl_b_out, agree
-    top1_a = la.argmax(-1).cpu().numpy()
-    top1_b = lb.argmax(-1).cpu().numpy()
-    nxt = torch.as_tensor(next_row, device=la.device)
+    lse_a = torch.empty(rows, dtype=torch.float64, device=zA.device)
+    lse_b = torch.empty_like(lse_a)
+    nxt = torch.as_tensor(next_row, device=zA.device)
+    # float64 work in chunks of `chunk` rows (cache-sized on the CPU); heads in blocks of `block` rows
     chunk = max(1, min(rows, cfg.chunk_elements // max(V, 1)))
+    block = chunk * max(1, HEAD_ELEMENTS // (chunk * max(V, 1)))
     for c0 in range(0, rows, chunk):
         sl = slice(c0, c0 + chunk)
-        lpa = torch.log_softmax(la[sl].double(), -1)
-        lpb = torch.log_softmax(lb[sl].double(), -1)
-        pa, pb = lpa.exp(), lpb.exp()
-        d = lpa - lpb
-        kl_ab[sl] = (pa * d).sum(-1).clamp_min(0).cpu().numpy()
-        kl_ba[sl] = (pb * (lpb - lpa)).sum(-1).clamp_min(0).cpu().numpy()
+        xa, xb = la[sl], lb[sl]
+        ka, kb, lse_a[sl], lse_b[sl], ta, tb = _kl_pair(xa, xb)
+        kl_ab[sl], kl_ba[sl] = ka.cpu().numpy(), kb.cpu().numpy()
+        top1_a[sl], top1_b[sl] = ta.cpu().numpy(), tb.cpu().numpy()
         has = nxt[sl] >= 0
         idx = nxt[sl].clamp_min(0)[:, None]
-        ga, gb = lpa.gather(1, idx)[:, 0], lpb.gather(1, idx)[:, 0]
-        nan = torch.tensor(float("nan"), dtype=torch.float64, device=ga.device)
-        lp_a[sl] = torch.where(has, ga, nan).cpu().numpy()
-        lp_b[sl] = torch.where(has, gb, nan).cpu().numpy()
-        del d
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=xa.device)
+        lp_a[sl] = torch.where(has, xa.gather(1, idx)[:, 0].double() - lse_a[sl], nan).cpu().numpy()
+        lp_b[sl] = torch.where(has, xb.gather(1, idx)[:, 0].double() - lse_b[sl], nan).cpu().numpy()
+    for b0 in range(0, rows, block) if lens_inner else ():
+        blk = slice(b0, b0 + block)
+        p_out = (
+            torch.softmax(la[blk], -1, dtype=torch.float64),
+            torch.softmax(lb[blk], -1, dtype=torch.float64),
+        )  # this block's P_A, P_B
         for j, layer in enumerate(lens_inner):
             with torch.no_grad():
-                za, zb = sa.head(hA_rows[layer, sl]), sb.head(hB_rows[layer, sl])
-            qa = torch.log_softmax(za.double(), -1)
-            qb = torch.log_softmax(zb.double(), -1)
-            ea, eb = qa.exp(), qb.exp()
-            block = torch.stack(
-                [
-                    (ea * (qa - qb)).sum(-1).clamp_min(0),
-                    (eb * (qb - qa)).sum(-1).clamp_min(0),
-                    (pa * (lpa - qa)).sum(-1).clamp_min(0),
-                    (pb * (lpb - qb)).sum(-1).clamp_min(0),
-                    (za.argmax(-1) == zb.argmax(-1)).double(),
-                ],
-                -1,
-            )
-            per_layer[j, sl] = block.cpu().numpy()
-            del za, zb, qa, qb, ea, eb
-        del lpa, lpb, pa, pb
+                za, zb = sa.head(hA_rows[layer, blk]), sb.head(hB_rows[layer, blk])
+            for c0 in range(0, za.shape[0], chunk):
+                sl, g = slice(c0, c0 + chunk), slice(b0 + c0, b0 + c0 + chunk)
+                qa, qb = za[sl], zb[sl]
+                k_ab, k_ba, lse_qa, lse_qb, top_qa, top_qb = _kl_pair(qa, qb)
+                out = [k_ab, k_ba]
+                sides = ((la[g], qa, lse_a[g], lse_qa, p_out[0][sl]), (lb[g], qb, lse_b[g], lse_qb, p_out[1][sl]))
+                for x, q, lse, lse_q, p in sides:  # KL(P_output || lens) = sum P_out (x - q) - (lse - lse_q)
+                    out.append((_dot(p, x.double() - q) - (lse - lse_q)).clamp_min_(0))  # float64
+                out.append((top_qa == top_qb).double())
+                per_layer[j, g] = torch.stack(out, -1).cpu().numpy()
+            del za, zb
+        del p_out
     agree = top1_a == top1_b
     # per prompt, per lens layer: sums in row order (numpy, on the CPU: the same on every rank)
     layer_rows = []
@@ -632,7 +692,7 @@ def diff_models(
     batch_size: int = 1,
     max_length: int | None = 512,
     progress: bool = False,
-    chunk_elements: int = CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
     distributed_run: bool = False,
 ) -> ModelDiff:
     """Diff two loaded causal LMs (``model_a``, ``model_b``, same vocabulary and depth) on
@@ -644,7 +704,8 @@ def diff_models(
     layer 0..L), ``"none"``, or a list. ``first_k``: positions of the second difference lens.
     ``top``: positions in tokens.csv per probe set, with ``top_tokens`` next tokens of each model
     and ``context`` tokens of context; ``lens_top``: tokens promoted/suppressed per layer.
-    ``bootstrap``/``seed``: the intervals. ``chunk_elements``: float64 elements per working array.
+    ``bootstrap``/``seed``: the intervals. ``chunk_elements``: float64 elements per working array (default
+    :data:`CHUNK_ELEMENTS` on the CPU, :data:`GPU_CHUNK_ELEMENTS` on a GPU).
     ``distributed_run``: share the batches among the ranks of a launcher (``prism diff --nproc``).
     """
     from . import distributed
@@ -669,7 +730,7 @@ def diff_models(
         top,
         top_tokens,
         context,
-        chunk_elements,
+        chunk_elements or (GPU_CHUNK_ELEMENTS if sa.device.type == "cuda" else CHUNK_ELEMENTS),
         max_length,
         lens,
     )
