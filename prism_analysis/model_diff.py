@@ -64,6 +64,7 @@ equal to one process's up to the order of float64 additions.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ CHUNK_ELEMENTS = 2**18
 GPU_CHUNK_ELEMENTS = 2**25
 #: Elements of one block of lens logits (rows x V, the model's dtype): the unembedding is applied to
 #: this many rows at a time, so its weight is read once per block.
-HEAD_ELEMENTS = 2**23
+HEAD_ELEMENTS = 2**22
 
 _NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f")
 
@@ -447,6 +448,23 @@ def _encode(side_a: _Side, side_b: _Side, texts: list[str], max_length: int | No
     return ids, mask
 
 
+@contextlib.contextmanager
+def _serial(device):
+    """Run the block on one CPU thread (a no-op on a GPU). The float64 work is many small
+    element-wise passes over cache-sized chunks: spread over threads they gain little on an idle
+    machine and stall at every pass's barrier on a busy one (measured 5-15x slower with 2 threads
+    on a shared 2-core machine); the forward passes and the unembedding keep every thread."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Row-wise dot products of two (rows, V) float64 tensors."""
     return torch.linalg.vecdot(x, y)
@@ -458,6 +476,8 @@ def _softmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     one pass of exp serves both."""
     p = torch.softmax(x, -1, dtype=torch.float64)
     m, top = _max(x)
+    if bool((top >= x.shape[-1]).any()):  # no element equals the max: NaN logits
+        raise PrismError("the model gives NaN logits on this probe; check the checkpoint and --dtype")
     return p, m.double() - p.gather(1, top[:, None])[:, 0].log(), top
 
 
@@ -563,17 +583,18 @@ def _diff_batch(sa: _Side, sb: _Side, texts: list[str], start: int, cfg: _Settin
     # float64 work in chunks of `chunk` rows (cache-sized on the CPU); heads in blocks of `block` rows
     chunk = max(1, min(rows, cfg.chunk_elements // max(V, 1)))
     block = chunk * max(1, HEAD_ELEMENTS // (chunk * max(V, 1)))
-    for c0 in range(0, rows, chunk):
-        sl = slice(c0, c0 + chunk)
-        xa, xb = la[sl], lb[sl]
-        ka, kb, lse_a[sl], lse_b[sl], ta, tb = _kl_pair(xa, xb)
-        kl_ab[sl], kl_ba[sl] = ka.cpu().numpy(), kb.cpu().numpy()
-        top1_a[sl], top1_b[sl] = ta.cpu().numpy(), tb.cpu().numpy()
-        has = nxt[sl] >= 0
-        idx = nxt[sl].clamp_min(0)[:, None]
-        nan = torch.tensor(float("nan"), dtype=torch.float64, device=xa.device)
-        lp_a[sl] = torch.where(has, xa.gather(1, idx)[:, 0].double() - lse_a[sl], nan).cpu().numpy()
-        lp_b[sl] = torch.where(has, xb.gather(1, idx)[:, 0].double() - lse_b[sl], nan).cpu().numpy()
+    with _serial(zA.device):  # the float64 work: one thread on the CPU (see _serial)
+        for c0 in range(0, rows, chunk):
+            sl = slice(c0, c0 + chunk)
+            xa, xb = la[sl], lb[sl]
+            ka, kb, lse_a[sl], lse_b[sl], ta, tb = _kl_pair(xa, xb)
+            kl_ab[sl], kl_ba[sl] = ka.cpu().numpy(), kb.cpu().numpy()
+            top1_a[sl], top1_b[sl] = ta.cpu().numpy(), tb.cpu().numpy()
+            has = nxt[sl] >= 0
+            idx = nxt[sl].clamp_min(0)[:, None]
+            nan = torch.tensor(float("nan"), dtype=torch.float64, device=xa.device)
+            lp_a[sl] = torch.where(has, xa.gather(1, idx)[:, 0].double() - lse_a[sl], nan).cpu().numpy()
+            lp_b[sl] = torch.where(has, xb.gather(1, idx)[:, 0].double() - lse_b[sl], nan).cpu().numpy()
     for b0 in range(0, rows, block) if lens_inner else ():
         blk = slice(b0, b0 + block)
         p_out = (
@@ -583,16 +604,17 @@ def _diff_batch(sa: _Side, sb: _Side, texts: list[str], start: int, cfg: _Settin
         for j, layer in enumerate(lens_inner):
             with torch.no_grad():
                 za, zb = sa.head(hA_rows[layer, blk]), sb.head(hB_rows[layer, blk])
-            for c0 in range(0, za.shape[0], chunk):
-                sl, g = slice(c0, c0 + chunk), slice(b0 + c0, b0 + c0 + chunk)
-                qa, qb = za[sl], zb[sl]
-                k_ab, k_ba, lse_qa, lse_qb, top_qa, top_qb = _kl_pair(qa, qb)
-                out = [k_ab, k_ba]
-                sides = ((la[g], qa, lse_a[g], lse_qa, p_out[0][sl]), (lb[g], qb, lse_b[g], lse_qb, p_out[1][sl]))
-                for x, q, lse, lse_q, p in sides:  # KL(P_output || lens) = sum P_out (x - q) - (lse - lse_q)
-                    out.append((_dot(p, x.double() - q) - (lse - lse_q)).clamp_min_(0))  # float64
-                out.append((top_qa == top_qb).double())
-                per_layer[j, g] = torch.stack(out, -1).cpu().numpy()
+            with _serial(zA.device):
+                for c0 in range(0, za.shape[0], chunk):
+                    sl, g = slice(c0, c0 + chunk), slice(b0 + c0, b0 + c0 + chunk)
+                    qa, qb = za[sl], zb[sl]
+                    k_ab, k_ba, lse_qa, lse_qb, top_qa, top_qb = _kl_pair(qa, qb)
+                    out = [k_ab, k_ba]
+                    sides = ((la[g], qa, lse_a[g], lse_qa, p_out[0][sl]), (lb[g], qb, lse_b[g], lse_qb, p_out[1][sl]))
+                    for x, q, lse, lse_q, p in sides:  # KL(P_output || lens) = sum P_out (x - q) - (lse - lse_q)
+                        out.append((_dot(p, x.double() - q) - (lse - lse_q)).clamp_min_(0))  # float64
+                    out.append((top_qa == top_qb).double())
+                    per_layer[j, g] = torch.stack(out, -1).cpu().numpy()
             del za, zb
         del p_out
     agree = top1_a == top1_b
