@@ -18,6 +18,11 @@ token; for a model whose head is a large share of a block (small d, large V) tha
 forward passes' worth of work by construction. --lens-layers picks fewer layers.
 
   python benchmarks/diff.py [--hidden 256] [--layers 8] [--vocab 32000] [--prompts 16] [--repeats 3]
+                            [--threads N] [--no-full]
+
+On a shared machine whose other tenants keep the cores busy, two-thread runs are dominated by
+waits at OpenMP barriers (the floor itself measured 1.9 s idle and 15.7 s busy); --threads 1
+compares the work itself.
 """
 
 from __future__ import annotations
@@ -34,15 +39,14 @@ from prism_analysis.model_diff import diff_models
 from prism_train.models import build_model
 from prism_train.tokenizer import train_tokenizer
 
-WORDS = (
-    "the model learns to add numbers and then it writes code that sorts a list while the proof of the "
-    "theorem uses induction on the length of the sequence and energy equals mass times light squared"
-).split()
+WORDS = ("the model learns to add numbers and then it writes code that sorts a list while the proof of the "
+         "theorem uses induction on the length of the sequence and energy equals mass times light squared")  # fmt: skip
 
 
-def probe_texts(n: int, words: int, seed: int = 0) -> list[str]:
+def probe_texts(n: int, n_words: int, seed: int = 0) -> list[str]:
     g = torch.Generator().manual_seed(seed)
-    return [" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (words,), generator=g)) for _ in range(n)]
+    words = WORDS.split()
+    return [" ".join(words[int(i)] for i in torch.randint(len(words), (n_words,), generator=g)) for _ in range(n)]
 
 
 class PeakRSS:
@@ -78,8 +82,8 @@ def floor(ma, mb, tok, texts, batch_size, max_length):
                 max_length=max_length,
                 padding_side="right",
             )
-            ma(**enc, use_cache=False).logits
-            mb(**enc, use_cache=False).logits
+            ma(**enc, use_cache=False)  # the logits are computed inside: the floor includes the head
+            mb(**enc, use_cache=False)
 
 
 def main():
@@ -91,9 +95,13 @@ def main():
     ap.add_argument("--tokens", type=int, default=128, help="tokens per prompt (max length)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--no-full", action="store_true", help="skip the full logit lens (the slow run)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    tok = train_tokenizer([" ".join(WORDS)] * 4, vocab_size=300)
+    tok = train_tokenizer([WORDS] * 4, vocab_size=300)
     tok.pad_token = tok.pad_token or tok.eos_token or "<pad>"
     kw = dict(hidden_size=args.hidden, num_layers=args.layers, vocab_size=args.vocab)
     ma = build_model("llama", seed=0, **kw).eval()
@@ -119,10 +127,12 @@ def main():
         "+ difference lens": lambda: diff_models(ma, mb, tok, probes, lens_layers="none", **common),
         "+ logit lens, every layer": lambda: diff_models(ma, mb, tok, probes, **common),
     }
+    if args.no_full:
+        del runs["+ logit lens, every layer"]
     for fn in runs.values():  # warm up (allocator, nnsight, BLAS)
         fn()
     times = {k: [] for k in runs}
-    peaks = {k: 0 for k in runs}
+    peaks = dict.fromkeys(runs, 0)
     for _ in range(args.repeats):
         for name, fn in runs.items():
             with PeakRSS() as mem:
