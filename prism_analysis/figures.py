@@ -330,3 +330,74 @@ def plot_rewards(curves: dict[str, pd.DataFrame], stem, window: int = 5) -> plt.
     ax.grid(alpha=0.3)
     _save(fig, stem)
     return fig
+
+
+def plot_diff_layers(layers: pd.DataFrame, stem, title: str = "") -> plt.Figure:
+    """``prism diff``'s logit lens (``layers.csv``): left, KL(lens_A || lens_B) by layer, one line per
+    probe set, shaded with its bootstrap interval; right, each model's KL(P_output || lens) by layer
+    (solid A, dashed B). Log scale where every value is positive."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for i, (probe, df) in enumerate(layers.groupby("probe", sort=False)):
+        color = PALETTE[i % len(PALETTE)]
+        left.plot(df["layer"], df["kl_ab"], marker="o", ms=3.5, color=color, label=probe)
+        if df["kl_ab_ci_low"].notna().any():
+            left.fill_between(df["layer"], df["kl_ab_ci_low"], df["kl_ab_ci_high"], color=color, alpha=0.2, lw=0)
+        right.plot(df["layer"], df["kl_a_to_output"], "o-", ms=3.5, color=color, label=f"{probe}: A")
+        right.plot(df["layer"], df["kl_b_to_output"], "s--", ms=3.5, color=color, label=f"{probe}: B")
+    for ax, values in ((left, layers["kl_ab"]), (right, layers[["kl_a_to_output", "kl_b_to_output"]].values.ravel())):
+        if len(values) and (pd.Series(values) > 0).all():
+            ax.set_yscale("log")
+        ax.set_xlabel("layer (0 = embedding output)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    left.set_ylabel(r"KL(lens$_A$ || lens$_B$), mean over tokens")
+    left.set_title("the two models' logit lenses, by layer\n(shaded: 95% bootstrap over prompts)")
+    left.legend(title="probe set", fontsize=8)
+    right.set_ylabel(r"KL(P$_{output}$ || lens), mean over tokens")
+    right.set_title("each model's lens against its own output")
+    right.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    _save(fig, stem)
+    return fig
+
+
+def plot_diff_lens(lens: pd.DataFrame, stem, top: int = 3, title: str = "") -> plt.Figure:
+    """``prism diff``'s activation-difference lens (``lens.csv``): left, the RMS of the mean residual
+    difference B - A by layer (all tokens solid, first positions dashed; one colour per probe
+    set); right, for the first probe set over all tokens read through A's head, the ``top``
+    tokens promoted (+) and suppressed (-) at each layer."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True, width_ratios=(1, 1.3))
+    for i, (probe, df) in enumerate(lens.groupby("probe", sort=False)):
+        color = PALETTE[i % len(PALETTE)]
+        for j, (positions, d) in enumerate(df.groupby("positions", sort=False)):
+            per_layer = d.groupby("layer")["delta_rms"].first()
+            left.plot(
+                per_layer.index,
+                per_layer.values,
+                "o-" if j == 0 else "s--",
+                ms=3.5,
+                color=color,
+                label=f"{probe} ({positions})",
+            )
+    left.set_xlabel("layer (0 = embedding output)")
+    left.set_ylabel(r"RMS of mean($h_B - h_A$)")
+    left.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    left.set_title("size of the mean residual difference")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    first = lens[(lens["probe"] == lens["probe"].iloc[0]) & (lens["positions"] == "all") & (lens["head"] == "a")]
+    layers = sorted(first["layer"].unique())
+    right.axis("off")
+    lines = []
+    for layer in layers:
+        d = first[(first["layer"] == layer) & (first["rank"] <= top)]
+        up = ", ".join(repr(t) for t in d[d["direction"] == "promoted"].sort_values("rank")["token"])
+        down = ", ".join(repr(t) for t in d[d["direction"] == "suppressed"].sort_values("rank")["token"])
+        lines.append(f"{layer:>3}  + {up}\n     - {down}")
+    right.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=7, transform=right.transAxes)
+    right.set_title(f"tokens the difference promotes (+) / suppresses (-), {lens['probe'].iloc[0]}, A's head")
+    if title:
+        fig.suptitle(title)
+    _save(fig, stem)
+    return fig

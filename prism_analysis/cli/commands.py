@@ -1,4 +1,4 @@
-"""The analysis commands of ``prism``: audit, cka, trajectory, compare, interpolate.
+"""The analysis commands of ``prism``: audit, cka, diff, trajectory, compare, interpolate.
 
 Each command is a pair: ``_add_<name>(sub)`` declares its options and help, ``_run_<name>(args)``
 calls the Python API with them. :data:`COMMANDS` is this package's command table; the ``prism``
@@ -260,6 +260,142 @@ def _run_cka(args) -> None:
         print(f"\nwrote {args.out}/cka.csv, summary.json, cka_by_layer.png/.pdf{suite}")
 
 
+# -- diff ---------------------------------------------------------------------------------------------
+def _add_diff(sub) -> None:
+    p = add_command(
+        sub,
+        "diff",
+        "activation-level diff of two checkpoints on probe prompts: output KL, logit lens, difference lens",
+        """\
+        Run both checkpoints side by side on the prompts of each probe file, batch by batch (no
+        logits are kept beyond one batch; every reduction in float64), and report:
+
+          output divergence   at every probe token: KL(P_A||P_B), KL(P_B||P_A), whether the top-1
+                              tokens agree, log P_B(next) - log P_A(next); per probe set the means
+                              with a 95% percentile bootstrap interval over prompts
+          logit lens          each layer's residual stream through the model's own final norm and
+                              lm_head: KL(lens_A||lens_B) and each model's KL(P_output||lens) per layer
+          difference lens     mean residual difference B - A per layer (all tokens, first K
+                              positions), read through each model's head as
+                              head(delta/rms(delta)) - head(0): the tokens it promotes and suppresses
+
+        Layer 0 is the embedding output (the input of the first block), as in prism cka.""",
+        """\
+        examples:
+          prism diff runs/mid runs/rl --probe wiki.txt --probe gsm8k.jsonl --out diff/mid_vs_rl
+          prism diff base/ base/+lora/ --probe p.txt --lens-layers none --out diff/lora   # output KL only
+          prism diff mid/ rl/ --probe p.txt --nproc 4 --device cuda --dtype bfloat16 --out diff/big
+
+        probe files: .txt (one prompt per line) or .jsonl (field "text").
+        writes OUT/summary.json ({probe: {mean_kl, mean_kl_ci_low, mean_kl_ci_high, mean_kl_ba,
+        agreement, mean_delta_logprob, ... }}), OUT/positions.csv (every position), OUT/tokens.csv
+        (the top positions by KL with context and each model's top tokens), OUT/layers.csv (logit
+        lens), OUT/lens.csv (difference lens) and OUT/diff_layers.{png,pdf}, OUT/diff_lens.{png,pdf}.""",
+    )
+    p.add_argument("a", type=nonempty, help="first checkpoint (e.g. mid-trained)")
+    p.add_argument("b", type=nonempty, help="second checkpoint (e.g. after RL)")
+    p.add_argument(
+        "--probe",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="probe prompts (.txt or .jsonl); repeat for several probe sets",
+    )
+    p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
+    p.add_argument(
+        "--n",
+        "--n-prompts",
+        type=POSITIVE,
+        default=200,
+        help="prompts per probe set (default 200); under torchrun write --n-prompts",
+    )
+    p.add_argument(
+        "--lens-layers",
+        default="all",
+        metavar="LIST",
+        help="layers of the logit lens: all (default), none, or comma-separated indices (0 = embedding output)",
+    )
+    p.add_argument(
+        "--no-lens",
+        action="store_true",
+        help="output divergence only: no logit lens, no difference lens (a plain forward pass of each model)",
+    )
+    p.add_argument("--first-k", type=POSITIVE, default=5, help="positions of the first-positions difference lens")
+    p.add_argument("--top", type=number(int, low=0), default=50, help="positions in tokens.csv per probe (default 50)")
+    p.add_argument("--top-tokens", type=POSITIVE, default=5, help="each model's top next tokens in tokens.csv")
+    p.add_argument("--lens-top", type=POSITIVE, default=10, help="tokens promoted/suppressed per layer in lens.csv")
+    p.add_argument("--context", type=POSITIVE, default=12, help="tokens of context shown in tokens.csv")
+    p.add_argument(
+        "--bootstrap", type=number(int, low=0), default=1000, help="bootstrap resamples of the intervals (0: none)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="model dtype (default: the checkpoint's)",
+    )
+    p.add_argument("--batch-size", type=POSITIVE, default=1, help="prompts per forward pass (pads are masked)")
+    p.add_argument(
+        "--max-length", type=number(int, low=2), default=512, help="truncate prompts to this many tokens (>= 2)"
+    )
+    p.add_argument("--tokenizer", type=nonempty, default=None, help="tokenizer path when the checkpoints have none")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
+    p.add_argument("--no-figure", action="store_true", help="skip the figures")
+    add_checkpoint_options(p)
+    add_config_option(p)
+    p.set_defaults(func=_run_diff)
+
+
+def _run_diff(args) -> None:
+    from pathlib import Path
+
+    from ..representations.model_diff import model_diff
+    from ..representations.model_cka import read_probe
+    from ..outputs import check_destination
+
+    if args.out:
+        check_destination(args.out, "diff", [args.a, args.b, *args.probe])
+    warn_unused_config(args.config, [args.a, args.b])
+    probes = {}
+    for f in args.probe:
+        name = Path(f).stem
+        if name in probes:
+            raise PrismError("two probe files share this name; rename one", f)
+        probes[name] = read_probe(f)
+    result = model_diff(
+        args.a,
+        args.b,
+        probes,
+        n=args.n,
+        lens=not args.no_lens,
+        lens_layers=args.lens_layers,
+        first_k=args.first_k,
+        top=args.top,
+        top_tokens=args.top_tokens,
+        lens_top=args.lens_top,
+        context=args.context,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        tokenizer=args.tokenizer,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
+        progress=not args.quiet and is_root(),
+        config=args.config,
+    )
+    if not is_root():  # under a launcher, rank 0 alone prints and writes
+        return
+    print(result.format(), flush=True)
+    if args.out:
+        result.save(args.out, figures=not args.no_figure)
+        figures = "" if args.no_figure else ", diff_layers.png/.pdf, diff_lens.png/.pdf"
+        print(f"\nwrote {args.out}/summary.json, positions.csv, tokens.csv, layers.csv, lens.csv{figures}")
+
+
 def _measure_list(text: str) -> tuple[str, ...]:
     """``--measure``: comma-separated names of measures (checked by
     :func:`~prism_analysis.representations.similarity.check_measures` when the command runs)."""
@@ -463,4 +599,4 @@ def _run_interpolate(args) -> None:
 
 
 #: This package's command table: functions that add one subcommand each to a subparsers object.
-COMMANDS = [_add_audit, _add_cka, _add_trajectory, _add_compare, _add_interpolate]
+COMMANDS = [_add_audit, _add_cka, _add_diff, _add_trajectory, _add_compare, _add_interpolate]

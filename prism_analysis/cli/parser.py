@@ -135,7 +135,7 @@ def add_nproc_option(p) -> None:
         default=1,
         metavar="N",
         help="run in N processes on this machine through torch.distributed's launcher (default 1; audit, "
-        "trajectory, compare, cka, train and rl split their work, the other commands run in one process); "
+        "trajectory, compare, cka, diff, train and rl split their work, the other commands run in one process); "
         "for several nodes run 'torchrun ... prism COMMAND' instead (see docs/guide/distributed.md)",
     )
 

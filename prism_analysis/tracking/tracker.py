@@ -29,7 +29,11 @@ names), so the numbers equal those of ``prism trajectory`` over checkpoints save
 With a probe set (texts and the model's tokenizer), theta_0's mean-pooled activations of the
 embedding output and every block are captured once; every ``probe_every`` steps the current
 model's are captured (eval mode, no grad; the training mode is restored) and linear CKA (Eq. 4)
-to theta_0 is recorded per layer: the CKA-over-training curve ``cka_curve.csv``.
+to theta_0 is recorded per layer: the CKA-over-training curve ``cka_curve.csv``. With
+``divergence=True`` also the output divergence of the current model from theta_0 on the probe set
+(:func:`prism_analysis.representations.model_diff.output_divergence`: mean KL(P_theta0 || P_theta_t) over probe
+tokens, top-1 agreement) goes to ``divergence_curve.csv``; it keeps a frozen copy of theta_0's
+model (one more copy of the parameters, on their device; not under FSDP2).
 
 Costs. The reference theta_0 is one extra copy of the parameters, in their dtype: in host RAM
 (``reference="cpu"``, default), on the accelerator (``"device"``, when it fits), or in
@@ -110,6 +114,7 @@ class UpdateTracker:
     ``step``: the step the model is at now. ``resume``: continue the run tracked in ``out``
     (theta_0, the tables and the CKA reference come from there; rows after ``step`` are dropped).
     ``total_steps``: the last step, when known, so its k-step references are taken in time.
+    ``divergence``: with a probe set, also the output divergence from theta_0 (module docstring).
     """
 
     def __init__(
@@ -130,6 +135,7 @@ class UpdateTracker:
         total_steps: int | None = None,
         max_length: int = 256,
         batch_size: int = 8,
+        divergence: bool = False,
     ):
         self.every = _positive_int(every, "every")
         self.k_steps = tuple(sorted({_positive_int(k, "k_steps entry") for k in k_steps}))
@@ -145,6 +151,9 @@ class UpdateTracker:
         if self.probes and tokenizer is None:
             raise PrismError("a probe set needs the model's tokenizer (tokenizer=...)")
         self.model, self.tokenizer, self.reference = model, tokenizer, reference
+        if divergence and (not self.probes or _is_sharded(model)):
+            raise PrismError("divergence=True needs a probe set and full (not FSDP2-sharded) parameters")
+        self.divergence, self.model0, self.kl_rows = divergence, None, []
         self.max_length, self.batch_size, self.total_steps = max_length, batch_size, total_steps
         self.out = Path(out) if out is not None else None
         self.rank, self.world = _dist()
@@ -209,6 +218,8 @@ class UpdateTracker:
 
                 acts = {k: v.contiguous() for k, v in self.acts0.items()}
                 write_atomic(self.out / "cka_reference.safetensors", lambda tmp: save_file(acts, str(tmp)))
+        if self.divergence:
+            self.model0 = self._frozen_theta0()
         self.step(step)
 
     def _resume(self, step: int) -> None:
@@ -242,6 +253,11 @@ class UpdateTracker:
             from safetensors.torch import load_file
 
             self.acts0 = load_file(str(self.out / "cka_reference.safetensors"))
+        if self.divergence:
+            self.model0 = self._frozen_theta0()
+            if (self.out / "divergence_curve.csv").is_file():
+                table = pd.read_csv(self.out / "divergence_curve.csv")
+                self.kl_rows = [tuple(r) for r in table[table["step"] <= step].itertuples(index=False)]
         self.last_step = step
         self._take_k_references(step)
 
@@ -252,6 +268,9 @@ class UpdateTracker:
         write_atomic(self.out / "trajectory.csv", lambda tmp: self.table.to_csv(tmp, index=False))
         if self.probes:
             write_atomic(self.out / "cka_curve.csv", lambda tmp: self.cka_table.to_csv(tmp, index=False))
+        if self.divergence:
+            table = pd.DataFrame(self.kl_rows, columns=["step", "probe", "mean_kl", "agreement"])
+            write_atomic(self.out / "divergence_curve.csv", lambda tmp: table.to_csv(tmp, index=False))
         write_json(
             self.out / "tracking.json",
             {"name": self.name, "tracked": self.tracked, "settings": self._settings()},
@@ -377,6 +396,34 @@ class UpdateTracker:
             self.cka_rows += [(step, name, layer, v) for layer, v in enumerate(values)]
             metrics[f"prism/cka/{name}/min"] = min(values)
             metrics |= {f"prism/cka/{name}/layer_{layer}": v for layer, v in enumerate(values)}
+        if self.model0 is not None:
+            metrics |= self._divergence(step)
+        return metrics
+
+    def _frozen_theta0(self):
+        """A frozen copy of the model holding theta_0 (from the snapshot), for the output divergence."""
+        import copy
+
+        model0 = copy.deepcopy(_unwrap(self.model)).eval().requires_grad_(False)
+        with torch.no_grad():
+            for name, t in named_tensors(model0).items():
+                t.copy_(self.theta0.get(name, t.device))
+        return model0
+
+    def _divergence(self, step: int) -> dict[str, float]:
+        """Mean KL(P_theta0 || P_theta_t) and top-1 agreement on every probe set (training mode restored)."""
+        from ..representations.model_diff import output_divergence
+
+        model = _unwrap(self.model)
+        training = model.training
+        try:
+            res = output_divergence(self.model0, model, self.tokenizer, self.probes, self.batch_size, self.max_length)
+        finally:
+            model.train(training)
+        metrics = {}
+        for name, s in res.items():
+            self.kl_rows.append((step, name, s["mean_kl"], s["agreement"]))
+            metrics[f"prism/kl/{name}"], metrics[f"prism/top1_agree/{name}"] = s["mean_kl"], s["agreement"]
         return metrics
 
     # -- the end ----------------------------------------------------------------------------------

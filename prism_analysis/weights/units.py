@@ -1,0 +1,184 @@
+"""Attention heads and MLP neurons of one tensor: where inside a matrix an update lands.
+
+PRISM reports update size per component; this splits one tensor's update further, into the units
+the computation is made of. Given a tensor's name, the config and the two versions ``a`` (earlier)
+and ``b`` (later), :func:`unit_stats` returns one row per unit with float64 sums:
+
+- **heads** (``kind="head"``) of ``attn_q``/``attn_k``/``attn_v``: the rows of head h,
+  ``[h * head_dim, (h + 1) * head_dim)`` of a ``[out, in]`` Linear weight (and those entries of its
+  bias). GQA-aware: k and v have ``num_key_value_heads`` heads of their own (kv head j serves query
+  heads ``j * g .. (j + 1) * g - 1``, g = heads / kv_heads; the rows are not repeated per query head).
+  ``attn_o``: the **columns** of head h (the output projection reads the concatenated heads); its
+  bias belongs to no head and gives no rows.
+- **neurons** (``kind="neuron"``) of the MLP: ``mlp_gate``/``mlp_up`` rows (and bias entries),
+  ``mlp_down`` columns (its bias: no rows); a fused ``mlp_gate_up`` (Phi-3 ``gate_up_proj``,
+  Granite ``input_linear``, transformers 5 expert stacks ``experts.gate_up_proj``) holds gate rows
+  ``[0, I)`` then up rows ``[I, 2I)``, and neuron j is rows j and I + j together. MoE experts: every
+  unit row carries its ``expert`` (from the name, or the slice of a stacked tensor).
+- **fused q/k/v**: split first by :func:`prism_analysis.components.parts` (GPT-2 ``c_attn``: q|k|v
+  column blocks; GPT-NeoX ``query_key_value``: rows laid out ``(heads, 3, head_dim)``; Phi-3
+  ``qkv_proj``: q rows, then k, then v), then by head as above, so a head of a fused tensor gets the
+  same rows as the unfused one. GPT-2's Conv1D weights are stored ``[in, out]``: its heads and
+  neurons lie along the other dimension (``c_attn``/``c_fc`` columns, ``attn.c_proj``/``mlp.c_proj``
+  rows).
+
+Every element goes to at most one unit, and the units of a split tensor hold all of its elements
+(biases of o/down aside). Tensors with no units (embeddings, norms, routers, Mamba, ...), and
+tensors whose shape does not match the config's head geometry, give no rows -- never a guess.
+
+Per unit: ``numel``, ``sum_sq_diff`` = sum (b - a)^2, ``sum_sq_a`` = sum a^2 (float64, non-finite
+elements left out), ``n_changed_<tau>`` by the single "changed at tau" rule of
+:mod:`prism_analysis.metrics` (``|b - a| > tau |a|``; a == 0 changed iff b != 0; non-finite changed
+unless bitwise equal), ``n_equal`` (bitwise, in the stored dtype), ``n_nonfinite``.
+:func:`unit_table` adds the units' rows up over tensors (weight + bias) and ranks them by normalized
+L2 ``sqrt(sum_sq_diff / sum_sq_a)`` (Eq. 1 on the unit's elements).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import torch
+
+from ..components import _positive_int, layer_index, parts
+from ..metrics import DEFAULT_THRESHOLD, bits_equal, changed_mask, normalized_l2, threshold_key
+
+HEAD_COMPONENTS = ("attn_q", "attn_k", "attn_v", "attn_o")
+NEURON_COMPONENTS = ("mlp_gate", "mlp_up", "mlp_gate_up", "mlp_down")
+#: Rows per chunk of float64 work: the work arrays stay near this many elements.
+CHUNK_ELEMENTS = 2**22
+
+# GPT-2's Conv1D modules: weights stored [in, out]
+_CONV1D = re.compile(r"\.(c_attn|c_proj|c_fc)\.weight$")
+
+
+def unit_columns(thresholds=(DEFAULT_THRESHOLD,)) -> list[str]:
+    """Columns of :func:`unit_stats` rows."""
+    base = ["name", "layer", "component", "expert", "kind", "unit", "numel", "sum_sq_diff", "sum_sq_a"]
+    return base + ["n_equal", "n_nonfinite"] + [f"n_changed_{threshold_key(t)}" for t in thresholds]
+
+
+def head_geometry(config: dict | None) -> tuple[int, int, int] | None:
+    """``(heads, kv_heads, head_dim)`` from config.json (``num_attention_heads``/``n_head``,
+    ``num_key_value_heads`` (default: heads), ``head_dim`` (default: hidden / heads)), or None."""
+    config = config or {}
+    heads = _positive_int(config, "num_attention_heads", "n_head")
+    if heads is None:
+        return None
+    kv = _positive_int(config, "num_key_value_heads") or heads
+    hidden = _positive_int(config, "hidden_size", "n_embd")
+    head_dim = _positive_int(config, "head_dim") or (hidden // heads if hidden and hidden % heads == 0 else None)
+    return (heads, kv, head_dim) if head_dim else None
+
+
+def _layout(name: str, component: str, t: torch.Tensor, config: dict, geometry) -> tuple[str, int, list] | None:
+    """``(kind, axis, unit of each index along axis)`` of one part, or None when it has no units."""
+    conv1d = config.get("model_type") == "gpt2" and bool(_CONV1D.search(name))
+    if t.dim() == 1:
+        if component in ("attn_o", "mlp_down"):
+            return None  # a bias over the output features: no unit owns it
+        axis = 0
+    elif t.dim() == 2:
+        axis = 1 if component in ("attn_o", "mlp_down") else 0
+        if conv1d:
+            axis = 1 - axis
+    else:
+        return None
+    size = t.shape[axis]
+    if component in HEAD_COMPONENTS:
+        if geometry is None:
+            return None
+        heads, kv, head_dim = geometry
+        n = kv if component in ("attn_k", "attn_v") else heads
+        if size != n * head_dim:
+            return None
+        return "head", axis, [i // head_dim for i in range(size)]
+    if component in NEURON_COMPONENTS:
+        if component == "mlp_gate_up":
+            if size % 2:
+                return None
+            return "neuron", axis, [i % (size // 2) for i in range(size)]
+        return "neuron", axis, list(range(size))
+    return None
+
+
+def unit_stats(
+    name: str, a: torch.Tensor, b: torch.Tensor, config: dict | None = None, thresholds=(DEFAULT_THRESHOLD,)
+):
+    """One row (a dict of :func:`unit_columns`) per head or neuron of tensor ``name`` between
+    versions ``a`` and ``b`` (same shape); ``[]`` for a tensor without units. See the module docstring."""
+    if a.shape != b.shape:
+        raise ValueError(f"{name}: shapes differ ({tuple(a.shape)} vs {tuple(b.shape)})")
+    config = config or {}
+    geometry = head_geometry(config)
+    thresholds = tuple(float(t) for t in thresholds)
+    rows = []
+    for part in parts(name, tuple(a.shape), config):
+        pa, pb = part.take(a), part.take(b)
+        layout = _layout(name, part.component, pa, config, geometry)
+        if layout is None:
+            continue
+        kind, axis, unit_of = layout
+        stats = _row_stats(pa, pb, axis, thresholds)  # (size along axis, k) float64
+        units = torch.as_tensor(unit_of)
+        n_units = int(units.max()) + 1
+        summed = torch.zeros((n_units, stats.shape[1]), dtype=torch.float64).index_add_(0, units, stats)
+        per_row = pa.numel() // pa.shape[axis]
+        counts = torch.bincount(units, minlength=n_units) * per_row
+        for u in range(n_units):
+            s = summed[u].tolist()
+            row = {
+                "name": name,
+                "layer": layer_index(name),
+                "component": part.component,
+                "expert": part.expert,
+                "kind": kind,
+                "unit": u,
+                "numel": int(counts[u]),
+                "sum_sq_diff": s[0],
+                "sum_sq_a": s[1],
+                "n_equal": int(s[2]),
+                "n_nonfinite": int(s[3]),
+            }
+            row |= {f"n_changed_{threshold_key(t)}": int(s[4 + i]) for i, t in enumerate(thresholds)}
+            rows.append(row)
+    return rows
+
+
+def _row_stats(a: torch.Tensor, b: torch.Tensor, axis: int, thresholds) -> torch.Tensor:
+    """Per index along ``axis``: sum_sq_diff, sum_sq_a, n_equal, n_nonfinite, n_changed per tau
+    (float64 on the CPU; counts exact below 2^53), computed in row chunks."""
+    a2 = a.movedim(axis, 0).reshape(a.shape[axis], -1)
+    b2 = b.movedim(axis, 0).reshape(b.shape[axis], -1)
+    step = max(1, CHUNK_ELEMENTS // max(a2.shape[1], 1))
+    out = []
+    for r0 in range(0, a2.shape[0], step):
+        ca, cb = a2[r0 : r0 + step], b2[r0 : r0 + step]
+        equal = bits_equal(ca, cb) if ca.dtype == cb.dtype else ca.double() == cb.double()
+        x, y = ca.double(), cb.double()
+        finite = torch.isfinite(x) & torch.isfinite(y)
+        d = torch.where(finite, y - x, 0.0)
+        x0 = torch.where(finite, x, 0.0)
+        cols = [(d * d).sum(1), (x0 * x0).sum(1), equal.sum(1).double(), (~finite).sum(1).double()]
+        cols += [changed_mask(x, y, t, equal).sum(1).double() for t in thresholds]
+        out.append(torch.stack(cols, 1).cpu())
+    return torch.cat(out)
+
+
+def unit_table(rows, tau: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
+    """The rows of :func:`unit_stats` (any number of tensors) added up per unit (layer, component,
+    expert, kind, unit), with ``normalized_l2`` and ``fraction_changed_<tau>``; largest
+    normalized L2 first (ties: layer, component, expert, unit)."""
+    df = pd.DataFrame(rows)
+    keys = ["layer", "component", "expert", "kind", "unit"]
+    if df.empty:
+        return pd.DataFrame(columns=[*keys, "numel", "sum_sq_diff", "sum_sq_a", "normalized_l2"])
+    changed = f"n_changed_{threshold_key(tau)}"
+    numeric = [c for c in df.columns if c not in (*keys, "name")]
+    g = df.fillna({"layer": -1, "expert": -1}).groupby(keys, sort=True)[numeric].sum().reset_index()
+    g[["layer", "expert"]] = g[["layer", "expert"]].astype("Int64").replace(-1, pd.NA)
+    g["normalized_l2"] = [normalized_l2(d, a) for d, a in zip(g["sum_sq_diff"], g["sum_sq_a"])]
+    if changed in g:
+        g[f"fraction_changed_{threshold_key(tau)}"] = g[changed] / g["numel"]
+    return g.sort_values("normalized_l2", ascending=False, kind="stable").reset_index(drop=True)
