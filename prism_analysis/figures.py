@@ -401,3 +401,23 @@ def plot_diff_lens(lens: pd.DataFrame, stem, top: int = 3, title: str = "") -> p
         fig.suptitle(title)
     _save(fig, stem)
     return fig
+
+
+def plot_heads(heads: pd.DataFrame, stem, title: str = "") -> plt.Figure:
+    """Per attention head: normalized L2 of its update, a layer x head heatmap per component
+    (q, k, v rows and o columns of the head; k/v panels have the key-value heads of a GQA model)."""
+    import seaborn as sns
+
+    comps = [c for c in ("attn_q", "attn_k", "attn_v", "attn_o") if c in set(heads["component"])]
+    fig, axes = plt.subplots(1, len(comps), figsize=(3.6 * len(comps), 3.4), constrained_layout=True, squeeze=False)
+    for ax, comp in zip(axes[0], comps):
+        sub = heads[(heads["component"] == comp) & heads["layer"].notna()]
+        grid = sub.groupby(["layer", "head"])["normalized_l2"].max().unstack("head")
+        sns.heatmap(grid, ax=ax, cmap="viridis", cbar_kws={"label": "normalized L2"})
+        ax.set_title(comp)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+    if title:
+        fig.suptitle(title)
+    _save(fig, stem)
+    return fig

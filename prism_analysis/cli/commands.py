@@ -54,6 +54,7 @@ def _add_audit(sub) -> None:
           prism audit base/ base/+lora/ --out audits/lora     # the update a LoRA adapter makes
           prism audit base/ run/checkpoint-500 --config base/config.json   # FSDP sharded checkpoint
           prism audit mid/ rl/ --spectral --out audits/geometry   # + ranks, principal angles, bf16 visibility
+          prism audit mid/ rl/ --units heads,neurons --out audits/units   # which heads and neurons moved
 
         writes OUT/summary.json, OUT/tensors.csv, OUT/layers.csv, OUT/components.csv (OUT/experts.csv
         for a MoE model) and OUT/update_by_layer_and_component.{png,pdf} (F11); with --spectral six more
@@ -80,6 +81,15 @@ def _add_audit(sub) -> None:
     p.add_argument(
         "--spectral-k", type=POSITIVE, default=16, metavar="K", help="top-K principal subspaces (default 16)"
     )
+    p.add_argument(
+        "--units",
+        type=lambda s: tuple(u.strip() for u in s.split(",") if u.strip()),
+        default=(),
+        metavar="LIST",
+        help="also per attention head and/or MLP neuron: heads, neurons or heads,neurons "
+        "(heads.csv, neurons.csv, heads_by_layer figure; q/k/v rows and o columns by head, GQA-aware)",
+    )
+    p.add_argument("--all-neurons", action="store_true", help="neurons.csv lists every neuron (default: the top 100)")
     add_config_option(p)
     add_checkpoint_options(p)
     p.set_defaults(func=_run_audit)
@@ -103,6 +113,8 @@ def _run_audit(args) -> None:
         config=args.config,
         spectral=args.spectral,
         spectral_k=args.spectral_k,
+        units=args.units,
+        neurons_top=None if args.all_neurons else 100,
     )
     if not is_root():  # under a launcher, rank 0 alone prints and writes
         return
@@ -113,6 +125,10 @@ def _run_audit(args) -> None:
         if args.spectral and not args.no_figure:
             figure += ", geometry_by_layer_and_component.png/.pdf"
         experts = ", experts.csv" if len(result.experts) else ""
+        experts += ", heads.csv" if len(result.heads) else ""
+        experts += ", neurons.csv" if len(result.neurons) else ""
+        if len(result.heads) and not args.no_figure:
+            figure += ", heads_by_layer.png/.pdf"
         print(f"\nwrote {args.out}/summary.json, tensors.csv, layers.csv, components.csv{experts}{figure}")
 
 
@@ -350,9 +366,9 @@ def _add_diff(sub) -> None:
 def _run_diff(args) -> None:
     from pathlib import Path
 
-    from ..representations.model_diff import model_diff
-    from ..representations.model_cka import read_probe
     from ..outputs import check_destination
+    from ..representations.model_cka import read_probe
+    from ..representations.model_diff import model_diff
 
     if args.out:
         check_destination(args.out, "diff", [args.a, args.b, *args.probe])

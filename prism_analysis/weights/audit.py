@@ -28,9 +28,11 @@ from ..checkpoints.base import label
 from ..checkpoints.opening import open_aligned
 from ..components import classify, expert_index
 from ..devices import resolve_device
+from ..errors import PARAM, PrismError
 from ..metrics import (
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLDS,
+    changed_column,
     check_thresholds,
     threshold_key,
 )
@@ -68,6 +70,12 @@ class Audit:
     experts: pd.DataFrame = field(default_factory=pd.DataFrame)
     unclassified: list[str] = field(default_factory=list)
     run: dict = field(default_factory=dict)  # a distributed run: world_size, bytes_per_rank
+    #: per attention head / MLP neuron (audit(units=...)): :func:`~prism_analysis.weights.units.unit_table`
+    #: rows with ``head`` / ``neuron`` for the unit index and ``fraction_changed`` at tau; empty if not asked
+    heads: pd.DataFrame = field(default_factory=pd.DataFrame)
+    neurons: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: neurons.csv keeps the top ``neurons_top`` by normalized L2 (None: all)
+    neurons_top: int | None = 100
 
     def summary(self) -> dict:
         """The ``summary.json`` record (T12/T22/T23 numbers for the whole model, components, layers,
@@ -113,6 +121,11 @@ class Audit:
             self.components.to_csv(tmp / "components.csv", index=False)
             if len(self.experts):
                 self.experts.to_csv(tmp / "experts.csv", index=False)
+            if len(self.heads):
+                self.heads.to_csv(tmp / "heads.csv", index=False)
+            if len(self.neurons):
+                top = self.neurons if self.neurons_top is None else self.neurons.head(self.neurons_top)
+                top.to_csv(tmp / "neurons.csv", index=False)
             if figure:
                 from ..figures import plot_audit
 
@@ -122,6 +135,12 @@ class Audit:
                     tmp / "update_by_layer_and_component",
                     title=f"{_short_name(self.a)} -> {_short_name(self.b)}",
                 )
+                if len(self.heads):
+                    from ..figures import plot_heads
+
+                    plot_heads(
+                        self.heads, tmp / "heads_by_layer", title=f"{_short_name(self.a)} -> {_short_name(self.b)}"
+                    )
                 if self.spectral:
                     from ..figures import plot_spectral
 
@@ -166,6 +185,8 @@ def audit(
     config=None,
     spectral: bool = False,
     spectral_k: int | None = None,
+    units: tuple[str, ...] = (),
+    neurons_top: int | None = 100,
 ) -> Audit:
     """Update statistics of checkpoint ``b`` relative to ``a``, streamed one tensor pair at a time.
 
@@ -196,7 +217,16 @@ def audit(
             embed           0.00
            mlp_up           0.25
     """
+    units = _check_units(units)
     (ca, cb), al = open_aligned([a, b], allow_pickle, config, progress=progress)
+    per_tensor = _tensor_row
+    if units:
+        from .units import unit_stats
+
+        def per_tensor(name, tensors, parts):  # the row, and the rows of its heads and neurons
+            rows = unit_stats(name, *tensors, ca.config, thresholds=(DEFAULT_THRESHOLD,))
+            return _tensor_row(name, tensors, parts), [r for r in rows if _UNIT_KINDS[r["kind"]] in units]
+
     statistics = [Statistic("update", lambda: UpdateStats(thresholds), (0, 1))]
     if spectral:
         from .spectral import DEFAULT_K, SpectralStats
@@ -208,12 +238,13 @@ def audit(
         al.common,
         statistics,
         device=resolve_device(device),
-        per_tensor=_tensor_row,
+        per_tensor=per_tensor,
         desc="audit",
         progress=progress,
         prefetch=2 * max(prefetch, 1),
     )
-    rows = list(m.extras.values())
+    rows = [e[0] for e in m.extras.values()] if units else list(m.extras.values())
+    unit_rows = [r for e in m.extras.values() for r in e[1]] if units else []
     cast = [
         {"name": r["name"], "dtype_a": r["dtype"], "dtype_b": r["dtype_b"]} for r in rows if r["dtype"] != r["dtype_b"]
     ]
@@ -246,7 +277,37 @@ def audit(
         experts=experts,
         unclassified=[r["name"] for r in rows if r["component"] == "other"],
         run=m.run,
+        heads=_units_table(unit_rows, "head") if "heads" in units else pd.DataFrame(),
+        neurons=_units_table(unit_rows, "neuron") if "neurons" in units else pd.DataFrame(),
+        neurons_top=neurons_top,
     )
+
+
+#: unit kind of weights.units -> the name ``audit(units=...)`` takes
+_UNIT_KINDS = {"head": "heads", "neuron": "neurons"}
+
+
+def _check_units(units) -> tuple[str, ...]:
+    units = tuple(units or ())
+    unknown = [u for u in units if u not in _UNIT_KINDS.values()]
+    if unknown:
+        raise PrismError(
+            f"{PARAM}: unknown {', '.join(map(str, unknown))}; choose heads, neurons or both", param="units"
+        )
+    return units
+
+
+def _units_table(rows: list[dict], kind: str) -> pd.DataFrame:
+    """heads.csv / neurons.csv: :func:`~prism_analysis.weights.units.unit_table` of one kind, the unit
+    index named ``head`` / ``neuron`` and ``fraction_changed`` at tau (1%)."""
+    from .units import unit_table
+
+    table = unit_table([r for r in rows if r["kind"] == kind], DEFAULT_THRESHOLD)
+    table = table.drop(columns="kind").rename(columns={"unit": kind})
+    key = changed_column(DEFAULT_THRESHOLD)
+    if key in table:
+        table.insert(table.columns.get_loc("normalized_l2") + 1, "fraction_changed", table[key])
+    return table
 
 
 def spectral_summary(a, b, k: int = 16, device=None, allow_pickle: bool = False, config=None):
