@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from ..accumulator import merge_all
+from ..checkpoints.align import full_tensor, record, stored_info
 from ..checkpoints.base import label
 from ..checkpoints.opening import open_aligned
 from ..components import classify, expert_index
@@ -36,7 +37,18 @@ from ..metrics import (
 )
 from ..outputs import atomic_output_dir, write_json
 from .measure import Statistic, measure_aligned
-from .update import UpdateStats
+from .update import UpdateStats, as_float
+
+
+#: The version of the audit's outputs (summary.json keys, tensors/layers/components/experts.csv
+#: columns); raised with every change that is not an addition at the end (CHANGELOG.md).
+SCHEMA = "prism.audit/2"
+#: Why a tensor pair of different dtypes has no fraction_equal (summary.json, tensors.csv).
+FRACTION_EQUAL_UNDEFINED = (
+    "dtypes differ: bitwise equality is defined only between values of one dtype, so these tensors have "
+    "fraction_equal null (empty in tensors.csv) and each group's fraction_equal counts only its elements of "
+    "matching dtypes (fraction_equal_numel); their other statistics compare exactly, in the wider dtype"
+)
 
 
 # -- the audit of a checkpoint pair -------------------------------------------------------------
@@ -68,6 +80,8 @@ class Audit:
     experts: pd.DataFrame = field(default_factory=pd.DataFrame)
     unclassified: list[str] = field(default_factory=list)
     run: dict = field(default_factory=dict)  # a distributed run: world_size, bytes_per_rank
+    #: what alignment did (:func:`prism_analysis.checkpoints.align.record`): names, folded, resized
+    aligned: dict = field(default_factory=lambda: {"names": {}, "folded": {}, "resized": []})
 
     def summary(self) -> dict:
         """The ``summary.json`` record (T12/T22/T23 numbers for the whole model, components, layers,
@@ -75,10 +89,12 @@ class Audit:
 
         def brief(s: UpdateStats) -> dict:
             m = s.compute()
-            return {
+            out = {
                 k: m[k]
                 for k in ("numel", "normalized_l2", "fraction_equal", "fraction_changed", "max_abs_diff", "nonfinite")
             }
+            out["fraction_equal_numel"] = s.n_same_dtype  # the elements fraction_equal is over
+            return out
 
         def block(level: str) -> dict:  # key -> statistics, with the update geometry when taken
             spec = self.spectral.get(level, {})
@@ -88,7 +104,9 @@ class Audit:
         for (layer, expert), s in block("experts").items():
             experts.setdefault(str(layer), {})[str(expert)] = s
         total = brief(self.stats["total"]) | (self.spectral["total"].compute() if self.spectral else {})
+        undefined = [c["name"] for c in self.cast]
         return {
+            "schema": SCHEMA,
             "a": self.a,
             "b": self.b,
             "thresholds": [threshold_key(t) for t in self.thresholds],
@@ -101,6 +119,14 @@ class Audit:
             "only_in_b": self.only_in_b,
             "tied": self.tied,
             "cast": self.cast,
+            "fraction_equal_undefined": {
+                "tensors": undefined,
+                "numel": int(self.tensors.set_index("name").loc[undefined, "numel"].sum()) if undefined else 0,
+                "reason": FRACTION_EQUAL_UNDEFINED,
+            },
+            "names": self.aligned["names"],
+            "folded": self.aligned["folded"],
+            "resized": self.aligned["resized"],
         } | self.run
 
     def save(self, out: str | os.PathLike, figure: bool = True) -> None:
@@ -189,7 +215,7 @@ def audit(
         al.common,
         statistics,
         device=resolve_device(device),
-        per_tensor=_tensor_row,
+        per_tensor=lambda name, tensors, parts: _tensor_row(name, tensors, parts, (ca, cb)),
         desc="audit",
         progress=progress,
         prefetch=2 * max(prefetch, 1),
@@ -227,7 +253,25 @@ def audit(
         experts=experts,
         unclassified=[r["name"] for r in rows if r["component"] == "other"],
         run=m.run,
+        aligned=_aligned_record([ca, cb], al),
     )
+
+
+def _aligned_record(ckpts, al) -> dict:
+    """:func:`~prism_analysis.checkpoints.align.record` of the pair, each resized tensor with the
+    rows only one side has: how many and their Frobenius norm (float64)."""
+    rec = record(ckpts, al, ["a", "b"])
+    for entry in rec["resized"]:
+        r = entry["rows_compared"]
+        for key, c in zip(("a", "b"), ckpts):
+            extra = entry["rows"][key] - r
+            entry[f"rows_only_in_{key}"] = extra
+            norm = 0.0
+            if extra:
+                t = full_tensor(c, entry["name"])[r:]
+                norm = float(torch.linalg.vector_norm(as_float(t).double()))
+            entry[f"norm_only_in_{key}"] = norm
+    return rec
 
 
 def spectral_summary(a, b, k: int = 16, device=None, allow_pickle: bool = False, config=None):
@@ -250,9 +294,10 @@ def spectral_summary(a, b, k: int = 16, device=None, allow_pickle: bool = False,
     return table.reset_index(drop=True)
 
 
-def _tensor_row(name: str, tensors: list[torch.Tensor], parts: dict) -> dict:
-    """The tensors.csv row of one tensor pair: where it sits and the statistics of all its parts
-    (and of its update geometry, when measured)."""
+def _tensor_row(name: str, tensors: list[torch.Tensor], parts: dict, ckpts=None) -> dict:
+    """The tensors.csv row of one tensor pair: where it sits, its names and shapes as stored
+    (``ckpts``: the pair, to look them up), and the statistics of all its parts (and of its update
+    geometry, when measured). ``shape`` is the shape compared (the shared rows of a resized one)."""
     ta, tb = tensors
     pieces = parts["update"]
     s = merge_all((acc for _, acc in pieces), pieces[0][1].empty)  # the whole tensor's row
@@ -269,6 +314,15 @@ def _tensor_row(name: str, tensors: list[torch.Tensor], parts: dict) -> dict:
         "dtype": dtype_a,
         "dtype_b": dtype_b,
     } | s.row()
+    if ckpts is not None:
+        ia, ib = (stored_info(c, name) for c in ckpts)
+        row |= {
+            "name_a": ia.name,
+            "name_b": ib.name,
+            "shape_a": "x".join(map(str, ia.shape)),
+            "shape_b": "x".join(map(str, ib.shape)),
+        }
+    row["fraction_equal_note"] = "" if dtype_a == dtype_b else f"undefined: dtypes differ ({dtype_a} vs {dtype_b})"
     if "spectral" in parts:
         spec = parts["spectral"]
         row |= merge_all((acc for _, acc in spec), spec[0][1].empty).row()
