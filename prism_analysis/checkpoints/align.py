@@ -205,7 +205,9 @@ class AlignedView(Checkpoint):
         for n, info in base.tensors.items():
             aligned = back.get(n, n)
             r = rows.get(aligned)
-            self.tensors[aligned] = info if r is None or r == info.shape[0] else replace(info, shape=(r, *info.shape[1:]))
+            self.tensors[aligned] = (
+                info if r is None or r == info.shape[0] else replace(info, shape=(r, *info.shape[1:]))
+            )
         self.aliases = {back.get(k, k): back.get(v, v) for k, v in base.aliases.items()}
         self._alias_rows = rows
 

@@ -36,7 +36,7 @@ from .base import file_kind as _kind
 from .base import one_line as _one_line
 from .base import read_json as _read_json
 from .dcp import is_dcp_checkpoint
-from .names import unwrap
+from .names import Unwrapped, unwrap
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -71,6 +71,10 @@ def safetensors_dtypes() -> dict[str, torch.dtype]:
 class Checkpoint(CheckpointBase):
     """Lazy view of one checkpoint's tensors. Headers are read on open; data on :meth:`get`.
 
+    Names are the model's: wrapper prefixes removed (:mod:`~prism_analysis.checkpoints.names`;
+    ``as_stored=True`` keeps them as stored, for a PEFT adapter file), entries of a pickle that share
+    one storage folded into one (``folded``, served through ``aliases``).
+
     Attributes: ``path`` (the local files), ``source`` (what the user named: the path, or a Hub
     reference such as ``org/name@step1000``), ``tensors`` (name -> :class:`TensorInfo`), ``config``
     (``config.json`` as a dict, or None), ``aliases`` (names served by another tensor, e.g. a tied
@@ -79,7 +83,10 @@ class Checkpoint(CheckpointBase):
 
     header_only = False
 
-    def __init__(self, path: str | os.PathLike, allow_pickle: bool = False, source: str | None = None):
+    def __init__(
+        self, path: str | os.PathLike, allow_pickle: bool = False, source: str | None = None, as_stored: bool = False
+    ):
+        self.as_stored = as_stored  # names exactly as stored (a PEFT adapter file), no wrapper removed
         self.path = Path(path)
         self.source = source or str(path)
         self.allow_pickle = allow_pickle
@@ -122,7 +129,7 @@ class Checkpoint(CheckpointBase):
         of one storage folded into one, a tied head), and the record of both; LoRA factors of a PEFT
         model saved without merging are kept apart in ``lora`` (merged by ``open_checkpoint``)."""
         try:
-            u = unwrap(list(raw))
+            u = Unwrapped(names={s: s for s in raw}) if getattr(self, "as_stored", False) else unwrap(list(raw))
         except PrismError as e:
             raise PrismError(e.problem, self.path) from None
         self.unwrapped, self.renamed, self.dropped = tuple(u.removed), u.renamed, u.dropped

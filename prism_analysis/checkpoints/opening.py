@@ -112,7 +112,7 @@ def open_lora(base, adapter_dir: str | os.PathLike, allow_pickle: bool = False) 
     if _kind(config, missing_ok=True) != "file":
         raise PrismError(f"not a PEFT adapter directory (no {ADAPTER_CONFIG})", adapter_dir)
     adapter_config = _read_json(config, ADAPTER_CONFIG)
-    weights = Checkpoint(adapter_weights_file(adapter_dir), allow_pickle=allow_pickle)
+    weights = Checkpoint(adapter_weights_file(adapter_dir), allow_pickle=allow_pickle, as_stored=True)
     return LoraCheckpoint(open_checkpoint(base, allow_pickle), adapter_dir, adapter_config, weights)
 
 

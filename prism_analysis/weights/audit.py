@@ -39,7 +39,6 @@ from ..outputs import atomic_output_dir, write_json
 from .measure import Statistic, measure_aligned
 from .update import UpdateStats, as_float
 
-
 #: The version of the audit's outputs (summary.json keys, tensors/layers/components/experts.csv
 #: columns); raised with every change that is not an addition at the end (CHANGELOG.md).
 SCHEMA = "prism.audit/2"

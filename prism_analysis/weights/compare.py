@@ -38,6 +38,7 @@ from .update import UpdateStats
 #: The version of compare's outputs (summary.json keys, compare.csv columns); see CHANGELOG.md.
 SCHEMA = "prism.compare/2"
 
+
 @dataclass
 class Comparison:
     """Result of :func:`compare_updates`: a tidy table and the summary record."""
