@@ -75,15 +75,20 @@ def backbone_prefix(bare: list[str], full: list[str]) -> str | None:
     A prefix is one name component (``model.``, ``transformer.``); it counts only when no name of
     ``bare`` starts with it. Two candidates raise :class:`PrismError`: which is meant is a guess.
     """
-    bare_set, full_set = set(bare), set(full)
+    full_set = set(full)
     missing = [n for n in bare if n not in full_set]
     if not missing:
         return None
+    under: dict[str, list[str]] = {}  # name without its first component -> that component + "."
+    for y in full:
+        head, dot, rest = y.partition(".")
+        if dot and rest:
+            under.setdefault(rest, []).append(head + ".")
+    taken = {b.partition(".")[0] + "." for b in bare}  # prefixes the bare side's own names start with
     found: dict[str, int] = {}
     for n in missing:
-        for y in full:
-            p = y[: -len(n)]
-            if y.endswith("." + n) and p.count(".") == 1 and not any(b.startswith(p) for b in bare_set):
+        for p in under.get(n, ()):
+            if p not in taken:
                 found[p] = found.get(p, 0) + 1
     if len(found) > 1:
         raise PrismError(

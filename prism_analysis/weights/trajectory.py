@@ -203,13 +203,31 @@ class _StepStats:
         self.aligned: dict | None = None
 
     def record(self, ckpts, al, order: list[int]) -> None:
-        """What alignment did, keyed by step (``order``: the step index of each of ``ckpts``)."""
+        """What alignment did, keyed by step (``order``: the step index of each of ``ckpts``); steps
+        recorded before keep their record (a middle checkpoint is aligned to theta_0 and theta_T
+        again, one at a time, with ``--evict``)."""
         keys = [str(self.steps[i]) for i in order]
         rec = record(ckpts, al, keys)
-        in_order = [str(s) for s in self.steps if str(s) in keys]
-        for entry in rec["resized"]:
-            entry["rows"] = {k: entry["rows"][k] for k in in_order}
-        self.aligned = {k: {s: v[s] for s in in_order} if k != "resized" else v for k, v in rec.items()}
+        agg = self.aligned or {"names": {}, "folded": {}, "resized": []}
+        for part in ("names", "folded"):
+            for k, v in rec[part].items():
+                agg[part].setdefault(k, v)
+        entries = {e["name"]: e for e in agg["resized"]}
+        for e in rec["resized"]:
+            if e["name"] not in entries:
+                entries[e["name"]] = e
+                continue
+            old = entries[e["name"]]
+            for k, v in e["rows"].items():
+                old["rows"].setdefault(k, v)
+            old["rows_compared"] = min(old["rows_compared"], e["rows_compared"])
+        in_order = [str(s) for s in self.steps]
+        for e in entries.values():
+            e["rows"] = {k: e["rows"][k] for k in in_order if k in e["rows"]}
+        agg["resized"] = list(entries.values())
+        for part in ("names", "folded"):
+            agg[part] = {k: agg[part][k] for k in in_order if k in agg[part]}
+        self.aligned = agg
 
     def new_update(self) -> UpdateStats:
         return UpdateStats(self.thresholds)
@@ -263,7 +281,8 @@ def _one_checkpoint_at_a_time(refs, stats: _StepStats, allow_pickle: bool, confi
     peak, evicted = first.nbytes + last.nbytes, []
     stats.measure([first, last], al.common, {0: 0, T: 1}, "theta_0, theta_T")
     for i in range(1, T):
-        (_, _, mid), _ = open_aligned([first, last, refs[i]], allow_pickle, config, progress=stats.progress)
+        (_, _, mid), al_i = open_aligned([first, last, refs[i]], allow_pickle, config, progress=stats.progress)
+        stats.record([first, last, mid], al_i, [0, T, i])
         sizes[i] = mid.nbytes
         peak = max(peak, first.nbytes + last.nbytes + mid.nbytes)
         stats.measure([first, mid, last], al.common, {i: 1}, f"step {i}")
