@@ -54,7 +54,9 @@ class CheckpointBase:
     Subclasses set ``path``, ``config`` (``config.json`` as a dict, or None), ``tensors`` (name ->
     :class:`TensorInfo`), ``aliases`` (names served by another tensor, e.g. a tied
     ``lm_head.weight`` -> ``model.embed_tokens.weight``), ``allow_pickle`` and ``is_pickle``, and
-    implement :meth:`get`.
+    implement :meth:`get`; readers that rename (wrapper prefixes) or fold (entries sharing a
+    storage) record it in ``unwrapped``, ``renamed`` and ``folded``. Names are the model's
+    (wrappers removed); ``TensorInfo.name`` keeps the name as stored.
     """
 
     path: Path
@@ -63,6 +65,12 @@ class CheckpointBase:
     aliases: dict[str, str]
     allow_pickle: bool = False
     is_pickle: bool = False
+    #: wrappers removed from the stored names (``"_orig_mod"``, ``"module."``, ...: :mod:`.names`)
+    unwrapped: tuple[str, ...] = ()
+    #: stored name -> the model's name, for the names a wrapper changed
+    renamed: dict[str, str] = {}  # noqa: RUF012 (read-only default; readers assign their own)
+    #: name -> the name kept, for entries that share one storage with another (a pickled tied head)
+    folded: dict[str, str] = {}  # noqa: RUF012
 
     def _tied_aliases(self) -> dict[str, str]:
         """``lm_head.weight`` -> the embedding's name when the head is tied to the embedding.

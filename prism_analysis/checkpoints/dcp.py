@@ -36,7 +36,8 @@ turn each key into the model's own (Hugging Face) tensor name, in this order:
 2. Wrapper modules: the components ``_fsdp_wrapped_module``, ``_checkpoint_wrapped_module`` and
    ``_orig_mod`` (FSDP1, activation checkpointing, ``torch.compile``) are removed wherever they
    appear; torch inserts them, and no Hugging Face name contains them.
-3. ``module.`` (DDP, DeepSpeed) is removed when every name starts with it.
+3. ``module.`` (DDP, DeepSpeed) and ``base_model.model.`` (PEFT) are removed when every name starts
+   with one. Rules 2 and 3 are those of every reader (:mod:`prism_analysis.checkpoints.names`, one list).
 4. Only when the directory does not record the saved paths (step 1 could not tell): a leading
    ``model.`` is removed when every name starts with it and one starts with ``model.model.`` or
    ``model.lm_head.`` -- the double prefix of ``{"model": state_dict}`` around a causal LM.
@@ -66,6 +67,8 @@ import torch
 
 from ..errors import PrismError, os_problem
 from .base import EMBEDDING_SUFFIXES, CheckpointBase, TensorInfo, file_kind, one_line, read_json
+from .names import WRAPPER_COMPONENTS as WRAPPER_COMPONENTS  # re-exported: the list is names.py's
+from .names import strip_components, strip_prefixes
 
 METADATA = ".metadata"
 #: The first bytes of a torch.save archive (a zip file): every chunk FileSystemWriter writes by default.
@@ -85,8 +88,6 @@ TRAINER_STATE_KEYS = (
     "rng_state",
     "extra_state",
 )
-#: Module wrappers torch inserts into parameter names (rule 2): FSDP1, activation checkpointing, torch.compile.
-WRAPPER_COMPONENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
 
 
 # -- finding a DCP directory --------------------------------------------------------------------
@@ -172,13 +173,8 @@ def model_names(keys: dict[str, tuple | None]) -> dict[str, str]:
     None where the directory does not record it. Raises :class:`PrismError` when two keys would
     give one name.
     """
-    names = {}
-    for key, path in keys.items():
-        own = _own_key(key, path)
-        if own is not None:
-            names[key] = ".".join(c for c in own.split(".") if c not in WRAPPER_COMPONENTS)
-    if names and all(n.startswith("module.") for n in names.values()):
-        names = {k: n.removeprefix("module.") for k, n in names.items()}
+    names = {key: strip_components(own) for key, path in keys.items() if (own := _own_key(key, path)) is not None}
+    names = strip_prefixes(names)  # rules 2 and 3: the wrappers of every reader
     paths_known = any(path for path in keys.values())
     if (
         not paths_known

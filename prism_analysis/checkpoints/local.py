@@ -29,12 +29,14 @@ from pathlib import Path
 
 import torch
 
+from ..components import classify
 from ..errors import PARAM, PrismError, os_problem
 from .base import CheckpointBase, TensorInfo
 from .base import file_kind as _kind
 from .base import one_line as _one_line
 from .base import read_json as _read_json
 from .dcp import is_dcp_checkpoint
+from .names import Unwrapped, unwrap
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -69,6 +71,10 @@ def safetensors_dtypes() -> dict[str, torch.dtype]:
 class Checkpoint(CheckpointBase):
     """Lazy view of one checkpoint's tensors. Headers are read on open; data on :meth:`get`.
 
+    Names are the model's: wrapper prefixes removed (:mod:`~prism_analysis.checkpoints.names`;
+    ``as_stored=True`` keeps them as stored, for a PEFT adapter file), entries of a pickle that share
+    one storage folded into one (``folded``, served through ``aliases``).
+
     Attributes: ``path`` (the local files), ``source`` (what the user named: the path, or a Hub
     reference such as ``org/name@step1000``), ``tensors`` (name -> :class:`TensorInfo`), ``config``
     (``config.json`` as a dict, or None), ``aliases`` (names served by another tensor, e.g. a tied
@@ -77,22 +83,28 @@ class Checkpoint(CheckpointBase):
 
     header_only = False
 
-    def __init__(self, path: str | os.PathLike, allow_pickle: bool = False, source: str | None = None):
+    def __init__(
+        self, path: str | os.PathLike, allow_pickle: bool = False, source: str | None = None, as_stored: bool = False
+    ):
+        self.as_stored = as_stored  # names exactly as stored (a PEFT adapter file), no wrapper removed
         self.path = Path(path)
         self.source = source or str(path)
         self.allow_pickle = allow_pickle
         self.config = _read_config(self.path)
         self.is_pickle = False
         files = self._weight_files()
-        self.tensors: dict[str, TensorInfo] = {}
+        raw: dict[str, TensorInfo] = {}
+        shared: list[list[str]] = []
         for file in files:
             for info in _pickle_infos(file) if self.is_pickle else _safetensors_infos(file):
-                if info.name in self.tensors:
+                if info.name in raw:
                     raise PrismError(f"tensor {info.name!r} appears in two shards", file)
-                self.tensors[info.name] = info
-        if not self.tensors:
+                raw[info.name] = info
+            if self.is_pickle:
+                shared += _shared_storage(file)
+        if not raw:
             raise PrismError("checkpoint holds no tensors", self.path)
-        self.aliases = self._tied_aliases()
+        self._name(raw, shared)
 
     @classmethod
     def from_header(cls, source: str, config: dict | None, infos: list[TensorInfo]) -> Checkpoint:
@@ -107,11 +119,38 @@ class Checkpoint(CheckpointBase):
             False,
         )
         self.header_only = True
-        self.tensors = {i.name: i for i in infos}
-        if not self.tensors:
+        if not infos:
             raise PrismError("checkpoint holds no tensors", source)
-        self.aliases = self._tied_aliases()
+        self._name({i.name: i for i in infos}, [])
         return self
+
+    def _name(self, raw: dict[str, TensorInfo], shared: list[list[str]]) -> None:
+        """Set ``tensors`` (by the model's names: wrappers removed, :mod:`.names`), ``aliases`` (entries
+        of one storage folded into one, a tied head), and the record of both; LoRA factors of a PEFT
+        model saved without merging are kept apart in ``lora`` (merged by ``open_checkpoint``)."""
+        try:
+            u = Unwrapped(names={s: s for s in raw}) if getattr(self, "as_stored", False) else unwrap(list(raw))
+        except PrismError as e:
+            raise PrismError(e.problem, self.path) from None
+        self.unwrapped, self.renamed, self.dropped = tuple(u.removed), u.renamed, u.dropped
+        self.lora = {s: u.lora[s] for s in u.lora}
+        self.lora_adapters = u.adapters
+        self._lora_infos = {s: raw[s] for s in u.lora}
+        self.tensors = {u.names[s]: info for s, info in raw.items() if s in u.names}
+        if not self.tensors:
+            raise PrismError("checkpoint holds no model weights (only LoRA factors)", self.path)
+        folded = {}
+        for group in shared:
+            names = [u.names[s] for s in group if s in u.names]
+            if len(names) < 2:
+                continue
+            keep = next((n for n in names if classify(n)[1] != "lm_head"), names[0])
+            for n in names:
+                if n != keep:
+                    folded[n] = keep
+                    del self.tensors[n]
+        self.folded = folded
+        self.aliases = folded | self._tied_aliases()
 
     # -- opening -----------------------------------------------------------------------------
     def _weight_files(self) -> list[Path]:
@@ -162,6 +201,10 @@ class Checkpoint(CheckpointBase):
         info = self.info(name)
         if self.header_only:
             raise PrismError(f"only the headers of this checkpoint are known, not tensor {name!r}", self.source)
+        return self.read(info)
+
+    def read(self, info: TensorInfo) -> torch.Tensor:
+        """The tensor ``info`` describes (by its stored name), as :meth:`get` returns it."""
         try:
             if self.is_pickle:
                 return _pickle_state(info.file)[info.name]
@@ -247,6 +290,18 @@ def _map_tensor(info: TensorInfo) -> torch.Tensor:
 def _pickle_infos(file: Path) -> list[TensorInfo]:
     state = _pickle_state(str(file))
     return [TensorInfo(k, str(file), tuple(v.shape), v.dtype) for k, v in state.items() if torch.is_tensor(v)]
+
+
+def _shared_storage(file: Path) -> list[list[str]]:
+    """Groups of stored names of one pickle file that are one tensor: entries that view the same
+    storage at the same offset with the same shape, strides and dtype (``torch.save`` of a model with
+    tied weights keeps one storage; ``save_pretrained`` writes such a tensor once)."""
+    groups: dict[tuple, list[str]] = {}
+    for k, v in _pickle_state(str(file)).items():
+        if torch.is_tensor(v) and v.numel():
+            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride(), v.dtype)
+            groups.setdefault(key, []).append(k)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import PrismError
 from ..references import ADAPTER_CONFIG, split_reference
-from .align import Alignment, _check_aligned
+from .align import Alignment, _check_aligned, views
 from .base import CheckpointBase, TensorInfo, is_checkpoint
 from .base import file_kind as _kind
 from .base import read_json as _read_json
@@ -66,9 +66,54 @@ def open_checkpoint(
     if isinstance(ref, Path):
         if is_dcp_checkpoint(ref):
             return DcpCheckpoint(ref, allow_pickle=allow_pickle, config=config)
-        return Checkpoint(ref, allow_pickle=allow_pickle)
+        return _merged(Checkpoint(ref, allow_pickle=allow_pickle))
     local = hub.fetch(ref, tokenizer=tokenizer, allow_pickle=allow_pickle, progress=progress)
-    return Checkpoint(local, allow_pickle=allow_pickle, source=str(ref))
+    return _merged(Checkpoint(local, allow_pickle=allow_pickle, source=str(ref)))
+
+
+class _SavedFactors:
+    """The LoRA factors a PEFT model saved without merging holds, named as an adapter file names them
+    (``base_model.model.<module>.lora_A.weight``), read from that checkpoint: what
+    :class:`~prism_analysis.checkpoints.lora.LoraCheckpoint` merges."""
+
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt, self.path, self.allow_pickle = ckpt, ckpt.path, ckpt.allow_pickle
+        self._stored = {f"base_model.model.{module}.{part}": s for s, (module, part) in ckpt.lora.items()}
+        self.tensors = {k: ckpt._lora_infos[s] for k, s in self._stored.items()}
+
+    def info(self, name: str) -> TensorInfo:
+        return self.tensors[name]
+
+    def get(self, name: str):
+        return self.ckpt.read(self.tensors[name])
+
+
+def _merged(ckpt: Checkpoint):
+    """``ckpt`` as it is, or -- a PEFT model saved without merging, which holds LoRA factors -- with
+    the factors merged one tensor at a time, scaled by the ``adapter_config.json`` beside it; without
+    one (or with several adapters) a one-line error says what to do."""
+    if not getattr(ckpt, "lora", None):
+        return ckpt
+    where = ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
+    example = next(iter(ckpt.lora))
+    if len(ckpt.lora_adapters) > 1:
+        raise PrismError(
+            f"a PEFT model saved without merging, with the LoRA factors of {len(ckpt.lora_adapters)} adapters "
+            f"({', '.join(ckpt.lora_adapters)}): merge them first (merge_and_unload()) and save the merged model",
+            ckpt.path,
+        )
+    if _kind(where / ADAPTER_CONFIG, missing_ok=True) != "file":
+        raise PrismError(
+            f"a PEFT model saved without merging: it holds LoRA factors ({example!r}) and no {ADAPTER_CONFIG} "
+            "to scale them; save it merged (merge_and_unload()), or put the adapter's adapter_config.json beside "
+            "it, or save the adapter alone (save_pretrained) and name BASE+ADAPTER",
+            ckpt.path,
+        )
+    merged = LoraCheckpoint(ckpt, where, _read_json(where / ADAPTER_CONFIG, ADAPTER_CONFIG), _SavedFactors(ckpt))
+    merged.path, merged.source = ckpt.path, getattr(ckpt, "source", None)
+    merged.unwrapped, merged.renamed, merged.folded = ckpt.unwrapped, ckpt.renamed, ckpt.folded
+    merged.merged_lora = sorted({module for module, _ in ckpt.lora.values()})
+    return merged
 
 
 def open_lora(base, adapter_dir: str | os.PathLike, allow_pickle: bool = False) -> LoraCheckpoint:
@@ -80,7 +125,7 @@ def open_lora(base, adapter_dir: str | os.PathLike, allow_pickle: bool = False) 
     if _kind(config, missing_ok=True) != "file":
         raise PrismError(f"not a PEFT adapter directory (no {ADAPTER_CONFIG})", adapter_dir)
     adapter_config = _read_json(config, ADAPTER_CONFIG)
-    weights = Checkpoint(adapter_weights_file(adapter_dir), allow_pickle=allow_pickle)
+    weights = Checkpoint(adapter_weights_file(adapter_dir), allow_pickle=allow_pickle, as_stored=True)
     return LoraCheckpoint(open_checkpoint(base, allow_pickle), adapter_dir, adapter_config, weights)
 
 
@@ -90,7 +135,10 @@ def open_aligned(
     """Open checkpoints (paths or Hub references), check that they match, and align them.
 
     The names compared are those of the first two aligned (:func:`align`); every further checkpoint
-    must hold each of them with the same shape, else :class:`PrismError` names the missing tensor.
+    must hold each of them with the same shape (or a resized vocabulary), else :class:`PrismError`
+    names the missing tensor. A checkpoint whose names are matched otherwise (a backbone against a
+    causal LM) or whose embedding or head is cut to shared rows is returned as an
+    :class:`~prism_analysis.checkpoints.align.AlignedView` serving the aligned names and rows.
     Hub references are checked first from their safetensors headers on the Hub, so a mismatched
     pair fails before anything large is downloaded. ``config``: the config.json of
     torch.distributed.checkpoint inputs (:func:`open_checkpoint`).
@@ -103,7 +151,8 @@ def open_aligned(
         if all(h is not None for h in headers):
             _check_aligned([open_checkpoint(h, allow_pickle, config) for h in headers])
     ckpts = [open_checkpoint(s, allow_pickle, config, progress=progress) for s in sources]
-    return ckpts, _check_aligned(ckpts)
+    al = _check_aligned(ckpts)
+    return views(ckpts, al), al
 
 
 def _reference(source):

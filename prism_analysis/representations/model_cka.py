@@ -85,6 +85,10 @@ COLUMNS = [
     "n",
 ]
 
+#: The version of cka's outputs (cka.csv columns, summary.json keys), in summary.json under
+#: ``_meta.schema`` (its top-level keys are the probe sets); see CHANGELOG.md.
+SCHEMA = "prism.cka/2"
+
 #: What each group of columns estimates, written to summary.json.
 ESTIMATORS = {
     "cka": "linear CKA on all n prompts (debiased if asked): the printed estimate",
@@ -127,7 +131,7 @@ class ModelCKA:
 
         with atomic_output_dir(out, "cka", [self.a, self.b]) as tmp:
             self.layers.to_csv(tmp / "cka.csv", index=False)
-            meta = {"a": self.a, "b": self.b, "pool": self.pool, "estimators": ESTIMATORS}
+            meta = {"schema": SCHEMA, "a": self.a, "b": self.b, "pool": self.pool, "estimators": ESTIMATORS}
             extra = {"_similarity": self.similarity_summary()} if len(self.similarity) else {}
             write_json(tmp / "summary.json", {**self.summary(), **extra, "_meta": meta | self.run})
             plot_cka_layers(self.layers, tmp / "cka_by_layer", title=f"{Path(self.a).name} vs {Path(self.b).name}")

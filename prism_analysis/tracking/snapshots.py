@@ -11,11 +11,13 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints.names import WRAPPER_COMPONENTS, strip_components
 from ..errors import PrismError
 from ..outputs import write_atomic
 
-#: Wrapper prefixes stripped from parameter names (torch.compile, FSDP1, activation checkpointing).
-WRAPPER_PREFIXES = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+#: Wrapper prefixes stripped from parameter names: the one list of every reader (torch.compile,
+#: FSDP1, activation checkpointing; :mod:`prism_analysis.checkpoints.names`).
+WRAPPER_PREFIXES = tuple(f"{c}." for c in WRAPPER_COMPONENTS)
 
 
 # -- parameters -----------------------------------------------------------------------------------
@@ -28,9 +30,7 @@ def _unwrap(model):
 
 def clean_name(name: str) -> str:
     """A parameter name as a checkpoint stores it (wrapper prefixes removed)."""
-    for prefix in WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
+    return strip_components(name)
 
 
 def named_tensors(model) -> dict[str, torch.Tensor]:

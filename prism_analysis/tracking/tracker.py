@@ -64,6 +64,7 @@ import pandas as pd
 import torch
 
 from ..accumulator import all_reduce, group_stats, part_stats
+from ..checkpoints.names import shared_rows
 from ..components import Part, component
 from ..errors import PrismError
 from ..metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, changed_column, check_thresholds
@@ -169,6 +170,7 @@ class UpdateTracker:
         self.cka_rows: list[tuple] = []
         self.tracked: list[int] = []
         self.k_refs: dict[tuple[int, int], Snapshot] = {}  # (k, step taken) -> theta_step
+        self.resized: dict[str, list[int]] = {}  # a vocabulary resized during the run: name -> [rows then, now]
         self.last_step = step
         self.theta0: Snapshot | None = None
         self.acts0: dict[str, torch.Tensor] = {}
@@ -329,14 +331,14 @@ class UpdateTracker:
         refs = {k: snap for (k, s), snap in self.k_refs.items() if s == step - k}
         update, visible = {}, {}
         k_update = {k: {} for k in refs}
-        for name, t in current.items():
-            a = self.theta0.get(name, t.device)
+        for name, now in current.items():
+            a, t = self._shared_rows(name, self.theta0.get(name, now.device), now)
             update[name] = self._parts(name, (a, t), make)
             if t.dtype == torch.float32:
                 visible[name] = self._parts(name, (a, t), Bf16Visibility)
             for k, snap in refs.items():
-                k_update[k][name] = self._parts(name, (snap.get(name, t.device), t), make)
-            del a
+                k_update[k][name] = self._parts(name, self._shared_rows(name, snap.get(name, t.device), now), make)
+            del a, t
         groups = by_component(group_stats(update, make))
         vis = by_component(group_stats(visible, Bf16Visibility)) if visible else []
         k_groups = {k: by_component(group_stats(v, make)) for k, v in k_update.items()}
@@ -352,6 +354,18 @@ class UpdateTracker:
         self.rows += rows
         self.tracked.append(step)
         return self._log_keys(rows, list(k_groups))
+
+    def _shared_rows(self, name: str, ref: torch.Tensor, now: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ref`` and ``now`` cut to the rows they share when the vocabulary was resized since ``ref``
+        was taken (an embedding or head, :func:`prism_analysis.checkpoints.names.shared_rows`),
+        recorded in ``resized``; any other change of shape is an error."""
+        if ref.shape == now.shape:
+            return ref, now
+        r = shared_rows(name, tuple(ref.shape), tuple(now.shape))
+        if r is None:
+            raise PrismError(f"parameter {name!r} changed shape from {list(ref.shape)} to {list(now.shape)} in the run")
+        self.resized[name] = [ref.shape[0], now.shape[0]]
+        return ref[:r], now[:r]
 
     def _log_keys(self, rows, ks) -> dict[str, float]:
         """What goes into the trainer's logs (the table has the rest): in total normalized L2, the
@@ -440,6 +454,7 @@ class UpdateTracker:
             self._probe(step)
         self._save_progress()
         trajectory = Trajectory(self.name, sorted(self.tracked), [], self.tau, self.table)
+        trajectory.aligned = {"names": {}, "folded": {}, "resized": self._resized_record()}
         if self.writer:
             self._write_outputs(trajectory)
         for snap in self.k_refs.values():  # references for steps the run will not reach
@@ -447,6 +462,12 @@ class UpdateTracker:
         self.k_refs.clear()
         self._barrier()
         return trajectory
+
+    def _resized_record(self) -> list[dict]:
+        return [
+            {"name": n, "component": component(n), "rows": {"reference": r0, "now": r1}, "rows_compared": min(r0, r1)}
+            for n, (r0, r1) in self.resized.items()
+        ]
 
     def _write_outputs(self, trajectory: Trajectory) -> None:
         from ..figures import plot_cka_curve, plot_trajectory

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from ..accumulator import merge_all
+from ..checkpoints.align import full_tensor, record, stored_info
 from ..checkpoints.base import label
 from ..checkpoints.opening import open_aligned
 from ..components import classify, expert_index
@@ -38,7 +39,17 @@ from ..metrics import (
 )
 from ..outputs import atomic_output_dir, write_json
 from .measure import Statistic, measure_aligned
-from .update import UpdateStats
+from .update import UpdateStats, as_float
+
+#: The version of the audit's outputs (summary.json keys, tensors/layers/components/experts.csv
+#: columns); raised with every change that is not an addition at the end (CHANGELOG.md).
+SCHEMA = "prism.audit/2"
+#: Why a tensor pair of different dtypes has no fraction_equal (summary.json, tensors.csv).
+FRACTION_EQUAL_UNDEFINED = (
+    "dtypes differ: bitwise equality is defined only between values of one dtype, so these tensors have "
+    "fraction_equal null (empty in tensors.csv) and each group's fraction_equal counts only its elements of "
+    "matching dtypes (fraction_equal_numel); their other statistics compare exactly, in the wider dtype"
+)
 
 
 # -- the audit of a checkpoint pair -------------------------------------------------------------
@@ -76,6 +87,8 @@ class Audit:
     neurons: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: neurons.csv keeps the top ``neurons_top`` by normalized L2 (None: all)
     neurons_top: int | None = 100
+    #: what alignment did (:func:`prism_analysis.checkpoints.align.record`): names, folded, resized
+    aligned: dict = field(default_factory=lambda: {"names": {}, "folded": {}, "resized": []})
 
     def summary(self) -> dict:
         """The ``summary.json`` record (T12/T22/T23 numbers for the whole model, components, layers,
@@ -83,10 +96,12 @@ class Audit:
 
         def brief(s: UpdateStats) -> dict:
             m = s.compute()
-            return {
+            out = {
                 k: m[k]
                 for k in ("numel", "normalized_l2", "fraction_equal", "fraction_changed", "max_abs_diff", "nonfinite")
             }
+            out["fraction_equal_numel"] = s.n_same_dtype  # the elements fraction_equal is over
+            return out
 
         def block(level: str) -> dict:  # key -> statistics, with the update geometry when taken
             spec = self.spectral.get(level, {})
@@ -96,7 +111,9 @@ class Audit:
         for (layer, expert), s in block("experts").items():
             experts.setdefault(str(layer), {})[str(expert)] = s
         total = brief(self.stats["total"]) | (self.spectral["total"].compute() if self.spectral else {})
+        undefined = [c["name"] for c in self.cast]
         return {
+            "schema": SCHEMA,
             "a": self.a,
             "b": self.b,
             "thresholds": [threshold_key(t) for t in self.thresholds],
@@ -109,6 +126,14 @@ class Audit:
             "only_in_b": self.only_in_b,
             "tied": self.tied,
             "cast": self.cast,
+            "fraction_equal_undefined": {
+                "tensors": undefined,
+                "numel": int(self.tensors.set_index("name").loc[undefined, "numel"].sum()) if undefined else 0,
+                "reason": FRACTION_EQUAL_UNDEFINED,
+            },
+            "names": self.aligned["names"],
+            "folded": self.aligned["folded"],
+            "resized": self.aligned["resized"],
         } | self.run
 
     def save(self, out: str | os.PathLike, figure: bool = True) -> None:
@@ -219,13 +244,16 @@ def audit(
     """
     units = _check_units(units)
     (ca, cb), al = open_aligned([a, b], allow_pickle, config, progress=progress)
-    per_tensor = _tensor_row
+
+    def per_tensor(name, tensors, parts):
+        return _tensor_row(name, tensors, parts, (ca, cb))
+
     if units:
         from .units import unit_stats
 
         def per_tensor(name, tensors, parts):  # the row, and the rows of its heads and neurons
             rows = unit_stats(name, *tensors, ca.config, thresholds=(DEFAULT_THRESHOLD,))
-            return _tensor_row(name, tensors, parts), [r for r in rows if _UNIT_KINDS[r["kind"]] in units]
+            return _tensor_row(name, tensors, parts, (ca, cb)), [r for r in rows if _UNIT_KINDS[r["kind"]] in units]
 
     statistics = [Statistic("update", lambda: UpdateStats(thresholds), (0, 1))]
     if spectral:
@@ -280,6 +308,7 @@ def audit(
         heads=_units_table(unit_rows, "head") if "heads" in units else pd.DataFrame(),
         neurons=_units_table(unit_rows, "neuron") if "neurons" in units else pd.DataFrame(),
         neurons_top=neurons_top,
+        aligned=_aligned_record([ca, cb], al),
     )
 
 
@@ -310,6 +339,23 @@ def _units_table(rows: list[dict], kind: str) -> pd.DataFrame:
     return table
 
 
+def _aligned_record(ckpts, al) -> dict:
+    """:func:`~prism_analysis.checkpoints.align.record` of the pair, each resized tensor with the
+    rows only one side has: how many and their Frobenius norm (float64)."""
+    rec = record(ckpts, al, ["a", "b"])
+    for entry in rec["resized"]:
+        r = entry["rows_compared"]
+        for key, c in zip(("a", "b"), ckpts):
+            extra = entry["rows"][key] - r
+            entry[f"rows_only_in_{key}"] = extra
+            norm = 0.0
+            if extra:
+                t = full_tensor(c, entry["name"])[r:]
+                norm = float(torch.linalg.vector_norm(as_float(t).double()))
+            entry[f"norm_only_in_{key}"] = norm
+    return rec
+
+
 def spectral_summary(a, b, k: int = 16, device=None, allow_pickle: bool = False, config=None):
     """The update geometry of checkpoint ``b`` against ``a`` by component, for a report: one row per
     component plus ``total``, with :data:`prism_analysis.weights.spectral.COLUMNS`, ``normalized_l2``,
@@ -330,9 +376,10 @@ def spectral_summary(a, b, k: int = 16, device=None, allow_pickle: bool = False,
     return table.reset_index(drop=True)
 
 
-def _tensor_row(name: str, tensors: list[torch.Tensor], parts: dict) -> dict:
-    """The tensors.csv row of one tensor pair: where it sits and the statistics of all its parts
-    (and of its update geometry, when measured)."""
+def _tensor_row(name: str, tensors: list[torch.Tensor], parts: dict, ckpts=None) -> dict:
+    """The tensors.csv row of one tensor pair: where it sits, its names and shapes as stored
+    (``ckpts``: the pair, to look them up), and the statistics of all its parts (and of its update
+    geometry, when measured). ``shape`` is the shape compared (the shared rows of a resized one)."""
     ta, tb = tensors
     pieces = parts["update"]
     s = merge_all((acc for _, acc in pieces), pieces[0][1].empty)  # the whole tensor's row
@@ -349,6 +396,15 @@ def _tensor_row(name: str, tensors: list[torch.Tensor], parts: dict) -> dict:
         "dtype": dtype_a,
         "dtype_b": dtype_b,
     } | s.row()
+    if ckpts is not None:
+        ia, ib = (stored_info(c, name) for c in ckpts)
+        row |= {
+            "name_a": ia.name,
+            "name_b": ib.name,
+            "shape_a": "x".join(map(str, ia.shape)),
+            "shape_b": "x".join(map(str, ib.shape)),
+        }
+    row["fraction_equal_note"] = "" if dtype_a == dtype_b else f"undefined: dtypes differ ({dtype_a} vs {dtype_b})"
     if "spectral" in parts:
         spec = parts["spectral"]
         row |= merge_all((acc for _, acc in spec), spec[0][1].empty).row()

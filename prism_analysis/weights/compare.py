@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ..checkpoints.align import record as alignment_record
 from ..checkpoints.opening import open_aligned
 from ..devices import resolve_device
 from ..metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, threshold_key
@@ -33,6 +34,9 @@ from ..outputs import atomic_output_dir, write_json
 from .measure import Statistic, measure_aligned
 from .overlap import OverlapStats
 from .update import UpdateStats
+
+#: The version of compare's outputs (summary.json keys, compare.csv columns); see CHANGELOG.md.
+SCHEMA = "prism.compare/2"
 
 
 @dataclass
@@ -117,6 +121,7 @@ def compare_updates(
     rows, summary = (
         [],
         {
+            "schema": SCHEMA,
             "a1": str(a1),
             "b1": str(b1),
             "a2": str(a2),
@@ -155,4 +160,5 @@ def compare_updates(
             comp, g_ov["components"][comp], g1["components"][comp], g2["components"][comp]
         )
     paths = {"a1": str(a1), "b1": str(b1), "a2": str(a2), "b2": str(b2), "label_1": labels[0], "label_2": labels[1]}
+    summary |= alignment_record(ckpts, al, ["a1", "b1", "a2", "b2"])
     return Comparison(paths, tau, pd.DataFrame(rows), summary | m.run)

@@ -56,11 +56,15 @@ def interpolate(
     """Write W(a, b) (Eq. 3) to ``out`` as a Hugging Face checkpoint; returns ``out``.
 
     Raises :class:`PrismError` for a or b that is not finite, and for checkpoints that differ in
-    architecture, depth or any tensor's shape.
+    architecture, depth or any tensor's shape -- a resized vocabulary included: rows that exist in
+    some of the three checkpoints only have no value in the others, so W(a, b) is not defined for
+    them and nothing is made up (resize the others the same way first). Wrapper prefixes
+    (``_orig_mod.``, ``module.``, ...) are removed: the output holds the model's own names.
     """
     if not (math.isfinite(a) and math.isfinite(b)):
         raise PrismError(f"the coefficients must be finite numbers (a={a}, b={b})")
     ckpts, al = open_aligned([base, mid, rl], allow_pickle, progress=progress)
+    _check_one_vocabulary(al)
     _check_same_depth(ckpts)
     names = [n for n in al.common if n not in ckpts[0].aliases]  # a tied head is the embedding itself
     cb, cm, cr = 1.0 - a, a - b, b
@@ -104,6 +108,18 @@ def interpolate(
         if ckpts[0].config is not None and not (tmp / "config.json").exists():  # a DCP base keeps it elsewhere
             (tmp / "config.json").write_text(json.dumps(ckpts[0].config, indent=2))
     return out
+
+
+def _check_one_vocabulary(al) -> None:
+    """W(a, b) needs every row in all three checkpoints: a resized vocabulary is refused (rows that
+    exist on one side only have no value on the others, and any stand-in would change W(a, b))."""
+    for name, (nb, nm, nr) in al.resized.items():
+        wanted = max(nb, nm, nr)
+        raise PrismError(
+            f"tensor {name!r} has {nb} rows in base, {nm} in mid and {nr} in rl (a resized vocabulary): "
+            f"interpolation needs one vocabulary; resize the others to {wanted} tokens "
+            "(resize_token_embeddings) and save them first"
+        )
 
 
 def _check_same_depth(ckpts) -> None:

@@ -30,6 +30,7 @@ import pandas as pd
 
 from .. import distributed
 from ..accumulator import group_stats
+from ..checkpoints.align import record
 from ..checkpoints.hub import HubReference
 from ..checkpoints.opening import open_aligned
 from ..checkpoints.run_manifest import discover
@@ -43,6 +44,9 @@ from .update import UpdateStats
 
 #: Columns of the tidy trajectory table (``prism trajectory`` and live tracking write the same).
 COLUMNS = ["step", "component", "metric", "value"]
+#: The version of trajectory's outputs (summary.json keys, trajectory.csv columns; live tracking
+#: writes the same); see CHANGELOG.md.
+SCHEMA = "prism.trajectory/2"
 
 
 def by_component(groups: dict) -> list:
@@ -84,6 +88,8 @@ class Trajectory:
     source: str | None = None  # the run directory, when there is one
     disk: dict | None = None  # with --evict: bytes per checkpoint, the peak held at once, what was evicted
     run: dict | None = None  # a distributed run: world_size, bytes_per_rank
+    #: what alignment did (:func:`prism_analysis.checkpoints.align.record`; keys: step indices)
+    aligned: dict | None = None
 
     def series(self, component: str, metric: str) -> list[float]:
         t = self.table
@@ -120,6 +126,7 @@ class Trajectory:
         comps = [c for c in self.table["component"].unique() if c != "total"]
         return (
             {
+                "schema": SCHEMA,
                 "name": self.name,
                 "steps": self.steps,
                 "paths": self.paths,
@@ -127,6 +134,7 @@ class Trajectory:
                 "total": block("total"),
                 "components": {c: block(c) for c in comps},
             }
+            | (self.aligned or {"names": {}, "folded": {}, "resized": []})
             | ({"disk": self.disk} if self.disk else {})
             | (self.run or {})
         )
@@ -158,6 +166,7 @@ def analyse_trajectory(
     refs = [p for _, p in entries]
     thresholds = tuple(sorted(set(thresholds) | {tau}))
     stats = _StepStats(thresholds, tau, resolve_device(device), progress)
+    stats.steps = steps
     if evict:
         if distributed.world_size() > 1:
             raise PrismError(
@@ -181,7 +190,7 @@ def analyse_trajectory(
     if name is None:
         hub_refs = [r for r in refs if isinstance(r, HubReference)]
         name = Path(source_dir).name if source_dir else hub_refs[0].repo_id if hub_refs else "trajectory"
-    return Trajectory(name, steps, [str(p) for p in refs], tau, table, source_dir, disk, run)
+    return Trajectory(name, steps, [str(p) for p in refs], tau, table, source_dir, disk, run, stats.aligned)
 
 
 class _StepStats:
@@ -192,6 +201,35 @@ class _StepStats:
         self.thresholds, self.tau, self.device, self.progress = thresholds, tau, device, progress
         self.update: dict[int, dict] = {}
         self.overlap: dict[int, dict] = {}
+        self.steps: list[int] = []
+        self.aligned: dict | None = None
+
+    def record(self, ckpts, al, order: list[int]) -> None:
+        """What alignment did, keyed by step (``order``: the step index of each of ``ckpts``); steps
+        recorded before keep their record (a middle checkpoint is aligned to theta_0 and theta_T
+        again, one at a time, with ``--evict``)."""
+        keys = [str(self.steps[i]) for i in order]
+        rec = record(ckpts, al, keys)
+        agg = self.aligned or {"names": {}, "folded": {}, "resized": []}
+        for part in ("names", "folded"):
+            for k, v in rec[part].items():
+                agg[part].setdefault(k, v)
+        entries = {e["name"]: e for e in agg["resized"]}
+        for e in rec["resized"]:
+            if e["name"] not in entries:
+                entries[e["name"]] = e
+                continue
+            old = entries[e["name"]]
+            for k, v in e["rows"].items():
+                old["rows"].setdefault(k, v)
+            old["rows_compared"] = min(old["rows_compared"], e["rows_compared"])
+        in_order = [str(s) for s in self.steps]
+        for e in entries.values():
+            e["rows"] = {k: e["rows"][k] for k in in_order if k in e["rows"]}
+        agg["resized"] = list(entries.values())
+        for part in ("names", "folded"):
+            agg[part] = {k: agg[part][k] for k in in_order if k in agg[part]}
+        self.aligned = agg
 
     def new_update(self) -> UpdateStats:
         return UpdateStats(self.thresholds)
@@ -227,6 +265,7 @@ def _each_file_once(refs, stats: _StepStats, allow_pickle: bool, config=None) ->
     opened, al = open_aligned([refs[0], refs[-1], *refs[1:-1]], allow_pickle, config, progress=stats.progress)
     ckpts = [opened[0], *opened[2:], opened[1]]
     T = len(ckpts) - 1
+    stats.record(opened, al, [0, T, *range(1, T)])
     return stats.measure(ckpts, al.common, {i: i for i in [0, T, *range(1, T)]}, "trajectory")
 
 
@@ -239,11 +278,13 @@ def _one_checkpoint_at_a_time(refs, stats: _StepStats, allow_pickle: bool, confi
     fresh = {i: isinstance(r, HubReference) and not hub.is_cached(r) for i, r in enumerate(refs)}
     (first, last), al = open_aligned([refs[0], refs[-1]], allow_pickle, config, progress=stats.progress)
     T = len(refs) - 1
+    stats.record([first, last], al, [0, T])
     sizes = {0: first.nbytes, T: last.nbytes}
     peak, evicted = first.nbytes + last.nbytes, []
     stats.measure([first, last], al.common, {0: 0, T: 1}, "theta_0, theta_T")
     for i in range(1, T):
-        (_, _, mid), _ = open_aligned([first, last, refs[i]], allow_pickle, config, progress=stats.progress)
+        (_, _, mid), al_i = open_aligned([first, last, refs[i]], allow_pickle, config, progress=stats.progress)
+        stats.record([first, last, mid], al_i, [0, T, i])
         sizes[i] = mid.nbytes
         peak = max(peak, first.nbytes + last.nbytes + mid.nbytes)
         stats.measure([first, mid, last], al.common, {i: 1}, f"step {i}")

@@ -3,7 +3,6 @@
 import json
 
 import pandas as pd
-import torch
 from helpers import save_state
 
 from prism_analysis.tiny import build_model
@@ -51,7 +50,9 @@ def test_a_planted_head_and_neuron_rank_first_and_nothing_else_moves(tmp):
 def test_the_cli_writes_heads_neurons_and_the_heatmap(tmp, capsys):
     _pair(tmp, lambda b: b["model.layers.0.self_attn.q_proj.weight"][64:96].mul_(2))
     out = tmp / "out"
-    assert main(["audit", str(tmp / "a"), str(tmp / "b"), "--units", "heads,neurons", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(["audit", str(tmp / "a"), str(tmp / "b"), "--units", "heads,neurons", "--out", str(out), "--quiet"]) == 0
+    )
     heads = pd.read_csv(out / "heads.csv")
     assert {"layer", "head", "component", "normalized_l2", "fraction_changed"} <= set(heads.columns)
     assert tuple(heads.iloc[0][["layer", "component", "head"]]) == (0, "attn_q", 2)
