@@ -372,7 +372,7 @@ def test_ambiguous_names_are_an_error(tmp_path):
 def test_one_wrapper_list_for_every_reader():
     from prism_analysis.checkpoints import dcp, names
     from prism_analysis.checkpoints.names import unwrap
-    from prism_analysis.tracking.tracker import clean_name
+    from prism_analysis.tracking.snapshots import clean_name
 
     assert dcp.WRAPPER_COMPONENTS is names.WRAPPER_COMPONENTS
     assert clean_name("_orig_mod.model._fsdp_wrapped_module.layers.0.w") == "model.layers.0.w"
