@@ -6,7 +6,7 @@ with its own timeout (a hang costs that step only; the remaining budget caps eve
   tests     pytest -m gpu --device cuda: RL and training on the device, the tracker with
             reference="device", CKA / similarity / spectral kernels, the audit's torch path, bf16
             forward passes (pass/fail per test group)
-  audit     benchmarks/audit.py --methods floor,prism --device cuda: prism audit vs the read floor
+  audit     benchmarks/audit.py --quick --methods floor,prism --device cuda: prism audit vs the read floor
   cka       a 24 x 24 layer heatmap on the GPU: prism cka_matrix vs a naive torch per-pair loop
             (float64 Gram form, also the reference) and vs the peer packages of the `bench` extra
             when installed (ckatorch cka_base, cka-pytorch hsic1), all on the device
@@ -172,7 +172,8 @@ def step_tracking(device: str, quick: bool) -> dict:
         {"study tiny": {}} if quick else {"study tiny": {}, "hidden 512, 8 layers": dict(hidden_size=512, num_layers=8)}
     )
 
-    def run(kw, reference):
+    def run(kw, reference, warmup=False):
+        n_steps = every if warmup else steps
         model = build_model("llama", seed=0, **kw).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         g = torch.Generator().manual_seed(0)
@@ -182,7 +183,7 @@ def step_tracking(device: str, quick: bool) -> dict:
         sync(device)
         t0 = time.perf_counter()
         tracker = UpdateTracker(model, every=every, k_steps=(1,), out=None, reference=reference) if reference else None
-        for step in range(1, steps + 1):
+        for step in range(1, n_steps + 1):
             ids = batches[step % 4]
             model(input_ids=ids, labels=ids).loss.backward()
             opt.step()
@@ -196,6 +197,8 @@ def step_tracking(device: str, quick: bool) -> dict:
 
     rows = []
     for label, kw in shapes.items():
+        for ref in ("device", "cpu"):  # warm-up: the first measurement compiles the CPU kernels (numba)
+            run(kw, ref, warmup=True)
         times = {"plain": [], "device": [], "cpu": []}
         for _ in range(repeats):
             for ref in times:
@@ -547,7 +550,7 @@ def main() -> int:
             info["markdown"] = str(work / "audit.md")
             Path(info["markdown"]).unlink(missing_ok=True)
             cmd = [py, "benchmarks/audit.py", "--methods", "floor,prism", "--device", device]
-            cmd += ["--root", str(work / "audit"), "--markdown", info["markdown"]] + (["--quick"] if args.dry else [])
+            cmd += ["--root", str(work / "audit"), "--markdown", info["markdown"], "--quick"]  # 0.62 GB pair: fits 75 s
         else:
             res = work / f"{name}.json"
             res.unlink(missing_ok=True)
