@@ -2,13 +2,15 @@
 #   make demo   create .venv, install the project with the training extras, run the main job
 #   make test   create .venv, install the project with the test extras, lint, run the doctests and the
 #               test suite, build the docs (warnings as errors)
+#   make gpu-check  on a CUDA machine: create .venv (CUDA torch), the tests marked gpu and the GPU
+#               benchmarks in <= 8 minutes, one table benchmarks/results/gpu.md (no CUDA: says so, exits 0)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
 RUN ?= runs/tiny
 
-.PHONY: demo test test-fast lint doctest docs format notebooks figures bench bench-results clean
+.PHONY: demo test test-fast lint doctest docs format notebooks figures bench bench-results gpu-check gpu-check-dry clean
 
 $(VENV)/.created:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -87,6 +89,17 @@ bench: $(VENV)/.test
 bench-results: $(VENV)/.test
 	$(PY) benchmarks/audit.py --quick --markdown benchmarks/results/audit.md
 	$(PY) benchmarks/cka.py --quick --markdown benchmarks/results/cka.md
+
+# The GPU check (docs/performance.md, "GPU check"): on a machine with CUDA, .venv gets the unpinned (CUDA)
+# torch of the .created rule; the `bench` extra's peers are tried (no network: the CKA step compares with a
+# naive torch loop only). Budget 480 s: tests 210, audit 75, CKA 50, tracking 45, study 90 (each a timeout).
+gpu-check: $(VENV)/.test
+	$(PY) -m pip install -q --retries 0 --timeout 15 --no-deps ckatorch cka-pytorch 2>/dev/null || echo "gpu-check: bench extra not installable; CKA vs a naive torch loop only"
+	$(PY) benchmarks/gpu_check.py --budget 480
+
+# the same pipeline on the CPU at tiny sizes (plumbing only): bench_out/gpu_check/gpu.md
+gpu-check-dry: $(VENV)/.test
+	$(PY) benchmarks/gpu_check.py --dry-run
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache docs/_build docs/cli.md docs/api/generated

@@ -271,20 +271,22 @@ def test_spectral_summary_for_the_study(ckpts):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_gives_the_cpu_numbers():
+def test_cuda_gives_the_cpu_numbers(gpu_device):
     """The audit runs the geometry on its device: on a GPU the same numbers as on the CPU."""
     rng = np.random.default_rng(9)
     spectrum = orthonormal(rng, 300, 200) @ np.diag(0.9 ** np.arange(200)) @ orthonormal(rng, 200, 200).T
     A = torch.from_numpy(spectrum.astype(np.float32))  # decaying: the randomized sketches agree to rounding
     B = A + 1e-3 * torch.from_numpy(rng.standard_normal((300, 200)).astype(np.float32))
     for method in ("full", "randomized"):
-        cpu, gpu = update_geometry(A, B, k=8, method=method), update_geometry(A.cuda(), B.cuda(), k=8, method=method)
+        cpu, gpu = (
+            update_geometry(A, B, k=8, method=method),
+            update_geometry(A.to(gpu_device), B.to(gpu_device), k=8, method=method),
+        )
         for c in ("effective_rank", "stable_rank", "principal_alignment", "max_principal_angle_deg"):
             # dW is noise (a flat spectrum): another device's sketch moves its randomized s_1 by ~1e-4
             rel = 1e-3 if method == "randomized" and c.endswith("rank") else 1e-6
             assert gpu[c] == pytest.approx(cpu[c], rel=rel, abs=1e-9), (method, c)
-    assert fraction_visible_bf16(A.cuda(), B.cuda()) == fraction_visible_bf16(A, B)
+    assert fraction_visible_bf16(A.to(gpu_device), B.to(gpu_device)) == fraction_visible_bf16(A, B)
 
 
 @pytest.mark.slow
