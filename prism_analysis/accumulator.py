@@ -162,8 +162,9 @@ def group_stats(per_tensor: dict[str, list], make) -> dict:
 def all_reduce(accumulators: list[Accumulator]) -> None:
     """Reduce the states of ``accumulators`` (the same list, in the same order, on every rank) across
     the ranks of the default process group, in place: "sum" states add (float64; counts are exact
-    below 2^53), "max" states take the maximum. One collective per reduction kind for the whole list.
-    Without an initialised process group this does nothing."""
+    below 2^53), "max" states take the maximum. Scalar and list states go in one collective per
+    reduction kind, tensor states one collective each; every rank must hold the same tensor states
+    (set by at least one update on every rank). Without an initialised process group this does nothing."""
     import torch
     import torch.distributed as dist
 
@@ -178,13 +179,13 @@ def all_reduce(accumulators: list[Accumulator]) -> None:
                 if f.metadata.get("reduce") != reduce:
                     continue
                 v = getattr(acc, f.name)
+                if v is None:  # a tensor state unused by these settings (the same on every rank)
+                    continue
                 if isinstance(v, torch.Tensor):  # a tensor state: reduced as it is, in float64
                     if v.dtype != torch.float64:
                         raise TypeError(f"tensor state {f.name} must be float64 to be reduced exactly")
                     dist.all_reduce(v, op=op)
                     continue
-                if v is None:
-                    raise ValueError(f"cannot all-reduce {type(acc).__name__}: state {f.name} is unset on this rank")
                 slots.append((acc, f.name, len(v) if isinstance(v, list) else None))
                 values += v if isinstance(v, list) else [v]
         if not values:

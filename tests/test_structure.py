@@ -196,3 +196,21 @@ def test_analysis_imports_without_the_training_package(package, tmp_path):
     code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import {package}; print('ok')"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_old_module_paths_are_aliases_of_the_new_modules():
+    """0.1's paths import the very module at the new path; all but prism_analysis.cka warn."""
+    code = (
+        "import warnings, importlib\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import prism_analysis.cka as old, prism_analysis.representations.cka as new\n"
+        "    assert old is new and not [x for x in w if 'moved' in str(x.message)], w\n"
+        "    import prism_analysis.hub as h, prism_analysis.checkpoints.hub as h2\n"
+        "    assert h is h2 and h.__spec__.name == 'prism_analysis.checkpoints.hub'\n"
+        "    assert any('prism_analysis.hub moved to prism_analysis.checkpoints.hub' in str(x.message) for x in w)\n"
+        "    from prism_analysis.checkpoint_reader import open_checkpoint\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
