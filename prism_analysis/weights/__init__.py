@@ -1,6 +1,6 @@
 """Weights: update statistics of aligned tensors, and the pipelines that stream checkpoints through them.
 
-- :mod:`~prism_analysis.weights.update`      :class:`UpdateStats`: normalized L2 (Eq. 1), fraction changed, bitwise equal
+- :mod:`~prism_analysis.weights.update`      :class:`UpdateStats`: normalized L2 (Eq. 1), fraction changed, equality
 - :mod:`~prism_analysis.weights.overlap`     :class:`OverlapStats`: cosine of two updates (Eq. 2), changed-mask overlap
 - :mod:`~prism_analysis.weights.fused`       the vectorized numba CPU kernels behind both
 - :mod:`~prism_analysis.weights.spectral`    update geometry: effective rank, principal angles, bf16 visibility
