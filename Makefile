@@ -55,7 +55,7 @@ doctest: $(VENV)/.test
 
 # The docs site: docs/_build/html/index.html. Warnings (a broken link, a bad docstring) are errors.
 docs: $(VENV)/.test
-	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+	$(VENV)/bin/sphinx-build -q -W --keep-going -b html docs docs/_build/html
 
 # the edit-test loop: everything but the tests marked slow
 test-fast: $(VENV)/.test
