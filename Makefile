@@ -38,7 +38,7 @@ demo: $(VENV)/.train
 	$(VENV)/bin/prism reproduce --preset tiny --out $(DEMO_OUT)
 
 test: lint doctest docs
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 
 # The >>> examples of the public entry points, module by module.
 DOCTEST_MODULES := \
