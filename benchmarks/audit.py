@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_report import REPORT, md_table, write_markdown
 
 THRESHOLDS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1)
 
@@ -181,25 +182,6 @@ def run_kernel(a, b, device):
             fused.pair_stats(ta[k], tb[k], THRESHOLDS)
         best["kernel"] = min(best["kernel"], time.perf_counter() - t)
     return {"bytes": nbytes, "kernel_s": best["kernel"], "bandwidth_s": best["bandwidth"]}
-
-
-#: Markdown of the printed results (``--markdown PATH`` writes it; the docs include the file).
-REPORT: list[str] = []
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> None:
-    """Add a Markdown table to :data:`REPORT`."""
-    REPORT.extend(["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)])
-    REPORT.extend("| " + " | ".join(r) + " |" for r in rows)
-    REPORT.append("")
-
-
-def write_markdown(path: str | None, title: str) -> None:
-    """Write :data:`REPORT` under ``title`` to ``path`` (nothing without ``--markdown``)."""
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text("\n".join([f"### {title}", "", *REPORT]).rstrip() + "\n")
-        print(f"\nwrote {path}")
 
 
 def peak_rss_kb() -> int:

@@ -26,30 +26,12 @@ import importlib.util
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from bench_report import REPORT, md_table, write_markdown
 
 from prism_analysis.representations import cka
-
-#: Markdown of the printed results (``--markdown PATH`` writes it; the docs include the file).
-REPORT: list[str] = []
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> None:
-    """Add a Markdown table to :data:`REPORT`."""
-    REPORT.extend(["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)])
-    REPORT.extend("| " + " | ".join(r) + " |" for r in rows)
-    REPORT.append("")
-
-
-def write_markdown(path: str | None, title: str) -> None:
-    """Write :data:`REPORT` under ``title`` to ``path`` (nothing without ``--markdown``)."""
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text("\n".join([f"### {title}", "", *REPORT]).rstrip() + "\n")
-        print(f"\nwrote {path}")
 
 
 def layers(L, n, d, seed=0, noise=0.05):

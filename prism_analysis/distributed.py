@@ -21,6 +21,7 @@ Without a launcher (``WORLD_SIZE`` unset or 1) nothing here touches torch.distri
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import os
 from collections.abc import Callable, Sequence
@@ -98,10 +99,14 @@ def init() -> bool:
 
 def close() -> None:
     """Leave the process group (at exit, before the interpreter's teardown, so gloo's threads stop
-    cleanly)."""
+    cleanly), all ranks together: a barrier first, so rank 0 -- whose process serves the group's
+    TCP store -- does not tear the store down while another rank still talks to it (seen as a
+    SIGABRT at exit, "terminate called without an active exception", about one launch in eight)."""
     import torch.distributed as dist
 
     if dist.is_initialized():
+        with contextlib.suppress(Exception):  # a rank already gone (its error was reported): leave anyway
+            dist.barrier()
         dist.destroy_process_group()
 
 

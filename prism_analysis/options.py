@@ -37,6 +37,7 @@ def option(
     flag: str | None = None,
     metavar: str | None = None,
     required: bool = False,
+    aliases: tuple[str, ...] = (),
 ):
     """A config field that is also a command-line option (``--field-name`` unless ``flag``).
 
@@ -44,6 +45,8 @@ def option(
     finite. ``choices``: the allowed values. ``parse``: str -> value for lists and tuples.
     Booleans become switches: ``--name`` for a False default, ``--no-name`` for a True one.
     ``required``: the command line must give it (the default stands for "not given").
+    ``aliases``: more flags for the same option (``("--n-prompts",)``). A ``None`` default takes its
+    type from ``parse`` (or ``str``).
     """
     meta = {
         "help": help,
@@ -55,6 +58,7 @@ def option(
         "flag": flag,
         "metavar": metavar,
         "required": required,
+        "aliases": tuple(aliases),
     }
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
@@ -88,6 +92,8 @@ def _flag(f) -> str:
 
 def _kind(f):
     default = f.default if f.default is not MISSING else f.default_factory()
+    if default is None:
+        return f.metadata.get("parse") or str
     return type(default)
 
 
@@ -119,7 +125,7 @@ def add_options(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         kind = _kind(f)
         if kind is bool:
             action = "store_false" if f.default is True else "store_true"
-            parser.add_argument(_flag(f), dest=f.name, action=action, help=meta["help"])
+            parser.add_argument(_flag(f), *meta.get("aliases", ()), dest=f.name, action=action, help=meta["help"])
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
@@ -128,6 +134,7 @@ def add_options(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             extra["required"] = True
         parser.add_argument(
             _flag(f),
+            *meta.get("aliases", ()),
             dest=f.name,
             type=str if "choices" in extra else _converter(f),
             default=default,
@@ -135,6 +142,11 @@ def add_options(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             help=f"{meta['help']} (default: {shown})" if shown not in ("", None) else meta["help"],
             **extra,
         )
+
+
+def flags(cls) -> dict[str, str]:
+    """Field name -> command-line flag, for every :func:`option` field of dataclass ``cls``."""
+    return {f.name: _flag(f) for f in fields(cls) if "help" in f.metadata}
 
 
 def from_args(cls, args: argparse.Namespace, **overrides):

@@ -256,11 +256,13 @@ def test_two_nodes_with_a_c10d_rendezvous_run_every_command_exactly(data):
         str(SCRIPTS / "dist_driver.py"),
         str(plan),
     ]
+    logs = [(data / f"agent{i}.out", data / f"agent{i}.err") for i in range(2)]
     agents = [
-        subprocess.Popen(cmd, cwd=data, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
+        subprocess.Popen(cmd, cwd=data, env=child_env(), stdout=out.open("w"), stderr=err.open("w"), text=True)
+        for out, err in logs
     ]
-    results = [a.communicate(timeout=300) for a in agents]
+    wait_together(agents, timeout=300)
+    results = [(out.read_text(), err.read_text()) for out, err in logs]
     assert [a.returncode for a in agents] == [0, 0], [e[-2000:] for _, e in results]
     assert sum(out.count("t50") for out, _ in results) == 1  # one agent's rank 0 prints
     for n in names:
@@ -271,6 +273,21 @@ def test_two_nodes_with_a_c10d_rendezvous_run_every_command_exactly(data):
     files = [f for c in ("c0", "c1") for f in (data / c).glob("*.safetensors")]
     assert 0.9 * sum(f.stat().st_size for f in files) < sum(audit) <= sum(f.stat().st_size for f in files)
     assert max(audit) < 0.6 * sum(audit)  # balanced
+
+
+def wait_together(procs, timeout: float) -> None:
+    """Wait for every process; when one fails (or the time is up) stop the others at once, so a
+    failed launch costs seconds, not the launcher's own timeouts (the other agent would wait for
+    its peer at torchrun's exit barrier)."""
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs):
+        if any(p.returncode not in (None, 0) for p in procs) or time.monotonic() > deadline:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.2)
+    for p in procs:
+        p.wait()
 
 
 def corrupt_chunk_owned_by_rank_1(data: Path) -> tuple[Path, str]:

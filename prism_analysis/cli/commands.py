@@ -13,12 +13,9 @@ import sys
 
 from ..distributed import is_root
 from ..errors import PrismError
-from ..metrics import DEFAULT_THRESHOLD
-from ..options import nonempty, number
+from ..options import add_options, from_args, nonempty, number
+from .api_options import AuditOptions, CkaOptions, CompareOptions, DiffOptions, TrajectoryOptions
 from .parser import (
-    POSITIVE,
-    TAU,
-    THRESHOLD_LIST,
     add_checkpoint_options,
     add_command,
     add_config_option,
@@ -64,39 +61,15 @@ def _add_audit(sub) -> None:
     p.add_argument("a", type=nonempty, help="earlier checkpoint (e.g. base)")
     p.add_argument("b", type=nonempty, help="later checkpoint (e.g. mid-trained)")
     p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
-    p.add_argument(
-        "--thresholds",
-        type=THRESHOLD_LIST,
-        default=None,
-        metavar="LIST",
-        help="relative-change thresholds, fractions or percents (default 0.1%%,0.5%%,1%%,2%%,5%%,10%%)",
-    )
     p.add_argument("--no-figure", action="store_true", help="skip the F11 figure")
-    p.add_argument(
-        "--spectral",
-        action="store_true",
-        help="also the update geometry of every 2-D tensor: effective_rank, stable_rank, principal angles "
-        "(max/mean, degrees), principal_alignment, fraction_visible_bf16 (+ geometry_by_layer_and_component figure)",
-    )
-    p.add_argument(
-        "--spectral-k", type=POSITIVE, default=16, metavar="K", help="top-K principal subspaces (default 16)"
-    )
-    p.add_argument(
-        "--units",
-        type=lambda s: tuple(u.strip() for u in s.split(",") if u.strip()),
-        default=(),
-        metavar="LIST",
-        help="also per attention head and/or MLP neuron: heads, neurons or heads,neurons "
-        "(heads.csv, neurons.csv, heads_by_layer figure; q/k/v rows and o columns by head, GQA-aware)",
-    )
     p.add_argument("--all-neurons", action="store_true", help="neurons.csv lists every neuron (default: the top 100)")
+    add_options(p, AuditOptions)
     add_config_option(p)
     add_checkpoint_options(p)
     p.set_defaults(func=_run_audit)
 
 
 def _run_audit(args) -> None:
-    from ..metrics import DEFAULT_THRESHOLDS
     from ..outputs import check_destination
     from ..weights.audit import audit
 
@@ -106,14 +79,11 @@ def _run_audit(args) -> None:
     result = audit(
         args.a,
         args.b,
-        thresholds=args.thresholds or DEFAULT_THRESHOLDS,
+        **vars(from_args(AuditOptions, args)),
         device=args.device,
         progress=not args.quiet and is_root(),
         allow_pickle=args.allow_pickle,
         config=args.config,
-        spectral=args.spectral,
-        spectral_k=args.spectral_k,
-        units=args.units,
         neurons_top=None if args.all_neurons else 100,
     )
     if not is_root():  # under a launcher, rank 0 alone prints and writes
@@ -174,55 +144,7 @@ def _add_cka(sub) -> None:
         help="probe prompts (.txt or .jsonl); repeat for several probe sets",
     )
     p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
-    p.add_argument(
-        "--pool",
-        choices=["mean", "last", "tokens"],
-        default="mean",
-        help="pooling over a prompt's tokens (default: mean, as PRISM)",
-    )
-    p.add_argument(
-        "--n",
-        "--n-prompts",
-        type=POSITIVE,
-        default=200,
-        help="prompts per probe set (default 200, as PRISM); under torchrun write --n-prompts (torchrun "
-        "reads --n as an abbreviation of its own options)",
-    )
-    p.add_argument(
-        "--bootstrap",
-        type=number(int, low=0),
-        default=20,
-        help="resamples of PRISM's protocol, the resample_* columns (default 20; 0: none)",
-    )
-    p.add_argument("--sample", type=POSITIVE, default=None, help="prompts per resample (default: half of n)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
-    p.add_argument("--debiased", action="store_true", help="debiased CKA (unbiased HSIC)")
-    p.add_argument(
-        "--measure",
-        type=_measure_list,
-        default=("cka",),
-        metavar="LIST",
-        help="similarity measures, comma-separated, of cka,mutual_knn,cknna,procrustes,svcca,rsa (default: cka). "
-        "Beyond cka: OUT/similarity.csv with a permutation null (null mean, p-value, corrected score) per layer",
-    )
-    p.add_argument(
-        "--permutations", type=POSITIVE, default=100, help="row shuffles of the permutation null (default 100)"
-    )
-    p.add_argument("--knn-k", type=POSITIVE, default=10, help="neighbours of mutual_knn and cknna (default 10)")
-    p.add_argument("--svcca-k", type=POSITIVE, default=10, help="SVD directions kept by svcca (default 10)")
-    p.add_argument("--all-pairs", action="store_true", help="also every layer of A vs every layer of B (heatmap)")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        default=None,
-        help="model dtype (default: the checkpoint's)",
-    )
-    p.add_argument("--batch-size", type=POSITIVE, default=1, help="prompts per forward pass (pads are masked)")
-    p.add_argument(
-        "--max-length", type=number(int, low=2), default=512, help="truncate prompts to this many tokens (>= 2)"
-    )
-    p.add_argument("--tokenizer", type=nonempty, default=None, help="tokenizer path when the checkpoints have none")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
+    add_options(p, CkaOptions)
     add_checkpoint_options(p)
     add_config_option(p)
     p.set_defaults(func=_run_cka)
@@ -246,26 +168,11 @@ def _run_cka(args) -> None:
         args.a,
         args.b,
         probes,
-        pool=args.pool,
-        n=args.n,
-        bootstrap=args.bootstrap,
-        sample_size=args.sample,
-        seed=args.seed,
-        all_pairs=args.all_pairs,
-        debiased=args.debiased,
+        **vars(from_args(CkaOptions, args)),
         device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        tokenizer=args.tokenizer,
-        trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         progress=not args.quiet and is_root(),
         config=args.config,
-        measures=args.measure,
-        permutations=args.permutations,
-        knn_k=args.knn_k,
-        svcca_k=args.svcca_k,
     )
     if not is_root():  # under a launcher, rank 0 alone prints and writes
         return
@@ -318,46 +225,8 @@ def _add_diff(sub) -> None:
         help="probe prompts (.txt or .jsonl); repeat for several probe sets",
     )
     p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
-    p.add_argument(
-        "--n",
-        "--n-prompts",
-        type=POSITIVE,
-        default=200,
-        help="prompts per probe set (default 200); under torchrun write --n-prompts",
-    )
-    p.add_argument(
-        "--lens-layers",
-        default="all",
-        metavar="LIST",
-        help="layers of the logit lens: all (default), none, or comma-separated indices (0 = embedding output)",
-    )
-    p.add_argument(
-        "--no-lens",
-        action="store_true",
-        help="output divergence only: no logit lens, no difference lens (a plain forward pass of each model)",
-    )
-    p.add_argument("--first-k", type=POSITIVE, default=5, help="positions of the first-positions difference lens")
-    p.add_argument("--top", type=number(int, low=0), default=50, help="positions in tokens.csv per probe (default 50)")
-    p.add_argument("--top-tokens", type=POSITIVE, default=5, help="each model's top next tokens in tokens.csv")
-    p.add_argument("--lens-top", type=POSITIVE, default=10, help="tokens promoted/suppressed per layer in lens.csv")
-    p.add_argument("--context", type=POSITIVE, default=12, help="tokens of context shown in tokens.csv")
-    p.add_argument(
-        "--bootstrap", type=number(int, low=0), default=1000, help="bootstrap resamples of the intervals (0: none)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        default=None,
-        help="model dtype (default: the checkpoint's)",
-    )
-    p.add_argument("--batch-size", type=POSITIVE, default=1, help="prompts per forward pass (pads are masked)")
-    p.add_argument(
-        "--max-length", type=number(int, low=2), default=512, help="truncate prompts to this many tokens (>= 2)"
-    )
-    p.add_argument("--tokenizer", type=nonempty, default=None, help="tokenizer path when the checkpoints have none")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
     p.add_argument("--no-figure", action="store_true", help="skip the figures")
+    add_options(p, DiffOptions)
     add_checkpoint_options(p)
     add_config_option(p)
     p.set_defaults(func=_run_diff)
@@ -383,22 +252,8 @@ def _run_diff(args) -> None:
         args.a,
         args.b,
         probes,
-        n=args.n,
-        lens=not args.no_lens,
-        lens_layers=args.lens_layers,
-        first_k=args.first_k,
-        top=args.top,
-        top_tokens=args.top_tokens,
-        lens_top=args.lens_top,
-        context=args.context,
-        bootstrap=args.bootstrap,
-        seed=args.seed,
+        **vars(from_args(DiffOptions, args)),
         device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        tokenizer=args.tokenizer,
-        trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         progress=not args.quiet and is_root(),
         config=args.config,
@@ -410,12 +265,6 @@ def _run_diff(args) -> None:
         result.save(args.out, figures=not args.no_figure)
         figures = "" if args.no_figure else ", diff_layers.png/.pdf, diff_lens.png/.pdf"
         print(f"\nwrote {args.out}/summary.json, positions.csv, tokens.csv, layers.csv, lens.csv{figures}")
-
-
-def _measure_list(text: str) -> tuple[str, ...]:
-    """``--measure``: comma-separated names of measures (checked by
-    :func:`~prism_analysis.representations.similarity.check_measures` when the command runs)."""
-    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 # -- trajectory -------------------------------------------------------------------------------------
@@ -474,25 +323,20 @@ def _add_trajectory(sub) -> None:
     )
     p.add_argument("--compare", type=nonempty, default=None, metavar="RUN2", help="a second run to overlay (dashed)")
     p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
-    p.add_argument(
-        "--tau", type=TAU, default=DEFAULT_THRESHOLD, help="threshold for the changed sets (default 0.01 = 1%%)"
-    )
-    p.add_argument("--thresholds", type=THRESHOLD_LIST, default=None, metavar="LIST", help="threshold sweep")
+    add_options(p, TrajectoryOptions)
     add_config_option(p)
     add_checkpoint_options(p)
     p.set_defaults(func=_run_trajectory)
 
 
 def _run_trajectory(args) -> None:
-    from ..metrics import DEFAULT_THRESHOLDS
     from ..outputs import check_destination
     from ..weights.trajectory import analyse_trajectory, save_trajectory
 
     if args.out:
         check_destination(args.out, "trajectory", [*args.run, args.compare, args.config])
     kw = dict(
-        thresholds=args.thresholds or DEFAULT_THRESHOLDS,
-        tau=args.tau,
+        **vars(from_args(TrajectoryOptions, args)),
         device=args.device,
         progress=not args.quiet and is_root(),
         allow_pickle=args.allow_pickle,
@@ -538,10 +382,8 @@ def _add_compare(sub) -> None:
     ):
         p.add_argument(name, type=nonempty, help=text)
     p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
-    p.add_argument(
-        "--tau", type=TAU, default=DEFAULT_THRESHOLD, help="threshold for changed masks (default 0.01 = 1%%)"
-    )
     p.add_argument("--labels", nargs=2, default=("U1", "U2"), metavar=("L1", "L2"), help="names for the figure")
+    add_options(p, CompareOptions)
     add_checkpoint_options(p)
     p.set_defaults(func=_run_compare)
 
@@ -557,7 +399,7 @@ def _run_compare(args) -> None:
         args.b1,
         args.a2,
         args.b2,
-        tau=args.tau,
+        **vars(from_args(CompareOptions, args)),
         device=args.device,
         progress=not args.quiet and is_root(),
         allow_pickle=args.allow_pickle,

@@ -22,9 +22,21 @@ import textwrap
 from ..errors import PrismError, from_os_error
 from ..options import nonempty, number, number_list
 
-#: Python parameter of the library -> its command-line flag, where the two names differ
-#: (otherwise the flag is ``--`` + the parameter with ``_`` as ``-``).
-FLAGS = {"measures": "--measure", "sample_size": "--sample"}
+
+def _renamed_flags() -> dict[str, str]:
+    from ..options import flags
+    from .api_options import API
+
+    default = {name: "--" + name.replace("_", "-") for cls in API for name in flags(cls)}
+    return {
+        name: f for cls in API for name, f in flags(cls).items() if f != default[name] and not f.startswith("--no-")
+    }
+
+
+#: Python parameter of the library -> its command-line flag, where the two names differ (otherwise
+#: the flag is ``--`` + the parameter with ``_`` as ``-``), read off the options' dataclasses
+#: (:mod:`~prism_analysis.cli.api_options`): ``{"measures": "--measure", "sample_size": "--sample"}``.
+FLAGS = _renamed_flags()
 
 
 def flag(param: str) -> str:

@@ -40,7 +40,7 @@ from ..errors import PARAM, PrismError
 from ..outputs import atomic_output_dir, write_json
 from .activations import find_modules, iter_activations
 from .cka import StreamingCKA, bootstrap_cka, cka_matrix, jackknife_cka, layerwise_cka, min_rows
-from .model_loader import load_model
+from .model_loader import load_model, load_options
 
 
 def read_probe(path: str | os.PathLike) -> list[str]:
@@ -291,16 +291,7 @@ def model_cka(
             names[1],
             param="all_pairs",
         )
-    load = dict(
-        device=device,
-        dtype=dtype,
-        tokenizer=tokenizer,
-        trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle,
-        progress=progress,
-    )
-    if distributed.world_size() > 1:
-        load["device"] = distributed.rank_device(device)
+    load = load_options(device, dtype, tokenizer, trust_remote_code, allow_pickle, progress)
     batches = _batches(probes, batch_size)
     if pool == "tokens":
         return _token_cka(a, b, probes, load, debiased, batch_size, max_length, progress, names, batches)

@@ -883,9 +883,8 @@ def model_diff(
     torch.distributed.checkpoint directories with ``config``). Both models are loaded (side by side);
     under a launcher each rank runs its share of the batches.
     """
-    from .. import distributed
     from ..checkpoints.opening import open_checkpoint
-    from .model_loader import load_model
+    from .model_loader import load_model, load_options
 
     probes = {name: list(texts)[:n] if n else list(texts) for name, texts in probes.items()}
     for name, texts in probes.items():
@@ -904,16 +903,7 @@ def model_diff(
             "layers (--no-lens: output divergence only)",
             names[1],
         )
-    load = dict(
-        device=device,
-        dtype=dtype,
-        tokenizer=tokenizer,
-        trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle,
-        progress=progress,
-    )
-    if distributed.world_size() > 1:
-        load["device"] = distributed.rank_device(device)
+    load = load_options(device, dtype, tokenizer, trust_remote_code, allow_pickle, progress)
     ma, ta = load_model(ca, **load)
     mb, tb = load_model(cb, **load)
     return diff_models(

@@ -23,6 +23,26 @@ from ..errors import PARAM, PrismError
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def load_options(
+    device=None, dtype=None, tokenizer=None, trust_remote_code=False, allow_pickle=False, progress=True
+) -> dict:
+    """The keyword arguments of :func:`load_model` for the models of one command (both sides of a
+    ``prism cka`` or ``prism diff``); under a launcher each rank loads on its own device
+    (:func:`~prism_analysis.distributed.rank_device`)."""
+    from .. import distributed
+
+    if distributed.world_size() > 1:
+        device = distributed.rank_device(device)
+    return dict(
+        device=device,
+        dtype=dtype,
+        tokenizer=tokenizer,
+        trust_remote_code=trust_remote_code,
+        allow_pickle=allow_pickle,
+        progress=progress,
+    )
+
+
 def load_model(
     source,
     device: str | torch.device | None = None,

@@ -17,6 +17,7 @@ from prism_analysis.checkpoints.run_manifest import last_checkpoint
 from prism_analysis.figures import plot_landscape
 from prism_analysis.outputs import write_json
 from prism_analysis.representations.model_cka import model_cka
+from prism_analysis.representations.model_diff import model_diff
 from prism_analysis.tracking.tracker import read_tracking
 from prism_analysis.weights.audit import audit
 from prism_analysis.weights.compare import compare_updates
@@ -26,7 +27,7 @@ from prism_analysis.weights.trajectory import analyse_trajectory, save_trajector
 from ..data.general import corpus
 from ..data.problem import in_split
 from ..data.reasoning import problem_stream
-from .design import AUDITS, CKA_PAIRS, GEOMETRY, MODELS, RLS, Preset
+from .design import AUDITS, CKA_PAIRS, DIFF_PAIRS, GEOMETRY, MODELS, RLS, Preset
 
 
 def probe_sets(n: int) -> dict[str, list[str]]:
@@ -38,6 +39,14 @@ def probe_sets(n: int) -> dict[str, list[str]]:
     mid = _distinct((next(g).text for g in itertools.cycle(gens)), n)
     rl = _distinct((p.prompt for p in problem_stream("math", "eval", seed=11)), n)
     return {"pretraining_text": prose, "midtraining_text": mid, "rl_prompts": rl}
+
+
+def benchmark_prompts(n: int) -> dict[str, list[str]]:
+    """The prompts of the first ``n`` problems of each benchmark (held out, as evaluated): the probe
+    sets of the activation-level diff, one per benchmark."""
+    from ..evaluate import BENCHMARKS, benchmark
+
+    return {b: [p.prompt for p in benchmark(b, n)] for b in BENCHMARKS}
 
 
 def _distinct(texts, n: int) -> list[str]:
@@ -116,7 +125,8 @@ def analyse_weights(models: dict, rl_runs: dict, out, log=print) -> None:
     out, prog, m = Path(out), False, models
     log("  audits (T12, T22, T23, F11)")
     for a, b in AUDITS:
-        audit(models[a], models[b], progress=prog, device="cpu").save(out / "audits" / f"{a}__{b}")
+        units = ("heads", "neurons") if (a, b) in DIFF_PAIRS else ()  # which heads and neurons moved
+        audit(models[a], models[b], progress=prog, device="cpu", units=units).save(out / "audits" / f"{a}__{b}")
     log("  RL trajectories (F16) and reward curves")
     trajs = {}
     for run, run_dir in rl_runs.items():
@@ -157,6 +167,13 @@ def analyse_models(models: dict, out, preset: Preset, log=print) -> None:
             models[a], models[b], probes, n=p.cka_n, bootstrap=p.bootstrap, progress=prog, device="cpu", dtype="float32"
         )
         res.save(out / "cka" / f"{a}__{b}")
+    log("  activation-level diff on each benchmark's prompts (output KL, logit lens, difference lens)")
+    bench = benchmark_prompts(p.diff_n)
+    for a, b in DIFF_PAIRS:
+        res = model_diff(
+            models[a], models[b], bench, n=p.diff_n, bootstrap=1000, progress=prog, device="cpu", dtype="float32"
+        )
+        res.save(out / "diff" / f"{a}__{b}", figures=False)
     log("  interpolation landscape (F13)")
     g = [i / (p.landscape_grid - 1) for i in range(p.landscape_grid)]
     df = landscape(

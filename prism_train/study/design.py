@@ -52,6 +52,7 @@ class Preset:
     rl_eval_every: int = 0  # benchmark evaluations inside RL runs (no finding uses them)
     eval_n: int = 1000  # draws per benchmark: paired intervals narrow enough to see RL's +0.5..2 points
     cka_n: int = 60
+    diff_n: int = 40  # prompts per benchmark of the activation-level diff (prism diff)
     bootstrap: int = 20
     landscape_n: int = 20
     landscape_grid: int = 3
@@ -75,6 +76,7 @@ PRESETS = {
         rl_eval_every=2,
         eval_n=3,
         cka_n=12,
+        diff_n=4,
         bootstrap=3,
         landscape_n=3,
         landscape_grid=2,
@@ -95,6 +97,7 @@ PRESETS = {
         max_new_tokens=96,
         eval_n=2000,
         cka_n=200,
+        diff_n=200,
         bootstrap=100,
         landscape_n=100,
         landscape_grid=5,
@@ -121,3 +124,6 @@ AUDITS = [
 ]
 #: Pairs whose representations are compared (F14/T14).
 CKA_PAIRS = [("base", "mid_mcs"), ("mid_mcs", "rl_mid_mcs")]
+#: Pairs diffed at the activation level (prism diff on each benchmark's prompts) and audited per
+#: attention head and MLP neuron: mid-training and RL after it, as CKA.
+DIFF_PAIRS = CKA_PAIRS

@@ -130,6 +130,57 @@ def representation_findings(audits, cka) -> list[dict]:
     return f
 
 
+def diff_findings(cka, diff) -> list[dict]:
+    """Set the activation-level diff beside CKA (each only when the run has both pairs): RL keeps
+    the representations but moves the outputs (how much, and from which depth), and it moves them
+    far less than mid-training does, on every benchmark's prompts."""
+    f = []
+    mr, bm = diff.get("mid_mcs->rl_mid_mcs"), diff.get("base->mid_mcs")
+    cka_mr = cka.get("mid_mcs_vs_rl_mid_mcs", {})
+    if mr and cka_mr:
+        m = min(v["min_cka"] for v in cka_mr.values())
+        kl = mr["benchmarks"]
+        moved = all(v["mean_kl_ci_low"] > 0 for v in kl.values())
+        where = ", ".join(
+            f"{b} {v['mean_kl']:.2g} [{v['mean_kl_ci_low']:.2g}, {v['mean_kl_ci_high']:.2g}]" for b, v in kl.items()
+        )
+        rise = sorted({v["lens_rise_layer"] for v in kl.values() if v["lens_rise_layer"] is not None})
+        depth = kl[next(iter(kl))]["n_layers"]
+        heads = ", ".join(f"L{h['layer']}.H{h['head']}" for h in mr.get("top_heads", [])[:3])
+        f.append(
+            _finding(
+                "RL keeps representations yet moves the outputs (CKA beside the output KL)",
+                "CKA > 0.998 while RL changes behaviour (not measured at the output in PRISM)",
+                f"min CKA {m:.4f}; mean KL(P_mid || P_RL) per token, nats [95% CI]: {where}; "
+                f"the lens KL rises at layer {'/'.join(map(str, rise)) or '-'} of {depth}"
+                + (f"; most changed heads {heads}" if heads else ""),
+                m >= CKA_KEPT and moved,
+                {"test": "percentile bootstrap over prompts"},
+            )
+        )
+    if mr and bm:
+        both = [b for b in mr["benchmarks"] if b in bm["benchmarks"]]
+        ratios = {
+            b: bm["benchmarks"][b]["mean_kl"] / mr["benchmarks"][b]["mean_kl"]
+            if mr["benchmarks"][b]["mean_kl"] > 0
+            else math.inf
+            for b in both
+        }
+        apart = all(bm["benchmarks"][b]["mean_kl_ci_low"] > mr["benchmarks"][b]["mean_kl_ci_high"] for b in both)
+        f.append(
+            _finding(
+                "Mid-training moves the outputs far more than RL does",
+                "mid-training rewrites representations, RL keeps them (F14)",
+                "mean KL base->mid / mid->RL: "
+                + ", ".join(f"{b} {r:.3g}x" for b, r in ratios.items())
+                + " (criterion: the intervals apart on every benchmark)",
+                bool(both) and apart,
+                {"test": "percentile bootstrap over prompts"},
+            )
+        )
+    return f
+
+
 def paired(models, scores, a, b, weights) -> tuple[dict, str, dict]:
     """Model ``a``'s weighted accuracy minus ``b``'s: the paired bootstrap over the same problems
     (``diff``, ``lo``, ``hi``), its text for the report, and the test to record in the finding.

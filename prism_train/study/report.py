@@ -22,7 +22,7 @@ from prism_analysis.outputs import write_json
 
 from ..intervals import MACRO_WEIGHTS, MATH_WEIGHTS, paired_bootstrap, wilson
 from .design import MODELS, STAGES
-from .findings import BOOTSTRAP, KEY, findings, geometry_findings
+from .findings import BOOTSTRAP, KEY, diff_findings, findings, geometry_findings
 
 BENCHMARKS = tuple(MACRO_WEIGHTS)  # math_easy, math_hard, code, science (prism_train.evaluate)
 INTERVALS = (
@@ -52,6 +52,7 @@ def report(out: str | Path) -> dict:
     audits = audit_sections(draft)
     mc, rs = comparison_sections(draft)
     cka = cka_section(draft)
+    diff = diff_section(draft)
     trajs = trajectory_section(draft)
     geometry = geometry_section(draft, trajs)
     landscape_section(draft)
@@ -61,13 +62,16 @@ def report(out: str | Path) -> dict:
         "models": models,
         "audits": audit_summ,
         "cka": cka,
+        "diff": diff,
         "trajectories": trajs,
         "compare": {"mc_vs_mcs_cosine": float(mc[mc["group"] == "total"]["cosine"].iloc[0])},
         "intervals": INTERVALS,
         "rl_reward": reward_summary(rewards).to_dict("records") if rewards else [],
         "stage_seconds": stage_times(out),
         "geometry": geometry,
-        "findings": findings(models, audit_summ, cka, trajs, mc, rs, scores) + geometry_findings(geometry, trajs),
+        "findings": findings(models, audit_summ, cka, trajs, mc, rs, scores)
+        + diff_findings(cka, diff)
+        + geometry_findings(geometry, trajs),
     }
     write_json(out / "summary.json", summary)
     (out / "report.md").write_text(render_report(out, summary, draft.mds))
@@ -260,6 +264,83 @@ def cka_section(draft: Draft) -> dict[str, dict]:
             t14.append({"pair": key, "probe": probe, **v})
     draft.table(pd.DataFrame(t14), "T14_min_cka", "T14: minimum linear CKA over layers")
     return cka_summ
+
+
+def diff_section(draft: Draft, heads: int = 5, tokens: int = 3) -> dict[str, dict]:
+    """Activation-level diff (absent from runs made before it): figure ``diff_<pair>`` per pair (the
+    logit lens by layer on each benchmark's prompts), table ``T_diff`` (per pair and benchmark: mean
+    KL(P_A || P_B) per token with its 95 % interval, top-1 agreement, the depth where the lens
+    divergence rises (:func:`lens_rise_layer`) and the ``tokens`` most promoted by the last layer's
+    difference lens, read through B's head) and table ``T_heads`` (the ``heads`` attention heads
+    whose weights moved most, from the pair's audit). Returns them by pair (``"a->b"``)."""
+    summ = {}
+    if not (draft.an / "diff").is_dir():
+        return summ
+    rows, head_rows = [], []
+    for d in sorted((draft.an / "diff").iterdir()):
+        pair = d.name.replace("__", "->")
+        layers, lens = pd.read_csv(d / "layers.csv"), pd.read_csv(d / "lens.csv", keep_default_na=False)
+        figures.plot_diff_layers(layers, draft.figs / f"diff_{d.name}", title=d.name.replace("__", " vs "))
+        per = {}
+        for probe, v in _json(d / "summary.json").items():
+            if probe.startswith("_"):
+                continue
+            per[probe] = {
+                **{k: v[k] for k in ("mean_kl", "mean_kl_ci_low", "mean_kl_ci_high", "agreement")},
+                "lens_rise_layer": lens_rise_layer(layers[layers["probe"] == probe]),
+                "n_layers": int(layers["layer"].max()) if len(layers) else None,
+                "promoted": promoted_tokens(lens, probe, tokens),
+            }
+            rows.append({"pair": pair, "benchmark": probe, **per[probe], "promoted": " ".join(per[probe]["promoted"])})
+        top = []
+        head_file = draft.an / "audits" / d.name / "heads.csv"
+        if head_file.is_file():
+            h = pd.read_csv(head_file).sort_values("normalized_l2", ascending=False, kind="stable").head(heads)
+            top = [
+                {
+                    "layer": int(r["layer"]),
+                    "head": int(r["head"]),
+                    "component": r["component"],
+                    "normalized_l2": float(r["normalized_l2"]),
+                }
+                for r in h.to_dict("records")
+            ]
+            head_rows += [{"pair": pair, "rank": i + 1, **r} for i, r in enumerate(top)]
+        summ[pair] = {"benchmarks": per, "top_heads": top}
+    draft.table(
+        pd.DataFrame(rows),
+        "T_diff",
+        "Activation-level diff on each benchmark's prompts: mean KL(P_A || P_B) per token (nats, 95% "
+        "percentile bootstrap over prompts), top-1 agreement, the logit-lens layer where the two models' "
+        "lens KL first reaches half its maximum (lens_rise_layer, of n_layers), and the tokens the last "
+        "layer's mean residual difference promotes most (read through B's head)",
+    )
+    if head_rows:
+        draft.table(
+            pd.DataFrame(head_rows),
+            "T_heads",
+            f"The {heads} attention heads whose weights moved most "
+            "(normalized L2 of the head's q/k/v rows and o columns)",
+        )
+    return summ
+
+
+def lens_rise_layer(layers: pd.DataFrame) -> int | None:
+    """The first logit-lens layer where KL(lens_A || lens_B) reaches half its maximum over layers:
+    the depth at which the two models start to disagree (None without a lens, or when the lenses
+    agree everywhere)."""
+    kl = layers.sort_values("layer")[["layer", "kl_ab"]].dropna()
+    if not len(kl) or kl["kl_ab"].max() <= 0:
+        return None
+    return int(kl.loc[kl["kl_ab"] >= 0.5 * kl["kl_ab"].max(), "layer"].iloc[0])
+
+
+def promoted_tokens(lens: pd.DataFrame, probe: str, k: int) -> list[str]:
+    """The ``k`` tokens the last layer's mean residual difference (over all tokens) promotes most,
+    read through B's head, from ``lens.csv``."""
+    d = lens[(lens["probe"] == probe) & (lens["positions"] == "all") & (lens["head"] == "b")]
+    d = d[(d["direction"] == "promoted") & (d["layer"] == d["layer"].max())].sort_values("rank")
+    return [repr(t) for t in d["token"].head(k)]
 
 
 def trajectory_section(draft: Draft) -> dict[str, dict]:

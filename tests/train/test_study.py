@@ -52,6 +52,16 @@ def test_smoke_study_artefacts_exist_and_parse(smoke_run):
     for probes in s["cka"].values():
         assert set(probes) == {"pretraining_text", "midtraining_text", "rl_prompts"}
         assert all({"min_cka", "argmin_layer"} <= set(v) for v in probes.values())
+    assert set(s["diff"]) == {"base->mid_mcs", "mid_mcs->rl_mid_mcs"}
+    for pair in s["diff"].values():  # activation-level diff per benchmark, heads from the pair's audit
+        assert set(pair["benchmarks"]) == {"math_easy", "math_hard", "code", "science"}
+        for v in pair["benchmarks"].values():
+            assert 0 <= v["mean_kl_ci_low"] <= v["mean_kl"] <= v["mean_kl_ci_high"] and 0 <= v["agreement"] <= 1
+            assert v["n_layers"] == 2 and len(v["promoted"]) == 3
+        assert len(pair["top_heads"]) == 5
+    claims = [f["claim"] for f in s["findings"]]
+    assert "RL keeps representations yet moves the outputs (CKA beside the output KL)" in claims
+    assert "Mid-training moves the outputs far more than RL does" in claims
     assert {"t50", "t80"} <= set(s["trajectories"]["rl_mid_mcs"])
     assert all({"claim", "paper", "ours", "reproduced"} <= set(f) for f in s["findings"]) and len(s["findings"]) >= 10
     for fig in [
@@ -63,6 +73,8 @@ def test_smoke_study_artefacts_exist_and_parse(smoke_run):
         "F26_rl_from_base_vs_mid",
         "F_rl_reward",
         "benchmarks",
+        "diff_base__mid_mcs",
+        "diff_mid_mcs__rl_mid_mcs",
     ]:
         assert (smoke_run / "figures" / f"{fig}.png").is_file() and (smoke_run / "figures" / f"{fig}.pdf").is_file()
     for t in [
@@ -73,6 +85,8 @@ def test_smoke_study_artefacts_exist_and_parse(smoke_run):
         "T23_components",
         "benchmarks",
         "rl_reward",
+        "T_diff",
+        "T_heads",
     ]:
         assert (smoke_run / "tables" / f"{t}.csv").is_file() and (smoke_run / "tables" / f"{t}.md").is_file()
     report = (smoke_run / "report.md").read_text()
