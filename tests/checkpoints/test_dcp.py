@@ -301,3 +301,40 @@ def test_hf_trainer_run_is_a_trajectory_in_step_order(tmp, capsys):
     traj = analyse_trajectory(out, progress=False, device="cpu")
     c_t = traj.series("total", "normalized_l2")
     assert traj.steps == [2, 4, 6, 8, 10] and c_t[0] == 0 and all(c > 0 for c in c_t[1:])
+
+
+def test_diff_reads_a_sharded_checkpoint_as_its_consolidated_copy(saved, tmp, capsys):
+    """prism diff of base against the DCP shards equals prism diff of base against the consolidated
+    copy, number for number; the shards against that copy: every KL exactly 0."""
+    from helpers import PROSE, tiny_tokenizer
+
+    from prism_analysis.representations.model_diff import model_diff
+
+    tiny_tokenizer().save_pretrained(tmp / "tok")
+    config = saved / "consolidated" / "config.json"
+    probes = {"prose": PROSE[:4]}
+    kw = dict(tokenizer=tmp / "tok", device="cpu", progress=False, bootstrap=50, batch_size=2)
+    sharded = model_diff(saved / "base", saved / "dcp", probes, config=config, **kw)
+    whole = model_diff(saved / "base", saved / "consolidated", probes, **kw)
+    for table in ("positions", "layers", "lens"):
+        pd.testing.assert_frame_equal(getattr(sharded, table), getattr(whole, table), check_exact=True)
+    assert sharded.summary() == whole.summary() and sharded.summary()["prose"]["mean_kl"] > 0
+    same = model_diff(saved / "consolidated", saved / "dcp", probes, config=config, **kw)
+    assert same.positions["kl_ab"].eq(0).all() and same.layers["kl_ab"].eq(0).all()
+    # the command: --config for the shards, the same summary
+    probe = tmp / "p.txt"
+    probe.write_text("\n".join(PROSE[:4]) + "\n")
+    argv = ["diff", str(saved / "base"), str(saved / "dcp"), "--probe", str(probe), "--config", str(config)]
+    argv += [
+        "--tokenizer",
+        str(tmp / "tok"),
+        "--bootstrap",
+        "50",
+        "--batch-size",
+        "2",
+        "--quiet",
+        "--out",
+        str(tmp / "d"),
+    ]
+    assert main(argv) == 0
+    assert json.loads((tmp / "d" / "summary.json").read_text())["p"]["mean_kl"] == whole.summary()["prose"]["mean_kl"]

@@ -131,13 +131,29 @@ def test_offline_trajectory_of_revisions_and_folders_equals_local(ckpts, offline
 
 
 @pytest.mark.slow
-def test_offline_cka_compare_interpolate_eval_take_references(ckpts, offline, tmp):
+def test_offline_cka_diff_compare_interpolate_eval_take_references(ckpts, offline, tmp):
     probe = tmp / "probe.txt"
     probe.write_text("\n".join(f"Tom has {i} apples and buys {i + 3} more." for i in range(10)))
     prism("cka", "org/run@step0", "org/run@step20", "--probe", probe, "--out", tmp / "cka_hub", "--quiet", env=offline)
     prism("cka", ckpts["step0"], ckpts["step20"], "--probe", probe, "--out", tmp / "cka_local", "--quiet", env=offline)
     hub = (tmp / "cka_hub" / "cka.csv").read_text()
     assert hub == (tmp / "cka_local" / "cka.csv").read_text()
+    for name, pair in (("hub", ("org/run@step0", "org/run@step20")), ("local", (ckpts["step0"], ckpts["step20"]))):
+        diff = [
+            "diff",
+            *pair,
+            "--probe",
+            probe,
+            "--bootstrap",
+            "50",
+            "--no-figure",
+            "--quiet",
+            "--out",
+            tmp / f"diff_{name}",
+        ]
+        prism(*diff, env=offline)
+    for table in ("positions.csv", "layers.csv", "lens.csv", "tokens.csv"):
+        assert (tmp / "diff_hub" / table).read_text() == (tmp / "diff_local" / table).read_text()
     prism("compare", "org/run@step0", "org/run@step1", "org/run@step0", "org/run@step2", "--quiet", env=offline)
     prism(
         "interpolate",
