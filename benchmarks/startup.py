@@ -4,13 +4,15 @@ Each command runs as its own process, several times; the table gives the median 
 
   floor: import torch     python -c "import torch" (every command imports torch)
   prism --help            must be faster than importing torch
-  prism audit (tiny)      a tiny LLaMA pair (1M parameters), tables and F11 figure: target <= 2x import torch
+  prism audit (tiny)      a tiny LLaMA pair (1M parameters), tables and F11 figure: target <= 1.6x import torch
+                          (--no-figure beside it: what the figure costs)
   prism audit (large)     a bf16 LLaMA-shaped pair of --large-gb per side, end to end (process start,
                           imports, streaming, tables, figure): target <= 2.5x the read floor
   floor: read both        reading both checkpoints' files once (readinto a 64 MiB buffer), warm cache
 
   python benchmarks/startup.py                 # tiny pair + the 1.27 GiB-per-side pair of audit.py
   python benchmarks/startup.py --quick         # tiny pair + a 0.3 GB-per-side pair
+  python benchmarks/startup.py --tiny          # the tiny pair only
 """
 
 from __future__ import annotations
@@ -29,13 +31,19 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 
+#: the children's environment: bytecode caches written and used, as after a pip install (a shell
+#: with PYTHONDONTWRITEBYTECODE=1 would recompile prism's modules in every run, ~0.14 s)
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def timed(cmd: list[str], repeat: int, cleanup: Path | None = None) -> float:
     times = []
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)  # warm-up: caches
     for _ in range(repeat):
         if cleanup is not None:
             shutil.rmtree(cleanup, ignore_errors=True)
         t = time.perf_counter()
-        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
         times.append(time.perf_counter() - t)
         if r.returncode:
             raise SystemExit(f"{' '.join(cmd)} failed: {r.stderr}")
@@ -55,6 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a 0.2 GB-per-side pair instead of 1.27 GB")
     ap.add_argument("--repeat", type=int, default=5, help="runs per command (median reported)")
+    ap.add_argument("--tiny", action="store_true", help="the tiny pair only (no large pair, no read floor)")
     ap.add_argument("--workdir", default="bench_out/startup", help="where the checkpoints are written (kept)")
     args = ap.parse_args()
     prism = shutil.which("prism") or str(Path(sys.executable).with_name("prism"))
@@ -66,12 +75,6 @@ def main() -> None:
     if not tiny_b.exists():
         save_model(tiny_a, seed=0)
         save_model(tiny_b, seed=0, perturb=0.01)
-    # the pairs of benchmarks/audit.py (default: 2.69 GB, i.e. 1.27 GiB per side)
-    dims = (1024, 8, 32000) if args.quick else (2048, 12, 32000)
-    big_a, big_b = make_pair(work / ("audit_quick" if args.quick else "audit_default"), *dims)
-    files = sorted(big_a.glob("*.safetensors")) + sorted(big_b.glob("*.safetensors"))
-    size = sum(f.stat().st_size for f in files) / 2
-    read_floor(files)  # warm the page cache
     out = work / "out"
     rows = []
     torch_import = timed([sys.executable, "-c", "import torch"], args.repeat)
@@ -80,8 +83,18 @@ def main() -> None:
     rows.append(("prism --help", t, f"{t / torch_import:.2f}x import torch"))
     t = timed([prism, "audit", str(tiny_a), str(tiny_b), "--quiet"], args.repeat)
     rows.append(("prism audit, tiny pair, print only", t, f"{t / torch_import:.2f}x import torch"))
+    t = timed([prism, "audit", str(tiny_a), str(tiny_b), "--out", str(out), "--quiet", "--no-figure"], args.repeat, out)
+    rows.append(("prism audit, tiny pair, tables (--no-figure)", t, f"{t / torch_import:.2f}x import torch"))
     t = timed([prism, "audit", str(tiny_a), str(tiny_b), "--out", str(out), "--quiet"], args.repeat, out)
-    rows.append(("prism audit, tiny pair, tables + figure", t, f"{t / torch_import:.2f}x import torch"))
+    rows.append(("prism audit, tiny pair, tables + figure (png, pdf)", t, f"{t / torch_import:.2f}x import torch"))
+    if args.tiny:
+        return report(rows, args.repeat)
+    # the pairs of benchmarks/audit.py (default: 2.69 GB, i.e. 1.27 GiB per side)
+    dims = (1024, 8, 32000) if args.quick else (2048, 12, 32000)
+    big_a, big_b = make_pair(work / ("audit_quick" if args.quick else "audit_default"), *dims)
+    files = sorted(big_a.glob("*.safetensors")) + sorted(big_b.glob("*.safetensors"))
+    size = sum(f.stat().st_size for f in files) / 2
+    read_floor(files)  # warm the page cache
     floors = []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
@@ -92,7 +105,11 @@ def main() -> None:
     rows.append((f"floor: read both files ({gib:.2f} GiB per side)", floor, "1.00x read"))
     t = timed([prism, "audit", str(big_a), str(big_b), "--out", str(out), "--quiet"], args.repeat, out)
     rows.append((f"prism audit, {gib:.2f} GiB pair, end to end", t, f"{t / floor:.2f}x read"))
-    print(f"{os.cpu_count()} CPUs; median of {args.repeat} runs; warm page cache")
+    report(rows, args.repeat)
+
+
+def report(rows, repeat: int) -> None:
+    print(f"{os.cpu_count()} CPUs; median of {repeat} runs; warm page cache")
     print(f"{'what':<52}{'wall s':>9}  ratio")
     for name, secs, ratio in rows:
         print(f"{name:<52}{secs:>9.2f}  {ratio}")
