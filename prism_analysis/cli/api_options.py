@@ -9,15 +9,12 @@ as the training commands do with :class:`~prism_train.config.TrainConfig`. Optio
 parameters of the function (``--out``, ``--no-figure``, ``--probe``, the checkpoint options of
 :func:`~prism_analysis.cli.parser.add_checkpoint_options`) stay in the command.
 
-=========================  =======================================================================
-dataclass                  keyword arguments of
-=========================  =======================================================================
-:class:`AuditOptions`      :func:`~prism_analysis.weights.audit.audit` (``prism audit``)
-:class:`CkaOptions`        :func:`~prism_analysis.representations.model_cka.model_cka` (``prism cka``)
-:class:`DiffOptions`       :func:`~prism_analysis.representations.model_diff.model_diff` (``prism diff``)
-:class:`TrajectoryOptions` :func:`~prism_analysis.weights.trajectory.analyse_trajectory`
-:class:`CompareOptions`    :func:`~prism_analysis.weights.compare.compare_updates` (``prism compare``)
-=========================  =======================================================================
+- :class:`AuditOptions`: :func:`~prism_analysis.weights.audit.audit` (``prism audit``)
+- :class:`CkaOptions`: :func:`~prism_analysis.representations.model_cka.model_cka` (``prism cka``)
+- :class:`DiffOptions`: :func:`~prism_analysis.representations.model_diff.model_diff` (``prism diff``)
+- :class:`TrajectoryOptions`: :func:`~prism_analysis.weights.trajectory.analyse_trajectory`
+  (``prism trajectory``)
+- :class:`CompareOptions`: :func:`~prism_analysis.weights.compare.compare_updates` (``prism compare``)
 
 The map from a parameter to its flag (:data:`~prism_analysis.cli.parser.FLAGS`, used to show a
 library error in command-line words) is read off these classes.

@@ -249,11 +249,15 @@ def audit(
         return _tensor_row(name, tensors, parts, (ca, cb))
 
     if units:
-        from .units import unit_stats
+        from .units import unit_frame
 
-        def per_tensor(name, tensors, parts):  # the row, and the rows of its heads and neurons
-            rows = unit_stats(name, *tensors, ca.config, thresholds=(DEFAULT_THRESHOLD,))
-            return _tensor_row(name, tensors, parts, (ca, cb)), [r for r in rows if _UNIT_KINDS[r["kind"]] in units]
+        kinds = [kind for kind, unit in _UNIT_KINDS.items() if unit in units]
+
+        def per_tensor(name, tensors, parts):  # the row, and the table of its heads and neurons
+            frame = unit_frame(name, *tensors, ca.config, thresholds=(DEFAULT_THRESHOLD,))
+            if len(kinds) < len(_UNIT_KINDS):
+                frame = frame[frame["kind"].isin(kinds)]
+            return _tensor_row(name, tensors, parts, (ca, cb)), frame
 
     statistics = [Statistic("update", lambda: UpdateStats(thresholds), (0, 1))]
     if spectral:
@@ -272,7 +276,7 @@ def audit(
         prefetch=2 * max(prefetch, 1),
     )
     rows = [e[0] for e in m.extras.values()] if units else list(m.extras.values())
-    unit_rows = [r for e in m.extras.values() for r in e[1]] if units else []
+    unit_frames = [e[1] for e in m.extras.values() if len(e[1])] if units else []
     cast = [
         {"name": r["name"], "dtype_a": r["dtype"], "dtype_b": r["dtype_b"]} for r in rows if r["dtype"] != r["dtype_b"]
     ]
@@ -305,8 +309,8 @@ def audit(
         experts=experts,
         unclassified=[r["name"] for r in rows if r["component"] == "other"],
         run=m.run,
-        heads=_units_table(unit_rows, "head") if "heads" in units else pd.DataFrame(),
-        neurons=_units_table(unit_rows, "neuron") if "neurons" in units else pd.DataFrame(),
+        heads=_units_table(unit_frames, "head") if "heads" in units else pd.DataFrame(),
+        neurons=_units_table(unit_frames, "neuron") if "neurons" in units else pd.DataFrame(),
         neurons_top=neurons_top,
         aligned=_aligned_record([ca, cb], al),
     )
@@ -326,12 +330,12 @@ def _check_units(units) -> tuple[str, ...]:
     return units
 
 
-def _units_table(rows: list[dict], kind: str) -> pd.DataFrame:
+def _units_table(frames: list[pd.DataFrame], kind: str) -> pd.DataFrame:
     """heads.csv / neurons.csv: :func:`~prism_analysis.weights.units.unit_table` of one kind, the unit
     index named ``head`` / ``neuron`` and ``fraction_changed`` at tau (1%)."""
     from .units import unit_table
 
-    table = unit_table([r for r in rows if r["kind"] == kind], DEFAULT_THRESHOLD)
+    table = unit_table([f[f["kind"] == kind] for f in frames if (f["kind"] == kind).any()], DEFAULT_THRESHOLD)
     table = table.drop(columns="kind").rename(columns={"unit": kind})
     key = changed_column(DEFAULT_THRESHOLD)
     if key in table:

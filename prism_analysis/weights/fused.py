@@ -347,3 +347,98 @@ def pair_stats(a: torch.Tensor, b: torch.Tensor, thresholds: tuple[float, ...]) 
     acc, cnt = _kernel(_bits(a), _bits(b), tuple(taus))
     sums = [*_fsum_columns(acc[:, :4]), float(acc[:, 4].max()) if len(acc) else 0.0]
     return sums, cnt[:, : 2 + k].sum(axis=0).tolist()
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _rows_kernel(a, b, tau):  # pragma: no cover - compiled
+    """Per row r of 2-D stored bits ``a``, ``b`` (rows x cols): ``acc[r] = [sum (b-a)^2, sum a^2]``
+    over finite pairs, ``cnt[r] = [n_equal, n_nonfinite, n_changed at tau]``. One task per row; a
+    row's sums run left to right in reassociable partial sums (fixed for the compiled kernel, as
+    :func:`_pair_block`'s), so the thread count changes no bit."""
+    rows, cols = a.shape
+    acc = np.zeros((rows, 2))
+    cnt = np.zeros((rows, 3), dtype=np.int64)
+    for r in prange(rows):
+        s_d2 = 0.0
+        s_a2 = 0.0
+        n_eq = 0
+        n_nf = 0
+        n_ch = 0
+        for j in range(cols):
+            x, fx = _widen(a[r, j])
+            y, fy = _widen(b[r, j])
+            eq = a[r, j] == b[r, j]
+            finite = fx & fy
+            x = x if finite else 0.0
+            y = y if finite else 0.0
+            d = y - x
+            s_d2 = _sum_add(s_d2, d * d)
+            s_a2 = _sum_add(s_a2, x * x)
+            lhs, rhs = _rule_operands(finite, abs(d), abs(x), eq)
+            n_ch += _changed(lhs, rhs, tau)
+            n_eq += eq
+            n_nf += not finite
+        acc[r, 0] = s_d2
+        acc[r, 1] = s_a2
+        cnt[r, 0] = n_eq
+        cnt[r, 1] = n_nf
+        cnt[r, 2] = n_ch
+    return acc, cnt
+
+
+#: Columns per task of :func:`_cols_kernel`: its accumulators (5 x 256) stay in registers and L1.
+COLS = 256
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _cols_kernel(a, b, tau):  # pragma: no cover - compiled
+    """:func:`_rows_kernel` per column instead of per row, on the same (rows x cols) layout: one task
+    per block of :data:`COLS` columns, which walks the rows top to bottom adding each row's
+    elements to the block's per-column accumulators (vectorized across columns; each column's sum
+    runs top to bottom, so the thread count changes no bit)."""
+    rows, cols = a.shape
+    acc = np.zeros((cols, 2))
+    cnt = np.zeros((cols, 3), dtype=np.int64)
+    nblocks = (cols + COLS - 1) // COLS
+    for blk in prange(nblocks):
+        lo = blk * COLS
+        w = min(COLS, cols - lo)
+        s_d2 = np.zeros(w)
+        s_a2 = np.zeros(w)
+        n_eq = np.zeros(w, dtype=np.int64)
+        n_nf = np.zeros(w, dtype=np.int64)
+        n_ch = np.zeros(w, dtype=np.int64)
+        for r in range(rows):
+            ra = a[r, lo : lo + w]
+            rb = b[r, lo : lo + w]
+            for j in range(w):
+                x, fx = _widen(ra[j])
+                y, fy = _widen(rb[j])
+                eq = ra[j] == rb[j]
+                finite = fx & fy
+                x = x if finite else 0.0
+                y = y if finite else 0.0
+                d = y - x
+                s_d2[j] += d * d
+                s_a2[j] += x * x
+                lhs, rhs = _rule_operands(finite, abs(d), abs(x), eq)
+                n_ch[j] += _changed(lhs, rhs, tau)
+                n_eq[j] += eq
+                n_nf[j] += not finite
+        for j in range(w):
+            acc[lo + j, 0] = s_d2[j]
+            acc[lo + j, 1] = s_a2[j]
+            cnt[lo + j, 0] = n_eq[j]
+            cnt[lo + j, 1] = n_nf[j]
+            cnt[lo + j, 2] = n_ch[j]
+    return acc, cnt
+
+
+def unit_row_stats(a: torch.Tensor, b: torch.Tensor, axis: int, tau: float) -> torch.Tensor:
+    """Per index along ``axis`` of 2-D CPU tensors ``a``, ``b`` (one dtype of bf16/fp16/fp32,
+    C-contiguous): ``[sum_sq_diff, sum_sq_a, n_equal, n_nonfinite, n_changed at tau]`` as a float64
+    tensor (counts exact below 2^53), in one pass -- the columns of
+    :func:`prism_analysis.weights.units._row_stats` for one threshold."""
+    kernel = _rows_kernel if axis == 0 else _cols_kernel
+    acc, cnt = kernel(_bits(a), _bits(b), _check_tau(tau))
+    return torch.cat([torch.from_numpy(acc), torch.from_numpy(cnt).double()], dim=1)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -107,13 +108,27 @@ def unit_stats(
     name: str, a: torch.Tensor, b: torch.Tensor, config: dict | None = None, thresholds=(DEFAULT_THRESHOLD,)
 ):
     """One row (a dict of :func:`unit_columns`) per head or neuron of tensor ``name`` between
-    versions ``a`` and ``b`` (same shape); ``[]`` for a tensor without units. See the module docstring."""
+    versions ``a`` and ``b`` (same shape); ``[]`` for a tensor without units. See the module docstring.
+    The rows of :func:`unit_frame`, as Python values (``None`` for no layer or expert)."""
+    frame = unit_frame(name, a, b, config, thresholds)
+    rows = frame.to_dict("records")
+    for row in rows:
+        for key in ("layer", "expert"):
+            row[key] = None if row[key] is None or row[key] != row[key] else int(row[key])
+    return rows
+
+
+def unit_frame(
+    name: str, a: torch.Tensor, b: torch.Tensor, config: dict | None = None, thresholds=(DEFAULT_THRESHOLD,)
+) -> pd.DataFrame:
+    """:func:`unit_stats` as a table: one row per head or neuron (columns of :func:`unit_columns`),
+    built column by column (an MLP's thousands of neurons cost no Python loop per unit)."""
     if a.shape != b.shape:
         raise ValueError(f"{name}: shapes differ ({tuple(a.shape)} vs {tuple(b.shape)})")
     config = config or {}
     geometry = head_geometry(config)
     thresholds = tuple(float(t) for t in thresholds)
-    rows = []
+    frames = []
     for part in parts(name, tuple(a.shape), config):
         pa, pb = part.take(a), part.take(b)
         layout = _layout(name, part.component, pa, config, geometry)
@@ -123,32 +138,38 @@ def unit_stats(
         stats = _row_stats(pa, pb, axis, thresholds)  # (size along axis, k) float64
         units = torch.as_tensor(unit_of)
         n_units = int(units.max()) + 1
-        summed = torch.zeros((n_units, stats.shape[1]), dtype=torch.float64).index_add_(0, units, stats)
+        summed = torch.zeros((n_units, stats.shape[1]), dtype=torch.float64).index_add_(0, units, stats).numpy()
         per_row = pa.numel() // pa.shape[axis]
-        counts = torch.bincount(units, minlength=n_units) * per_row
-        for u in range(n_units):
-            s = summed[u].tolist()
-            row = {
-                "name": name,
-                "layer": layer_index(name),
-                "component": part.component,
-                "expert": part.expert,
-                "kind": kind,
-                "unit": u,
-                "numel": int(counts[u]),
-                "sum_sq_diff": s[0],
-                "sum_sq_a": s[1],
-                "n_equal": int(s[2]),
-                "n_nonfinite": int(s[3]),
-            }
-            row |= {f"n_changed_{threshold_key(t)}": int(s[4 + i]) for i, t in enumerate(thresholds)}
-            rows.append(row)
-    return rows
+        counts = (torch.bincount(units, minlength=n_units) * per_row).numpy()
+        columns = {
+            "name": name,
+            "layer": layer_index(name),
+            "component": part.component,
+            "expert": part.expert,
+            "kind": kind,
+            "unit": np.arange(n_units),
+            "numel": counts.astype(np.int64),
+            "sum_sq_diff": summed[:, 0],
+            "sum_sq_a": summed[:, 1],
+            "n_equal": summed[:, 2].astype(np.int64),
+            "n_nonfinite": summed[:, 3].astype(np.int64),
+        }
+        columns |= {
+            f"n_changed_{threshold_key(t)}": summed[:, 4 + i].astype(np.int64) for i, t in enumerate(thresholds)
+        }
+        frames.append(pd.DataFrame(columns))
+    if not frames:
+        return pd.DataFrame(columns=unit_columns(thresholds))
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def _row_stats(a: torch.Tensor, b: torch.Tensor, axis: int, thresholds) -> torch.Tensor:
     """Per index along ``axis``: sum_sq_diff, sum_sq_a, n_equal, n_nonfinite, n_changed per tau
     (float64 on the CPU; counts exact below 2^53), computed in row chunks."""
+    if _fused(a, b, axis, thresholds):
+        from .fused import unit_row_stats
+
+        return unit_row_stats(a, b, axis, thresholds[0])
     a2 = a.movedim(axis, 0).reshape(a.shape[axis], -1)
     b2 = b.movedim(axis, 0).reshape(b.shape[axis], -1)
     step = max(1, CHUNK_ELEMENTS // max(a2.shape[1], 1))
@@ -166,11 +187,27 @@ def _row_stats(a: torch.Tensor, b: torch.Tensor, axis: int, thresholds) -> torch
     return torch.cat(out)
 
 
+def _fused(a: torch.Tensor, b: torch.Tensor, axis: int, thresholds) -> bool:
+    """Whether :func:`_row_stats` runs the fused CPU kernel
+    (:func:`prism_analysis.weights.fused.unit_row_stats`): large 2-D CPU tensors of one dtype of
+    bf16/fp16/fp32, C-contiguous, one threshold (the audit's); else the torch path, with the same
+    counts and sums equal to ~1e-15 relative."""
+    from .update import use_fused
+
+    one_layout = a.dim() == 2 and axis in (0, 1) and a.is_contiguous() and b.is_contiguous()
+    return len(thresholds) == 1 and one_layout and use_fused(a, b)
+
+
 def unit_table(rows, tau: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
-    """The rows of :func:`unit_stats` (any number of tensors) added up per unit (layer, component,
-    expert, kind, unit), with ``normalized_l2`` and ``fraction_changed_<tau>``; largest
-    normalized L2 first (ties: layer, component, expert, unit)."""
-    df = pd.DataFrame(rows)
+    """The rows of :func:`unit_stats` or the tables of :func:`unit_frame` (any number of tensors)
+    added up per unit (layer, component, expert, kind, unit), with ``normalized_l2`` and
+    ``fraction_changed_<tau>``; largest normalized L2 first (ties: layer, component, expert, unit)."""
+    if isinstance(rows, pd.DataFrame):
+        df = rows
+    elif len(rows) and isinstance(rows[0], pd.DataFrame):
+        df = pd.concat(rows, ignore_index=True)
+    else:
+        df = pd.DataFrame(rows)
     keys = ["layer", "component", "expert", "kind", "unit"]
     if df.empty:
         return pd.DataFrame(columns=[*keys, "numel", "sum_sq_diff", "sum_sq_a", "normalized_l2"])

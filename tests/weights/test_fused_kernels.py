@@ -239,3 +239,34 @@ def test_empty_tensors_and_bad_thresholds():
             fused.pair_stats(x, x, (bad,))
         with pytest.raises(ValueError):
             fused.overlap_stats(x, x, x, x, bad)
+
+
+# -- per row / per column (heads and neurons) ---------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [0, 1])
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_unit_rows_bit_identical_counts_to_the_torch_path(dtype, axis, data):
+    """fused.unit_row_stats against units._row_stats' torch path on raw bit patterns (specials
+    included), rows and columns of odd shapes around the column block: every count equal, the
+    float64 sums within 1e-13 of their sum of absolute terms."""
+    from prism_analysis.weights import units, update
+
+    rows = data.draw(st.integers(1, 40))
+    cols = data.draw(st.sampled_from([1, 3, fused.COLS - 1, fused.COLS + 5, 700]))
+    a, b = data.draw(bit_pairs(dtype).filter(lambda p: p[0].numel() >= rows * cols))
+    a, b = a[: rows * cols].reshape(rows, cols).contiguous(), b[: rows * cols].reshape(rows, cols).contiguous()
+    tau = data.draw(st.sampled_from(THRESHOLDS))
+    got = fused.unit_row_stats(a, b, axis, tau)
+    old = update.USE_FUSED
+    update.USE_FUSED = False
+    try:
+        ref = units._row_stats(a, b, axis, (tau,))
+    finally:
+        update.USE_FUSED = old
+    assert torch.equal(got[:, 2:], ref[:, 2:])
+    x, y = a.double(), b.double()
+    finite = torch.isfinite(x) & torch.isfinite(y)
+    x, y = torch.where(finite, x, 0.0), torch.where(finite, y, 0.0)
+    scale = torch.stack([((y - x) ** 2).sum(1 - axis), (x * x).sum(1 - axis)], 1)
+    assert ((got[:, :2] - ref[:, :2]).abs() <= 1e-13 * scale + 1e-300).all()
