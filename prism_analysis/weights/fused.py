@@ -349,6 +349,21 @@ def pair_stats(a: torch.Tensor, b: torch.Tensor, thresholds: tuple[float, ...]) 
     return sums, cnt[:, : 2 + k].sum(axis=0).tolist()
 
 
+@njit(inline="always", cache=True)
+def _unit_element(u, v, tau):  # pragma: no cover - compiled
+    """One element pair of the unit kernels, from its stored bits: ``(d^2, x^2, equal, not finite,
+    changed at tau)``, with x, y zeroed where the pair is not finite (as :func:`_pair_block`)."""
+    x, fx = _widen(u)
+    y, fy = _widen(v)
+    eq = u == v
+    finite = fx & fy
+    x = x if finite else 0.0
+    y = y if finite else 0.0
+    d = y - x
+    lhs, rhs = _rule_operands(finite, abs(d), abs(x), eq)
+    return d * d, x * x, eq, not finite, _changed(lhs, rhs, tau)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _rows_kernel(a, b, tau):  # pragma: no cover - compiled
     """Per row r of 2-D stored bits ``a``, ``b`` (rows x cols): ``acc[r] = [sum (b-a)^2, sum a^2]``
@@ -365,19 +380,12 @@ def _rows_kernel(a, b, tau):  # pragma: no cover - compiled
         n_nf = 0
         n_ch = 0
         for j in range(cols):
-            x, fx = _widen(a[r, j])
-            y, fy = _widen(b[r, j])
-            eq = a[r, j] == b[r, j]
-            finite = fx & fy
-            x = x if finite else 0.0
-            y = y if finite else 0.0
-            d = y - x
-            s_d2 = _sum_add(s_d2, d * d)
-            s_a2 = _sum_add(s_a2, x * x)
-            lhs, rhs = _rule_operands(finite, abs(d), abs(x), eq)
-            n_ch += _changed(lhs, rhs, tau)
+            d2, x2, eq, nf, ch = _unit_element(a[r, j], b[r, j], tau)
+            s_d2 = _sum_add(s_d2, d2)
+            s_a2 = _sum_add(s_a2, x2)
+            n_ch += ch
             n_eq += eq
-            n_nf += not finite
+            n_nf += nf
         acc[r, 0] = s_d2
         acc[r, 1] = s_a2
         cnt[r, 0] = n_eq
@@ -412,19 +420,12 @@ def _cols_kernel(a, b, tau):  # pragma: no cover - compiled
             ra = a[r, lo : lo + w]
             rb = b[r, lo : lo + w]
             for j in range(w):
-                x, fx = _widen(ra[j])
-                y, fy = _widen(rb[j])
-                eq = ra[j] == rb[j]
-                finite = fx & fy
-                x = x if finite else 0.0
-                y = y if finite else 0.0
-                d = y - x
-                s_d2[j] += d * d
-                s_a2[j] += x * x
-                lhs, rhs = _rule_operands(finite, abs(d), abs(x), eq)
-                n_ch[j] += _changed(lhs, rhs, tau)
+                d2, x2, eq, nf, ch = _unit_element(ra[j], rb[j], tau)
+                s_d2[j] += d2
+                s_a2[j] += x2
+                n_ch[j] += ch
                 n_eq[j] += eq
-                n_nf[j] += not finite
+                n_nf[j] += nf
         for j in range(w):
             acc[lo + j, 0] = s_d2[j]
             acc[lo + j, 1] = s_a2[j]
