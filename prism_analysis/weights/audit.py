@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -249,15 +250,16 @@ def audit(
         return _tensor_row(name, tensors, parts, (ca, cb))
 
     if units:
-        from .units import unit_frame
+        from .units import unit_arrays
 
         kinds = [kind for kind, unit in _UNIT_KINDS.items() if unit in units]
 
-        def per_tensor(name, tensors, parts):  # the row, and the table of its heads and neurons
-            frame = unit_frame(name, *tensors, ca.config, thresholds=(DEFAULT_THRESHOLD,))
+        def per_tensor(name, tensors, parts):  # the row, and the columns of its heads and neurons
+            arrays = unit_arrays(name, *tensors, ca.config, thresholds=(DEFAULT_THRESHOLD,))
             if len(kinds) < len(_UNIT_KINDS):
-                frame = frame[frame["kind"].isin(kinds)]
-            return _tensor_row(name, tensors, parts, (ca, cb)), frame
+                keep = np.isin(arrays["kind"], kinds)
+                arrays = {c: v[keep] for c, v in arrays.items()}
+            return _tensor_row(name, tensors, parts, (ca, cb)), arrays
 
     statistics = [Statistic("update", lambda: UpdateStats(thresholds), (0, 1))]
     if spectral:
@@ -276,7 +278,7 @@ def audit(
         prefetch=2 * max(prefetch, 1),
     )
     rows = [e[0] for e in m.extras.values()] if units else list(m.extras.values())
-    unit_frames = [e[1] for e in m.extras.values() if len(e[1])] if units else []
+    unit_frame = _unit_frame([e[1] for e in m.extras.values()]) if units else None
     cast = [
         {"name": r["name"], "dtype_a": r["dtype"], "dtype_b": r["dtype_b"]} for r in rows if r["dtype"] != r["dtype_b"]
     ]
@@ -309,8 +311,8 @@ def audit(
         experts=experts,
         unclassified=[r["name"] for r in rows if r["component"] == "other"],
         run=m.run,
-        heads=_units_table(unit_frames, "head") if "heads" in units else pd.DataFrame(),
-        neurons=_units_table(unit_frames, "neuron") if "neurons" in units else pd.DataFrame(),
+        heads=_units_table(unit_frame, "head") if "heads" in units else pd.DataFrame(),
+        neurons=_units_table(unit_frame, "neuron") if "neurons" in units else pd.DataFrame(),
         neurons_top=neurons_top,
         aligned=_aligned_record([ca, cb], al),
     )
@@ -330,12 +332,20 @@ def _check_units(units) -> tuple[str, ...]:
     return units
 
 
-def _units_table(frames: list[pd.DataFrame], kind: str) -> pd.DataFrame:
+def _unit_frame(arrays: list[dict]) -> pd.DataFrame:
+    """The heads and neurons of every tensor (:func:`~prism_analysis.weights.units.unit_arrays`) as one table."""
+    from .units import join_arrays
+
+    arrays = [a for a in arrays if len(a["unit"])]
+    return pd.DataFrame(join_arrays(arrays)) if arrays else pd.DataFrame()
+
+
+def _units_table(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     """heads.csv / neurons.csv: :func:`~prism_analysis.weights.units.unit_table` of one kind, the unit
     index named ``head`` / ``neuron`` and ``fraction_changed`` at tau (1%)."""
     from .units import unit_table
 
-    table = unit_table([f[f["kind"] == kind] for f in frames if (f["kind"] == kind).any()], DEFAULT_THRESHOLD)
+    table = unit_table(frame[frame["kind"] == kind] if len(frame) else frame, DEFAULT_THRESHOLD)
     table = table.drop(columns="kind").rename(columns={"unit": kind})
     key = changed_column(DEFAULT_THRESHOLD)
     if key in table:

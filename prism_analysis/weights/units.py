@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 
 from ..components import _positive_int, layer_index, parts
-from ..metrics import DEFAULT_THRESHOLD, bits_equal, changed_mask, normalized_l2, threshold_key
+from ..metrics import DEFAULT_THRESHOLD, bits_equal, changed_mask, threshold_key
 
 HEAD_COMPONENTS = ("attn_q", "attn_k", "attn_v", "attn_o")
 NEURON_COMPONENTS = ("mlp_gate", "mlp_up", "mlp_gate_up", "mlp_down")
@@ -121,14 +121,23 @@ def unit_stats(
 def unit_frame(
     name: str, a: torch.Tensor, b: torch.Tensor, config: dict | None = None, thresholds=(DEFAULT_THRESHOLD,)
 ) -> pd.DataFrame:
-    """:func:`unit_stats` as a table: one row per head or neuron (columns of :func:`unit_columns`),
-    built column by column (an MLP's thousands of neurons cost no Python loop per unit)."""
+    """:func:`unit_stats` as a table: one row per head or neuron (columns of :func:`unit_columns`)."""
+    return pd.DataFrame(unit_arrays(name, a, b, config, thresholds))
+
+
+def unit_arrays(
+    name: str, a: torch.Tensor, b: torch.Tensor, config: dict | None = None, thresholds=(DEFAULT_THRESHOLD,)
+) -> dict[str, np.ndarray]:
+    """The columns of :func:`unit_frame` as numpy arrays (``name``, ``layer``, ``component``,
+    ``expert``, ``kind``: object arrays; ``layer``/``expert`` None where there is none), built
+    column by column: an MLP's thousands of neurons cost no Python loop per unit, and the audit
+    joins the arrays of every tensor into one table at the end (:func:`join_arrays`)."""
     if a.shape != b.shape:
         raise ValueError(f"{name}: shapes differ ({tuple(a.shape)} vs {tuple(b.shape)})")
     config = config or {}
     geometry = head_geometry(config)
     thresholds = tuple(float(t) for t in thresholds)
-    frames = []
+    parts_ = []
     for part in parts(name, tuple(a.shape), config):
         pa, pb = part.take(a), part.take(b)
         layout = _layout(name, part.component, pa, config, geometry)
@@ -141,13 +150,10 @@ def unit_frame(
         summed = torch.zeros((n_units, stats.shape[1]), dtype=torch.float64).index_add_(0, units, stats).numpy()
         per_row = pa.numel() // pa.shape[axis]
         counts = (torch.bincount(units, minlength=n_units) * per_row).numpy()
-        columns = {
-            "name": name,
-            "layer": layer_index(name),
-            "component": part.component,
-            "expert": part.expert,
-            "kind": kind,
-            "unit": np.arange(n_units),
+        constant = {"name": name, "layer": layer_index(name), "component": part.component, "expert": part.expert}
+        columns = {k: np.full(n_units, v, dtype=object) for k, v in (constant | {"kind": kind}).items()}
+        columns |= {
+            "unit": np.arange(n_units, dtype=np.int64),
             "numel": counts.astype(np.int64),
             "sum_sq_diff": summed[:, 0],
             "sum_sq_a": summed[:, 1],
@@ -157,10 +163,21 @@ def unit_frame(
         columns |= {
             f"n_changed_{threshold_key(t)}": summed[:, 4 + i].astype(np.int64) for i, t in enumerate(thresholds)
         }
-        frames.append(pd.DataFrame(columns))
-    if not frames:
-        return pd.DataFrame(columns=unit_columns(thresholds))
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        parts_.append(columns)
+    if not parts_:
+        return {c: np.empty(0, dtype=object if c in _OBJECT_COLUMNS else np.float64) for c in unit_columns(thresholds)}
+    return join_arrays(parts_)
+
+
+#: the columns of :func:`unit_arrays` that hold Python objects (strings, ints or None)
+_OBJECT_COLUMNS = ("name", "layer", "component", "expert", "kind")
+
+
+def join_arrays(arrays: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Rows of several :func:`unit_arrays` (same columns) one after the other."""
+    if len(arrays) == 1:
+        return arrays[0]
+    return {c: np.concatenate([a[c] for a in arrays]) for c in arrays[0]}
 
 
 def _row_stats(a: torch.Tensor, b: torch.Tensor, axis: int, thresholds) -> torch.Tensor:
@@ -198,6 +215,14 @@ def _fused(a: torch.Tensor, b: torch.Tensor, axis: int, thresholds) -> bool:
     return len(thresholds) == 1 and one_layout and use_fused(a, b)
 
 
+def normalized_l2_of(sum_sq_diff: np.ndarray, sum_sq_a: np.ndarray) -> np.ndarray:
+    """:func:`~prism_analysis.metrics.normalized_l2` (Eq. 1) of many units at once, element for
+    element the same float64 values: ``sqrt(d) / sqrt(a)`` where a > 0, else 0 (d == 0) or inf."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.sqrt(sum_sq_diff) / np.sqrt(sum_sq_a)
+    return np.where(sum_sq_a > 0, ratio, np.where(sum_sq_diff == 0, 0.0, np.inf))
+
+
 def unit_table(rows, tau: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
     """The rows of :func:`unit_stats` or the tables of :func:`unit_frame` (any number of tensors)
     added up per unit (layer, component, expert, kind, unit), with ``normalized_l2`` and
@@ -215,7 +240,7 @@ def unit_table(rows, tau: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
     numeric = [c for c in df.columns if c not in (*keys, "name")]
     g = df.fillna({"layer": -1, "expert": -1}).groupby(keys, sort=True)[numeric].sum().reset_index()
     g[["layer", "expert"]] = g[["layer", "expert"]].astype("Int64").replace(-1, pd.NA)
-    g["normalized_l2"] = [normalized_l2(d, a) for d, a in zip(g["sum_sq_diff"], g["sum_sq_a"])]
+    g["normalized_l2"] = normalized_l2_of(g["sum_sq_diff"].to_numpy(np.float64), g["sum_sq_a"].to_numpy(np.float64))
     if changed in g:
         g[f"fraction_changed_{threshold_key(tau)}"] = g[changed] / g["numel"]
     return g.sort_values("normalized_l2", ascending=False, kind="stable").reset_index(drop=True)

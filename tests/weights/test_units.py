@@ -2,9 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prism_analysis.metrics import changed_mask
 from prism_analysis.weights.units import unit_stats, unit_table
@@ -155,3 +158,21 @@ def test_tensors_without_units_give_no_rows():
     bad = {"num_attention_heads": 3, "hidden_size": 64, "head_dim": 7}
     name = "model.layers.0.self_attn.q_proj.weight"
     assert unit_stats(name, a[name], a[name], bad) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 1e300, allow_nan=False) | st.just(0.0), st.floats(0, 1e300, allow_nan=False) | st.just(0.0)
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_normalized_l2_of_many_units_is_the_scalar_definition(pairs):
+    from prism_analysis.metrics import normalized_l2
+    from prism_analysis.weights.units import normalized_l2_of
+
+    d, a = (np.array(x, dtype=np.float64) for x in zip(*pairs))
+    assert normalized_l2_of(d, a).tolist() == [normalized_l2(x, y) for x, y in pairs]
