@@ -16,6 +16,7 @@ dependencies so they keep this torch:  pip install --no-deps ckatorch cka-pytorc
 
   python benchmarks/cka.py            # full sizes (~4 min on 2 cores)
   python benchmarks/cka.py --quick    # small sizes (~30 s)
+  python benchmarks/cka.py --part margin --repeats 3   # the debiased 24 x 24 heatmap vs cka-pytorch, alternating
   python benchmarks/cka.py --quick --markdown benchmarks/results/cka.md   # + the tables as Markdown (docs)
 """
 
@@ -267,11 +268,60 @@ def streaming(args):
     )
 
 
+def margin(args):
+    """Issue 26's criterion: the debiased L x L heatmap, prism cka_matrix against cka-pytorch's hsic1
+    (per pair, timed on --peer-pairs pairs and extrapolated), run side by side --repeats times in
+    alternation, so a machine that slows down in between slows both; every repeat's ratio printed."""
+    hsic1 = load_peer_hsic1()
+    if hsic1 is None:
+        print("\n(margin) cka-pytorch is not installed (pip install cka-pytorch --no-deps): nothing to compare")
+        return
+    L, n, d = args.layers, args.n, args.d
+    X, Y = layers(L, n, d)
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    pairs = [(i, j) for i in range(L) for j in range(L)][: args.peer_pairs]
+
+    def peer():
+        for i, j in pairs:
+            gx, gy = (Xt[i] @ Xt[i].T)[None], (Yt[j] @ Yt[j].T)[None]
+            hsic1(gx, gy) / torch.sqrt(hsic1(gx, gx) * hsic1(gy, gy))
+
+    ratios, ours_t, peer_t = [], [], []
+    for _ in range(args.repeats):
+        _, t_ours = timed(cka.cka_matrix, Xt, Yt, debiased=True)
+        _, t_peer = timed(peer)
+        t_peer *= L * L / len(pairs)
+        ours_t.append(t_ours)
+        peer_t.append(t_peer)
+        ratios.append(t_peer / t_ours)
+    print(f"\n(margin) debiased {L} x {L} heatmap, n = {n}, d = {d}, {torch.get_num_threads()} threads")
+    print(f"{'repeat':<8}{'prism s':>10}{'cka-pytorch s (~)':>20}{'ratio':>8}")
+    for k, (a, b, r) in enumerate(zip(ours_t, peer_t, ratios), 1):
+        print(f"{k:<8}{a:>10.2f}{b:>20.2f}{r:>7.1f}x")
+    print(f"smallest ratio {min(ratios):.1f}x (target >= 3x in every repeat)")
+    REPORT.extend(
+        [
+            f"Debiased {L} x {L} heatmap, n = {n}, d = {d}: prism `cka_matrix` against cka-pytorch 1.1.3 "
+            f"`hsic1` (timed on {len(pairs)} pairs, extrapolated), {args.repeats} alternating repeats, "
+            f"load average {os.getloadavg()[0]:.1f}:",
+            "",
+        ]
+    )
+    md_table(
+        ["repeat", "prism", "cka-pytorch (~)", "ratio"],
+        [
+            [str(k), f"{a:.2f} s", f"{b:.2f} s", f"{r:.1f}x"]
+            for k, (a, b, r) in enumerate(zip(ours_t, peer_t, ratios), 1)
+        ],
+    )
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--peer-pairs", type=int, default=6, help="pairs timed for O(n^3)-per-pair peers")
-    ap.add_argument("--part", choices=["all", "heatmap", "streaming"], default="all")
+    ap.add_argument("--part", choices=["all", "heatmap", "streaming", "margin"], default="all")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating repeats of --part margin")
     ap.add_argument("--markdown", metavar="PATH", default=None, help="also write the results tables as Markdown")
     args = ap.parse_args()
     args.layers, args.n, args.d, args.tokens = (8, 1024, 256, 200_000) if args.quick else (24, 2048, 512, 1_000_000)
@@ -280,6 +330,8 @@ def main():
         heatmap(args)
     if args.part in ("all", "streaming"):
         streaming(args)
+    if args.part in ("all", "margin"):
+        margin(args)
     write_markdown(args.markdown, f"CKA ({'quick' if args.quick else 'full'} sizes)")
 
 

@@ -135,23 +135,17 @@ def test_offline_cka_diff_compare_interpolate_eval_take_references(ckpts, offlin
     probe = tmp / "probe.txt"
     probe.write_text("\n".join(f"Tom has {i} apples and buys {i + 3} more." for i in range(10)))
     prism("cka", "org/run@step0", "org/run@step20", "--probe", probe, "--out", tmp / "cka_hub", "--quiet", env=offline)
-    prism("cka", ckpts["step0"], ckpts["step20"], "--probe", probe, "--out", tmp / "cka_local", "--quiet", env=offline)
-    hub = (tmp / "cka_hub" / "cka.csv").read_text()
-    assert hub == (tmp / "cka_local" / "cka.csv").read_text()
-    for name, pair in (("hub", ("org/run@step0", "org/run@step20")), ("local", (ckpts["step0"], ckpts["step20"]))):
-        diff = [
-            "diff",
-            *pair,
-            "--probe",
-            probe,
-            "--bootstrap",
-            "50",
-            "--no-figure",
-            "--quiet",
-            "--out",
-            tmp / f"diff_{name}",
-        ]
-        prism(*diff, env=offline)
+    # the same on the local paths, in this process (the API the command calls)
+    from prism_analysis.representations.model_cka import model_cka
+    from prism_analysis.representations.model_diff import model_diff
+
+    prompts = {"probe": probe.read_text().splitlines()}
+    local_cka = model_cka(ckpts["step0"], ckpts["step20"], prompts, progress=False)
+    assert (tmp / "cka_hub" / "cka.csv").read_text() == local_cka.layers.to_csv(index=False)
+    diff = ["diff", "org/run@step0", "org/run@step20", "--probe", probe, "--bootstrap", "50", "--no-figure"]
+    prism(*diff, "--lens-layers", "0,2", "--quiet", "--out", tmp / "diff_hub", env=offline)
+    local = model_diff(ckpts["step0"], ckpts["step20"], prompts, lens_layers="0,2", bootstrap=50, progress=False)
+    local.save(tmp / "diff_local", figures=False)
     for table in ("positions.csv", "layers.csv", "lens.csv", "tokens.csv"):
         assert (tmp / "diff_hub" / table).read_text() == (tmp / "diff_local" / table).read_text()
     prism("compare", "org/run@step0", "org/run@step1", "org/run@step0", "org/run@step2", "--quiet", env=offline)
