@@ -35,7 +35,7 @@ import time
 import psutil
 import torch
 
-from prism_analysis.model_diff import diff_models
+from prism_analysis.representations.model_diff import diff_models
 from prism_train.models import build_model
 from prism_train.tokenizer import train_tokenizer
 
