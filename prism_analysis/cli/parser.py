@@ -23,14 +23,16 @@ from ..errors import PrismError, from_os_error
 from ..options import nonempty, number, number_list
 
 
+def _default_flag(param: str) -> str:
+    return "--" + param.replace("_", "-")
+
+
 def _renamed_flags() -> dict[str, str]:
     from ..options import flags
     from .api_options import API
 
-    default = {name: "--" + name.replace("_", "-") for cls in API for name in flags(cls)}
-    return {
-        name: f for cls in API for name, f in flags(cls).items() if f != default[name] and not f.startswith("--no-")
-    }
+    renamed = {name: f for cls in API for name, f in flags(cls).items() if f != _default_flag(name)}
+    return {name: f for name, f in renamed.items() if not f.startswith("--no-")}
 
 
 #: Python parameter of the library -> its command-line flag, where the two names differ (otherwise
@@ -41,7 +43,7 @@ FLAGS = _renamed_flags()
 
 def flag(param: str) -> str:
     """The command-line flag of a library parameter (:data:`FLAGS`)."""
-    return FLAGS.get(param, "--" + param.replace("_", "-"))
+    return FLAGS.get(param, _default_flag(param))
 
 
 EXIT_BAD_INPUT = 2

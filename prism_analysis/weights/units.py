@@ -110,12 +110,7 @@ def unit_stats(
     """One row (a dict of :func:`unit_columns`) per head or neuron of tensor ``name`` between
     versions ``a`` and ``b`` (same shape); ``[]`` for a tensor without units. See the module docstring.
     The rows of :func:`unit_frame`, as Python values (``None`` for no layer or expert)."""
-    frame = unit_frame(name, a, b, config, thresholds)
-    rows = frame.to_dict("records")
-    for row in rows:
-        for key in ("layer", "expert"):
-            row[key] = None if row[key] is None or row[key] != row[key] else int(row[key])
-    return rows
+    return unit_frame(name, a, b, config, thresholds).to_dict("records")
 
 
 def unit_frame(
@@ -224,15 +219,10 @@ def normalized_l2_of(sum_sq_diff: np.ndarray, sum_sq_a: np.ndarray) -> np.ndarra
 
 
 def unit_table(rows, tau: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
-    """The rows of :func:`unit_stats` or the tables of :func:`unit_frame` (any number of tensors)
+    """The rows of :func:`unit_stats` or a table of :func:`unit_frame` rows (any number of tensors)
     added up per unit (layer, component, expert, kind, unit), with ``normalized_l2`` and
     ``fraction_changed_<tau>``; largest normalized L2 first (ties: layer, component, expert, unit)."""
-    if isinstance(rows, pd.DataFrame):
-        df = rows
-    elif len(rows) and isinstance(rows[0], pd.DataFrame):
-        df = pd.concat(rows, ignore_index=True)
-    else:
-        df = pd.DataFrame(rows)
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     keys = ["layer", "component", "expert", "kind", "unit"]
     if df.empty:
         return pd.DataFrame(columns=[*keys, "numel", "sum_sq_diff", "sum_sq_a", "normalized_l2"])
