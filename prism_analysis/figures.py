@@ -7,6 +7,8 @@ colour-blind-safe palette.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from pathlib import Path
 
@@ -24,13 +26,38 @@ from .metrics import DEFAULT_THRESHOLD, SIMILARITY_MEASURES, changed_column
 PALETTE = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9")
 
 
+#: The files every figure is written as (:func:`formats` narrows it for a block).
+_FORMATS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "prism_figure_formats", default=("png", "pdf")
+)
+
+
+@contextlib.contextmanager
+def formats(*suffixes: str):
+    """Within the block, write figures only as ``suffixes`` (of "png", "pdf"): ``prism figures``
+    copies only the PNGs of the study report it redraws, and skips drawing the PDFs (about a third
+    of the drawing time)."""
+    unknown = set(suffixes) - {"png", "pdf"}
+    if unknown or not suffixes:
+        raise ValueError(f"figure formats are png and pdf, got {suffixes}")
+    token = _FORMATS.set(tuple(suffixes))
+    try:
+        yield
+    finally:
+        _FORMATS.reset(token)
+
+
 def _save(fig, stem: str | os.PathLike) -> None:
-    """``<stem>.png`` (150 dpi) and ``<stem>.pdf``. Every figure is laid out by constrained layout
-    (legends outside the axes included), so no ``bbox_inches="tight"``: that costs a second full
-    draw of each file (~0.1 s a figure on a tiny audit, see benchmarks/startup.py)."""
+    """``<stem>.png`` (150 dpi) and ``<stem>.pdf`` (or those of :func:`formats`). Every figure is laid
+    out by constrained layout (legends outside the axes included), so no ``bbox_inches="tight"``:
+    that costs a second full draw of each file (~0.1 s a figure on a tiny audit, see
+    benchmarks/startup.py)."""
     stem = Path(stem)
-    fig.savefig(stem.with_suffix(".png"), dpi=150)
-    fig.savefig(stem.with_suffix(".pdf"))
+    chosen = _FORMATS.get()
+    if "png" in chosen:
+        fig.savefig(stem.with_suffix(".png"), dpi=150)
+    if "pdf" in chosen:
+        fig.savefig(stem.with_suffix(".pdf"))
     plt.close(fig)
 
 

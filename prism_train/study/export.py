@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from prism_analysis.errors import PrismError
+from prism_analysis.figures import formats
 from prism_analysis.outputs import staged_dir, write_json
 
 from .report import report
@@ -66,7 +67,8 @@ def export(run: str | Path, into: str | Path) -> dict:
             dest = stage / f.relative_to(source)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dest)
-        summary = report(stage)
+        with formats("png"):  # only the PNGs are exported: no PDF is drawn
+            summary = report(stage)
         written = {f"{p.name}": p for p in (stage / "figures").glob("*.png")}
         written |= {f"{p.name}": p for p in (stage / "tables").glob("*.md")}
         _refuse_clash(into, written, owned)

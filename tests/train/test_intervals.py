@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from prism_analysis.errors import PrismError
-from prism_train.intervals import MACRO_WEIGHTS, paired_bootstrap, wilson
+from prism_train.intervals import MACRO_WEIGHTS, _resample_means, paired_bootstrap, wilson
 from prism_train.schedule import Job, run_jobs
 
 
@@ -53,6 +53,15 @@ def test_paired_bootstrap_matches_the_normal_interval_of_the_mean_difference():
     # the paired interval is narrower than the unpaired one (the models agree on most problems)
     unpaired_se = math.sqrt(a.var() / n + b.var() / n)
     assert r["hi"] - r["lo"] < 0.8 * 2 * 1.959964 * unpaired_se
+
+
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=60), st.booleans(), st.integers(0, 2**32 - 1))
+def test_resample_means_equal_numpys_mean_bit_for_bit(values, fractional, seed):
+    """The int8 fast path of integer score differences gives numpy's float64 means exactly (the
+    committed report's intervals do not move); other scores take numpy's path."""
+    d = np.asarray(values, dtype=np.float64) + (0.1 if fractional else 0.0)
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(50, len(d)))
+    assert np.array_equal(_resample_means(d, idx), d[idx].mean(axis=1))
 
 
 def test_paired_bootstrap_planted_differences():
