@@ -65,7 +65,7 @@ def main() -> None:
         a, b = make_pair(Path(tmp), hidden, layers)
         audit(a, b, progress=False)  # warm the page cache and numba's compiled kernels
         plain, units = float("inf"), float("inf")
-        for _ in range(3):  # interleaved, best of three each: a load spike hits both alike
+        for _ in range(5):  # interleaved, best of five each: a load spike hits both alike
             plain = min(plain, timed(lambda: audit(a, b, progress=False), repeats=1))
             units = min(units, timed(lambda: audit(a, b, progress=False, units=("heads", "neurons")), repeats=1))
     print(f"pair: LLaMA-shaped bf16, hidden {hidden}, {layers} layers, vocab 32000")

@@ -40,7 +40,7 @@ from ..metrics import (
 )
 from ..outputs import atomic_output_dir, write_json
 from .measure import Statistic, measure_aligned
-from .update import UpdateStats, as_float
+from .update import UpdateStats, as_float, fused_min_numel_for
 
 #: The version of the audit's outputs (summary.json keys, tensors/layers/components/experts.csv
 #: columns); raised with every change that is not an addition at the end (CHANGELOG.md).
@@ -245,6 +245,8 @@ def audit(
     """
     units = _check_units(units)
     (ca, cb), al = open_aligned([a, b], allow_pickle, config, progress=progress)
+    # which tensors take the fused kernel: decided by the checkpoint alone (see fused_min_numel_for)
+    fused_min = fused_min_numel_for(max((stored_info(ca, n).numel for n in al.common), default=0))
 
     def per_tensor(name, tensors, parts):
         return _tensor_row(name, tensors, parts, (ca, cb))
@@ -255,13 +257,13 @@ def audit(
         kinds = [kind for kind, unit in _UNIT_KINDS.items() if unit in units]
 
         def per_tensor(name, tensors, parts):  # the row, and the columns of its heads and neurons
-            arrays = unit_arrays(name, *tensors, ca.config, thresholds=(DEFAULT_THRESHOLD,))
+            arrays = unit_arrays(name, *tensors, ca.config, (DEFAULT_THRESHOLD,), fused_min)
             if len(kinds) < len(_UNIT_KINDS):
                 keep = np.isin(arrays["kind"], kinds)
                 arrays = {c: v[keep] for c, v in arrays.items()}
             return _tensor_row(name, tensors, parts, (ca, cb)), arrays
 
-    statistics = [Statistic("update", lambda: UpdateStats(thresholds), (0, 1))]
+    statistics = [Statistic("update", lambda: UpdateStats(thresholds, fused_min_numel=fused_min), (0, 1))]
     if spectral:
         from .spectral import DEFAULT_K, SpectralStats
 
@@ -278,7 +280,7 @@ def audit(
         prefetch=2 * max(prefetch, 1),
     )
     rows = [e[0] for e in m.extras.values()] if units else list(m.extras.values())
-    unit_frame = _unit_frame([e[1] for e in m.extras.values()]) if units else None
+    unit_arrays_all = _unit_arrays([e[1] for e in m.extras.values()]) if units else None
     cast = [
         {"name": r["name"], "dtype_a": r["dtype"], "dtype_b": r["dtype_b"]} for r in rows if r["dtype"] != r["dtype_b"]
     ]
@@ -311,8 +313,8 @@ def audit(
         experts=experts,
         unclassified=[r["name"] for r in rows if r["component"] == "other"],
         run=m.run,
-        heads=_units_table(unit_frame, "head") if "heads" in units else pd.DataFrame(),
-        neurons=_units_table(unit_frame, "neuron") if "neurons" in units else pd.DataFrame(),
+        heads=_units_table(unit_arrays_all, "head") if "heads" in units else pd.DataFrame(),
+        neurons=_units_table(unit_arrays_all, "neuron") if "neurons" in units else pd.DataFrame(),
         neurons_top=neurons_top,
         aligned=_aligned_record([ca, cb], al),
     )
@@ -332,20 +334,24 @@ def _check_units(units) -> tuple[str, ...]:
     return units
 
 
-def _unit_frame(arrays: list[dict]) -> pd.DataFrame:
-    """The heads and neurons of every tensor (:func:`~prism_analysis.weights.units.unit_arrays`) as one table."""
+def _unit_arrays(arrays: list[dict]) -> dict | None:
+    """The heads and neurons of every tensor (:func:`~prism_analysis.weights.units.unit_arrays`) as
+    one set of columns (None: no tensor has units)."""
     from .units import join_arrays
 
     arrays = [a for a in arrays if len(a["unit"])]
-    return pd.DataFrame(join_arrays(arrays)) if arrays else pd.DataFrame()
+    return join_arrays(arrays) if arrays else None
 
 
-def _units_table(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+def _units_table(arrays: dict | None, kind: str) -> pd.DataFrame:
     """heads.csv / neurons.csv: :func:`~prism_analysis.weights.units.unit_table` of one kind, the unit
     index named ``head`` / ``neuron`` and ``fraction_changed`` at tau (1%)."""
     from .units import unit_table
 
-    table = unit_table(frame[frame["kind"] == kind] if len(frame) else frame, DEFAULT_THRESHOLD)
+    if arrays is not None:
+        keep = arrays["kind"] == kind
+        arrays = {c: v[keep] for c, v in arrays.items()}
+    table = unit_table(arrays or {}, DEFAULT_THRESHOLD)
     table = table.drop(columns="kind").rename(columns={"unit": kind})
     key = changed_column(DEFAULT_THRESHOLD)
     if key in table:

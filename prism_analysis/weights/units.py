@@ -73,8 +73,10 @@ def head_geometry(config: dict | None) -> tuple[int, int, int] | None:
     return (heads, kv, head_dim) if head_dim else None
 
 
-def _layout(name: str, component: str, t: torch.Tensor, config: dict, geometry) -> tuple[str, int, list] | None:
-    """``(kind, axis, unit of each index along axis)`` of one part, or None when it has no units."""
+def _layout(name: str, component: str, t: torch.Tensor, config: dict, geometry) -> tuple[str, int, int, int] | None:
+    """``(kind, axis, n_units, div)`` of one part, or None when it has no units: index i along
+    ``axis`` belongs to unit ``i // div`` (heads: div = head_dim; neurons: 1), modulo ``n_units``
+    (a fused gate_up: neuron j is rows j and I + j)."""
     conv1d = config.get("model_type") == "gpt2" and bool(_CONV1D.search(name))
     if t.dim() == 1:
         if component in ("attn_o", "mlp_down"):
@@ -94,13 +96,13 @@ def _layout(name: str, component: str, t: torch.Tensor, config: dict, geometry) 
         n = kv if component in ("attn_k", "attn_v") else heads
         if size != n * head_dim:
             return None
-        return "head", axis, [i // head_dim for i in range(size)]
+        return "head", axis, n, head_dim
     if component in NEURON_COMPONENTS:
         if component == "mlp_gate_up":
             if size % 2:
                 return None
-            return "neuron", axis, [i % (size // 2) for i in range(size)]
-        return "neuron", axis, list(range(size))
+            return "neuron", axis, size // 2, 1
+        return "neuron", axis, size, 1
     return None
 
 
@@ -121,12 +123,19 @@ def unit_frame(
 
 
 def unit_arrays(
-    name: str, a: torch.Tensor, b: torch.Tensor, config: dict | None = None, thresholds=(DEFAULT_THRESHOLD,)
+    name: str,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    config: dict | None = None,
+    thresholds=(DEFAULT_THRESHOLD,),
+    fused_min_numel: int | None = None,
 ) -> dict[str, np.ndarray]:
     """The columns of :func:`unit_frame` as numpy arrays (``name``, ``layer``, ``component``,
     ``expert``, ``kind``: object arrays; ``layer``/``expert`` None where there is none), built
     column by column: an MLP's thousands of neurons cost no Python loop per unit, and the audit
-    joins the arrays of every tensor into one table at the end (:func:`join_arrays`)."""
+    joins the arrays of every tensor into one table at the end (:func:`join_arrays`).
+    ``fused_min_numel``: as :class:`~prism_analysis.weights.update.UpdateStats`' (the audit passes
+    :func:`~prism_analysis.weights.update.fused_min_numel_for` of the checkpoint)."""
     if a.shape != b.shape:
         raise ValueError(f"{name}: shapes differ ({tuple(a.shape)} vs {tuple(b.shape)})")
     config = config or {}
@@ -138,18 +147,21 @@ def unit_arrays(
         layout = _layout(name, part.component, pa, config, geometry)
         if layout is None:
             continue
-        kind, axis, unit_of = layout
-        stats = _row_stats(pa, pb, axis, thresholds)  # (size along axis, k) float64
-        units = torch.as_tensor(unit_of)
-        n_units = int(units.max()) + 1
-        summed = torch.zeros((n_units, stats.shape[1]), dtype=torch.float64).index_add_(0, units, stats).numpy()
-        per_row = pa.numel() // pa.shape[axis]
-        counts = (torch.bincount(units, minlength=n_units) * per_row).numpy()
+        kind, axis, n_units, div = layout
+        stats = _row_stats(pa, pb, axis, thresholds, fused_min_numel)  # (size along axis, k) float64
+        size = pa.shape[axis]
+        if size == n_units:  # a neuron per index: the rows are the units
+            summed = stats.numpy()
+        else:  # heads (head_dim rows each), fused gate_up (rows j and I + j): add rows in order
+            units = (torch.arange(size) // div) % n_units
+            summed = torch.zeros((n_units, stats.shape[1]), dtype=torch.float64).index_add_(0, units, stats).numpy()
+        counts = np.full(n_units, pa.numel() // n_units, dtype=np.int64)  # every unit has as many rows
         constant = {"name": name, "layer": layer_index(name), "component": part.component, "expert": part.expert}
-        columns = {k: np.full(n_units, v, dtype=object) for k, v in (constant | {"kind": kind}).items()}
+        # np.repeat of a one-element object array: ~10x faster than np.full with dtype=object
+        columns = {k: np.repeat(_one(v), n_units) for k, v in (constant | {"kind": kind}).items()}
         columns |= {
             "unit": np.arange(n_units, dtype=np.int64),
-            "numel": counts.astype(np.int64),
+            "numel": counts,
             "sum_sq_diff": summed[:, 0],
             "sum_sq_a": summed[:, 1],
             "n_equal": summed[:, 2].astype(np.int64),
@@ -175,10 +187,10 @@ def join_arrays(arrays: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {c: np.concatenate([a[c] for a in arrays]) for c in arrays[0]}
 
 
-def _row_stats(a: torch.Tensor, b: torch.Tensor, axis: int, thresholds) -> torch.Tensor:
+def _row_stats(a: torch.Tensor, b: torch.Tensor, axis: int, thresholds, fused_min_numel=None) -> torch.Tensor:
     """Per index along ``axis``: sum_sq_diff, sum_sq_a, n_equal, n_nonfinite, n_changed per tau
     (float64 on the CPU; counts exact below 2^53), computed in row chunks."""
-    if _fused(a, b, axis, thresholds):
+    if _fused(a, b, axis, thresholds, fused_min_numel):
         from .fused import unit_row_stats
 
         return unit_row_stats(a, b, axis, thresholds[0])
@@ -199,7 +211,7 @@ def _row_stats(a: torch.Tensor, b: torch.Tensor, axis: int, thresholds) -> torch
     return torch.cat(out)
 
 
-def _fused(a: torch.Tensor, b: torch.Tensor, axis: int, thresholds) -> bool:
+def _fused(a: torch.Tensor, b: torch.Tensor, axis: int, thresholds, fused_min_numel=None) -> bool:
     """Whether :func:`_row_stats` runs the fused CPU kernel
     (:func:`prism_analysis.weights.fused.unit_row_stats`): large 2-D CPU tensors of one dtype of
     bf16/fp16/fp32, C-contiguous, one threshold (the audit's); else the torch path, with the same
@@ -207,7 +219,7 @@ def _fused(a: torch.Tensor, b: torch.Tensor, axis: int, thresholds) -> bool:
     from .update import use_fused
 
     one_layout = a.dim() == 2 and axis in (0, 1) and a.is_contiguous() and b.is_contiguous()
-    return len(thresholds) == 1 and one_layout and use_fused(a, b)
+    return len(thresholds) == 1 and one_layout and use_fused(a, b, min_numel=fused_min_numel)
 
 
 def normalized_l2_of(sum_sq_diff: np.ndarray, sum_sq_a: np.ndarray) -> np.ndarray:
@@ -219,18 +231,55 @@ def normalized_l2_of(sum_sq_diff: np.ndarray, sum_sq_a: np.ndarray) -> np.ndarra
 
 
 def unit_table(rows, tau: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
-    """The rows of :func:`unit_stats` or a table of :func:`unit_frame` rows (any number of tensors)
-    added up per unit (layer, component, expert, kind, unit), with ``normalized_l2`` and
-    ``fraction_changed_<tau>``; largest normalized L2 first (ties: layer, component, expert, unit)."""
-    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+    """The rows of :func:`unit_stats`, a table of :func:`unit_frame` rows, or the columns of
+    :func:`unit_arrays` / :func:`join_arrays` (any number of tensors), added up per unit (layer,
+    component, expert, kind, unit) in row order, with ``normalized_l2`` and ``fraction_changed_<tau>``;
+    largest normalized L2 first (ties: layer, component, expert, unit; no layer or expert first).
+
+    Grouped in numpy (one sort of the units' keys and a weighted ``bincount`` per column): an
+    MLP's tens of thousands of neurons never go through pandas' group-by."""
+    if isinstance(rows, dict):
+        cols = rows
+    else:
+        df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+        cols = {c: df[c].to_numpy() for c in df.columns}
     keys = ["layer", "component", "expert", "kind", "unit"]
-    if df.empty:
+    if not len(cols.get("unit", ())):
         return pd.DataFrame(columns=[*keys, "numel", "sum_sq_diff", "sum_sq_a", "normalized_l2"])
+    # each key as sorted codes (no layer / expert: code 0, before every number), combined in key order
+    codes, uniques = [], []
+    for key in keys:
+        code, unique = pd.factorize(cols[key], sort=True)  # None -> -1
+        codes.append(code + 1)
+        uniques.append(unique)
+    group_key = np.ravel_multi_index(codes, [len(u) + 1 for u in uniques])
+    groups, first, inverse = np.unique(group_key, return_index=True, return_inverse=True)
+    out = {}
+    for key, code, unique in zip(keys, codes, uniques):
+        picked = code[first] - 1
+        if key in ("layer", "expert"):
+            has = picked >= 0
+            values = np.zeros(len(picked), dtype=np.int64)
+            values[has] = np.asarray(unique, dtype=np.int64)[picked[has]]
+            out[key] = pd.array(values, dtype="Int64")
+            out[key][~has] = pd.NA
+        else:
+            out[key] = np.asarray(unique)[picked]
+    numeric = [c for c in cols if c not in (*keys, "name")]
+    for c in numeric:
+        values = np.asarray(cols[c])
+        summed = np.bincount(inverse, weights=values.astype(np.float64), minlength=len(groups))
+        out[c] = summed.astype(np.int64) if values.dtype.kind in "iu" else summed  # counts: exact below 2^53
+    out["normalized_l2"] = normalized_l2_of(out["sum_sq_diff"], out["sum_sq_a"])
     changed = f"n_changed_{threshold_key(tau)}"
-    numeric = [c for c in df.columns if c not in (*keys, "name")]
-    g = df.fillna({"layer": -1, "expert": -1}).groupby(keys, sort=True)[numeric].sum().reset_index()
-    g[["layer", "expert"]] = g[["layer", "expert"]].astype("Int64").replace(-1, pd.NA)
-    g["normalized_l2"] = normalized_l2_of(g["sum_sq_diff"].to_numpy(np.float64), g["sum_sq_a"].to_numpy(np.float64))
-    if changed in g:
-        g[f"fraction_changed_{threshold_key(tau)}"] = g[changed] / g["numel"]
+    if changed in out:
+        out[f"fraction_changed_{threshold_key(tau)}"] = out[changed] / out["numel"]
+    g = pd.DataFrame(out)
     return g.sort_values("normalized_l2", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _one(value) -> np.ndarray:
+    """A one-element object array holding ``value`` (a string, an int or None)."""
+    out = np.empty(1, dtype=object)
+    out[0] = value
+    return out

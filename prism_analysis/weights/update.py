@@ -45,6 +45,20 @@ USE_FUSED = True
 #: Smaller tensors take the torch path: as fast there, and small models never import numba.
 FUSED_MIN_NUMEL = 1 << 20
 
+#: In a checkpoint that has a tensor of FUSED_MIN_NUMEL elements or more (so numba is imported
+#: anyway), tensors from this size on take the fused kernel too: on the torch path a LLaMA's 256 K
+#: element k/v projections cost ~20x more per element than on the kernel.
+FUSED_SMALL_NUMEL = 1 << 16
+
+
+def fused_min_numel_for(largest: int) -> int | None:
+    """The smallest CPU tensor for the fused kernel in a checkpoint whose largest tensor has
+    ``largest`` elements: :data:`FUSED_SMALL_NUMEL` once that is at least :data:`FUSED_MIN_NUMEL`
+    (numba is imported anyway), else None (the default, :data:`FUSED_MIN_NUMEL`: small models
+    never import numba). A function of the checkpoint alone, so an audit of the same pair gives
+    the same bits every time."""
+    return min(FUSED_MIN_NUMEL, FUSED_SMALL_NUMEL) if largest >= FUSED_MIN_NUMEL else None
+
 
 FUSED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 

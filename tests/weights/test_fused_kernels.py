@@ -270,3 +270,45 @@ def test_unit_rows_bit_identical_counts_to_the_torch_path(dtype, axis, data):
     x, y = torch.where(finite, x, 0.0), torch.where(finite, y, 0.0)
     scale = torch.stack([((y - x) ** 2).sum(1 - axis), (x * x).sum(1 - axis)], 1)
     assert ((got[:, :2] - ref[:, :2]).abs() <= 1e-13 * scale + 1e-300).all()
+
+
+@pytest.mark.parametrize("with_large", [True, False])
+def test_audit_takes_the_kernel_for_small_tensors_only_beside_a_large_one(tmp_path, monkeypatch, with_large):
+    """fused_min_numel_for: a 128 K-element tensor takes the fused kernel in a checkpoint that also
+    holds a 1 M-element one (numba is loaded anyway), the torch path in one without; either way its
+    counts equal and its sums agree to 1e-13 with the torch path, and heads/neurons follow the same
+    rule. The rule is the checkpoint's, so the same pair gives the same bits every time."""
+    from safetensors.torch import save_file
+
+    from prism_analysis.weights import audit as audit_module
+    from prism_analysis.weights import units as units_module
+
+    g = torch.Generator().manual_seed(0)
+    small = "model.layers.0.mlp.up_proj.weight"
+    a = {small: torch.randn(512, 256, generator=g).to(torch.bfloat16)}
+    if with_large:
+        a["model.layers.1.mlp.up_proj.weight"] = torch.randn(1024, 1024, generator=g).to(torch.bfloat16)
+    b = {k: (v.float() + 0.01 * torch.randn(v.shape, generator=g)).to(torch.bfloat16) for k, v in a.items()}
+    for name, state in (("a", a), ("b", b)):
+        save_file(state, tmp_path / f"{name}.safetensors")
+    sizes = []
+    for name in ("pair_stats", "unit_row_stats"):
+        original = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda x, *r, _f=original, **k: sizes.append(x.numel()) or _f(x, *r, **k))
+    res = audit_module.audit(tmp_path / "a.safetensors", tmp_path / "b.safetensors", progress=False, units=("neurons",))
+    assert (512 * 256 in sizes) == with_large and sizes.count(512 * 256) == (2 if with_large else 0)
+    again = audit_module.audit(
+        tmp_path / "a.safetensors", tmp_path / "b.safetensors", progress=False, units=("neurons",)
+    )
+    assert res.tensors.equals(again.tensors) and res.neurons.equals(again.neurons)
+    row = res.tensors.set_index("name").loc[small]
+    sums, counts = _torch_pair_stats(a[small].float().reshape(-1), b[small].float().reshape(-1), res.thresholds)
+    assert row["sum_sq_diff"] == pytest.approx(sums[3], rel=1e-13) and row["sum_sq_a"] == pytest.approx(
+        sums[0], rel=1e-13
+    )
+    assert row["n_equal"] == counts[0]
+    ref = units_module.unit_table(units_module.unit_frame(small, a[small], b[small]))
+    mine = res.neurons[res.neurons["layer"] == 0].sort_values("neuron").reset_index(drop=True)
+    ref = ref.sort_values("unit").reset_index(drop=True)
+    assert (mine["n_changed_0.01"].to_numpy() == ref["n_changed_0.01"].to_numpy()).all()
+    assert np.allclose(mine["sum_sq_diff"], ref["sum_sq_diff"], rtol=1e-13, atol=0)

@@ -176,3 +176,54 @@ def test_normalized_l2_of_many_units_is_the_scalar_definition(pairs):
 
     d, a = (np.array(x, dtype=np.float64) for x in zip(*pairs))
     assert normalized_l2_of(d, a).tolist() == [normalized_l2(x, y) for x, y in pairs]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([None, 0, 1, 11]), st.sampled_from(["attn_q", "mlp_up"]),
+                          st.sampled_from([None, 0, 3]), st.sampled_from(["head", "neuron"]), st.integers(0, 4),
+                          st.floats(0, 4), st.floats(0, 4), st.integers(0, 9)), min_size=1, max_size=40))  # fmt: skip
+def test_unit_table_equals_a_pandas_group_by(rows):
+    """unit_table's numpy grouping against pandas' group-by written here: the same sums, keys, order
+    (largest normalized L2 first, ties in key order with no layer / expert first) and dtypes, from
+    rows, a table or the columns of unit_arrays."""
+    import pandas as pd
+
+    keys = ["layer", "component", "expert", "kind", "unit"]
+    df = pd.DataFrame(
+        [
+            dict(
+                zip(keys, r[:5]),
+                name="t",
+                numel=10,
+                sum_sq_diff=r[5],
+                sum_sq_a=r[6],
+                n_equal=r[7],
+                **{"n_changed_0.01": r[7]},
+            )
+            for r in rows
+        ]
+    )
+    g = (
+        df.fillna({"layer": -1, "expert": -1})
+        .groupby(keys, sort=True)[["numel", "sum_sq_diff", "sum_sq_a", "n_equal", "n_changed_0.01"]]
+        .sum()
+        .reset_index()
+    )
+    g[["layer", "expert"]] = g[["layer", "expert"]].astype("Int64").replace(-1, pd.NA)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nl2 = np.sqrt(g["sum_sq_diff"]) / np.sqrt(g["sum_sq_a"])
+    g["normalized_l2"] = np.where(g["sum_sq_a"] > 0, nl2, np.where(g["sum_sq_diff"] == 0, 0.0, np.inf))
+    g["fraction_changed_0.01"] = g["n_changed_0.01"] / g["numel"]
+    expected = g.sort_values("normalized_l2", ascending=False, kind="stable").reset_index(drop=True)
+    arrays = {c: df[c].to_numpy(dtype=object if c in ("layer", "component", "expert", "kind") else None) for c in df}
+    for given_as in (df, df.to_dict("records"), arrays):
+        table = unit_table(given_as)
+        import pandas.testing
+
+        pandas.testing.assert_frame_equal(table, expected, check_exact=True, check_dtype=False)
+        assert list(table.dtypes.astype(str)[["layer", "expert", "unit", "numel"]]) == [
+            "Int64",
+            "Int64",
+            "int64",
+            "int64",
+        ]
