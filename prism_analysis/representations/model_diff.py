@@ -489,11 +489,39 @@ def _max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return m, torch.where(x == m[:, None], where, x.shape[-1]).amin(-1)
 
 
+#: Output divergence of CPU logits through the fused kernel
+#: (:mod:`prism_analysis.representations.divergence_kernel`); False: the torch path everywhere.
+USE_KERNEL = True
+
+
+def _kernel_takes(xa: torch.Tensor, xb: torch.Tensor) -> bool:
+    """Whether :func:`_kl_pair` runs the fused CPU kernel on these logits (2-D CPU tensors of one
+    dtype of float32, bf16, fp16); the torch path takes the rest (GPU logits) with the same
+    definitions, equal to ~1e-13 relative."""
+    return (
+        USE_KERNEL
+        and xa.dim() == 2
+        and xa.shape == xb.shape
+        and xa.device.type == "cpu"
+        and xb.device.type == "cpu"
+        and xa.dtype == xb.dtype
+        and xa.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    )
+
+
 def _kl_pair(xa: torch.Tensor, xb: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``(KL(P_a || P_b), KL(P_b || P_a), lse_a, lse_b, argmax_a, argmax_b)`` per row of logits
     (float64 arithmetic whatever their dtype), KL clamped at 0:
     ``KL(P_a || P_b) = sum_v P_a(v) (x_a(v) - x_b(v)) - (lse_a - lse_b)`` (equal to
-    ``sum P_a (log P_a - log P_b)``; exactly 0 for equal logits)."""
+    ``sum P_a (log P_a - log P_b)``; exactly 0 for equal logits). CPU logits go through the fused
+    kernel (:mod:`~prism_analysis.representations.divergence_kernel`), others through torch."""
+    if _kernel_takes(xa, xb):
+        from .divergence_kernel import kl_rows
+
+        kl_ab, kl_ba, lse_a, lse_b, top_a, top_b, bad = kl_rows(xa, xb)
+        if bool(bad.any()):
+            raise PrismError("the model gives NaN logits on this probe; check the checkpoint and --dtype")
+        return kl_ab, kl_ba, lse_a, lse_b, top_a, top_b
     pa, lse_a, top_a = _softmax(xa)
     pb, lse_b, top_b = _softmax(xb)
     dx = xa.double() - xb  # float64 arithmetic: the difference of two stored logits, exact
@@ -583,9 +611,11 @@ def _diff_batch(sa: _Side, sb: _Side, texts: list[str], start: int, cfg: _Settin
     # float64 work in chunks of `chunk` rows (cache-sized on the CPU); heads in blocks of `block` rows
     chunk = max(1, min(rows, cfg.chunk_elements // max(V, 1)))
     block = chunk * max(1, HEAD_ELEMENTS // (chunk * max(V, 1)))
+    # the fused kernel reads each row twice whatever the chunk: one call (one parallel region) a batch
+    out_chunk = rows if _kernel_takes(la[0:1], lb[0:1]) else chunk
     with _serial(zA.device):  # the float64 work: one thread on the CPU (see _serial)
-        for c0 in range(0, rows, chunk):
-            sl = slice(c0, c0 + chunk)
+        for c0 in range(0, rows, out_chunk):
+            sl = slice(c0, c0 + out_chunk)
             xa, xb = la[sl], lb[sl]
             ka, kb, lse_a[sl], lse_b[sl], ta, tb = _kl_pair(xa, xb)
             kl_ab[sl], kl_ba[sl] = ka.cpu().numpy(), kb.cpu().numpy()
@@ -597,26 +627,20 @@ def _diff_batch(sa: _Side, sb: _Side, texts: list[str], start: int, cfg: _Settin
             lp_b[sl] = torch.where(has, xb.gather(1, idx)[:, 0].double() - lse_b[sl], nan).cpu().numpy()
     for b0 in range(0, rows, block) if lens_inner else ():
         blk = slice(b0, b0 + block)
-        p_out = (
-            torch.softmax(la[blk], -1, dtype=torch.float64),
-            torch.softmax(lb[blk], -1, dtype=torch.float64),
-        )  # this block's P_A, P_B
         for j, layer in enumerate(lens_inner):
             with torch.no_grad():
                 za, zb = sa.head(hA_rows[layer, blk]), sb.head(hB_rows[layer, blk])
+            step = za.shape[0] if _kernel_takes(za, zb) else chunk  # the kernel: the block at once
             with _serial(zA.device):
-                for c0 in range(0, za.shape[0], chunk):
-                    sl, g = slice(c0, c0 + chunk), slice(b0 + c0, b0 + c0 + chunk)
+                for c0 in range(0, za.shape[0], step):
+                    sl, g = slice(c0, c0 + step), slice(b0 + c0, b0 + c0 + step)
                     qa, qb = za[sl], zb[sl]
-                    k_ab, k_ba, lse_qa, lse_qb, top_qa, top_qb = _kl_pair(qa, qb)
-                    out = [k_ab, k_ba]
-                    sides = ((la[g], qa, lse_a[g], lse_qa, p_out[0][sl]), (lb[g], qb, lse_b[g], lse_qb, p_out[1][sl]))
-                    for x, q, lse, lse_q, p in sides:  # KL(P_output || lens) = sum P_out (x - q) - (lse - lse_q)
-                        out.append((_dot(p, x.double() - q) - (lse - lse_q)).clamp_min_(0))  # float64
-                    out.append((top_qa == top_qb).double())
+                    k_ab, k_ba, _, _, top_qa, top_qb = _kl_pair(qa, qb)
+                    # each model's KL(P_output || lens): the first KL of the pair (output, lens)
+                    ka_out, kb_out = _kl_pair(la[g], qa)[0], _kl_pair(lb[g], qb)[0]
+                    out = [k_ab, k_ba, ka_out, kb_out, (top_qa == top_qb).double()]
                     per_layer[j, g] = torch.stack(out, -1).cpu().numpy()
             del za, zb
-        del p_out
     agree = top1_a == top1_b
     # per prompt, per lens layer: sums in row order (numpy, on the CPU: the same on every rank)
     layer_rows = []

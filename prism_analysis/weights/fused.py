@@ -61,6 +61,10 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from ..simd import bits_float as _from_order_bits
+from ..simd import float_bits as _order_bits
+from ..simd import sum_add as _sum_add
+
 #: Elements per parallel task; each task's partial results are combined after all have run.
 BLOCK = 1 << 16
 #: Elements per sub-chunk of a block: the rule's float64 operands (2 x 8 KB) stay in the L1 cache.
@@ -94,43 +98,6 @@ def _widen(typingctx, u):  # pragma: no cover - compiled
         return context.make_tuple(builder, signature.return_type, (value, finite))
 
     return types.Tuple((types.float64, types.boolean))(u), codegen
-
-
-@intrinsic
-def _sum_add(typingctx, s, v):  # pragma: no cover - compiled
-    """``s + v`` marked reassociable (and nothing else: no FMA, no NaN/Inf assumptions), so that
-    the compiler vectorizes a running sum into interleaved partial sums (see the module docstring)."""
-    if s != types.float64 or v != types.float64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.fadd(args[0], args[1], flags=("reassoc",))
-
-    return types.float64(types.float64, types.float64), codegen
-
-
-@intrinsic
-def _order_bits(typingctx, v):  # pragma: no cover - compiled
-    """The bits of a float64 as int64: for v >= 0 they order as the values, so max is an integer max."""
-    if v != types.float64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return types.int64(types.float64), codegen
-
-
-@intrinsic
-def _from_order_bits(typingctx, i):  # pragma: no cover - compiled
-    """Inverse of :func:`_order_bits`."""
-    if i != types.int64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return types.float64(types.int64), codegen
 
 
 @njit(inline="always", cache=True)
