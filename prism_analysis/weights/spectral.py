@@ -37,7 +37,9 @@ in float64 on the tensors' device (the GPU when the audit runs there):
 Large matrices (min(m, n) above :data:`FULL_SVD_MAX`, or more than :data:`FULL_SVD_MAX_NUMEL`
 elements: a large vocabulary's embedding) take a randomized SVD (Halko, Martinsson &
 Tropp 2011, Alg. 4.4: Gaussian sketch of ``rank + OVERSAMPLE`` columns, ``POWER_ITERS`` power
-iterations re-orthonormalised by QR, seeded) for the top :data:`RANDOMIZED_RANK` singular triplets
+iterations re-orthonormalised by QR, seeded; the sketch and all but the last iteration in float32,
+the last iteration and the singular values in float64: :func:`randomized_svd`) for the top
+:data:`RANDOMIZED_RANK` singular triplets
 of W_A, W_B and dW, of which the subspaces keep the top k. There the effective rank is an
 estimate: the top RANDOMIZED_RANK singular values and, for the rest, the exact residual energy
 ||dW||_F^2 - sum_kept s_i^2 spread over equal values no larger than the smallest value kept
@@ -96,20 +98,36 @@ def randomized_svd(
     """Top-``rank`` singular triplets (U, S, V with W ~ U diag(S) V^T) of ``W`` by randomized
     subspace iteration (Halko et al. 2011, Alg. 4.4), in W's dtype and device, seeded.
 
-    Error: the sketch of ``rank + oversample`` columns after q power iterations captures the top
-    singular directions up to a factor (s_{rank+1} / s_i)^(2q+1) of the spectrum's decay.
+    Mixed precision: a float64 ``W`` is rounded to float32 once, and the Gaussian sketch and the
+    first ``power_iters - 1`` power iterations run on that copy (float32 GEMMs and QRs, twice as
+    fast); the last power iteration runs on ``W`` itself in float64, and gives the Rayleigh-Ritz
+    step for free: with ``P = orth(W^T Q)`` and ``W P = Q' R``, ``Q'^T W P = R``, so the SVD of the
+    small ``R`` gives S and the two subspaces (a two-sided projection ``Q' Q'^T W P P^T``; no
+    further product with W). The float32 iterations only have to find the subspace: the float64
+    iteration multiplies every error of it, rounding included, by (s_{w+1} / s_i)^2, and the
+    singular values come from W, not from its float32 copy.
+
+    Error: the sketch of ``w = rank + oversample`` columns after q power iterations captures the
+    top singular directions up to a factor (s_{w+1} / s_i)^(2q+1) of the spectrum's decay, plus
+    float32 rounding (~1e-7) damped by the last, float64 iteration.
     """
     m, n = W.shape
     width = min(rank + oversample, m, n)
     gen = torch.Generator(device=W.device).manual_seed(seed)
-    omega = torch.randn(n, width, dtype=W.dtype, device=W.device, generator=gen)
-    Q = torch.linalg.qr(W @ omega).Q
-    for _ in range(power_iters):
-        Q = torch.linalg.qr(W.mT @ Q).Q
-        Q = torch.linalg.qr(W @ Q).Q
-    Ub, S, Vh = torch.linalg.svd(Q.mT @ W, full_matrices=False)
+    low = W.float() if W.dtype == torch.float64 else W  # the sketching copy
+    omega = torch.randn(n, width, dtype=low.dtype, device=W.device, generator=gen)
+    Q = torch.linalg.qr(low @ omega).Q
+    for _ in range(max(power_iters - 1, 0)):
+        Q = torch.linalg.qr(low.mT @ Q).Q
+        Q = torch.linalg.qr(low @ Q).Q
+    del low
+    # the last iteration in W's own precision, and Rayleigh-Ritz on both sides at no extra product:
+    # P = orth(W^T Q), W P = Q' R, so Q'^T W P = R and W ~ Q' R P^T, whose SVD is that of R (w x w)
+    P = torch.linalg.qr(W.mT @ Q.to(W.dtype)).Q
+    Q, R = torch.linalg.qr(W @ P)
+    Ur, S, Vrh = torch.linalg.svd(R)
     r = min(rank, width)
-    return (Q @ Ub)[:, :r], S[:r], Vh[:r].mT
+    return (Q @ Ur)[:, :r], S[:r], (P @ Vrh.mT)[:, :r]
 
 
 def top_svd(W: torch.Tensor, rank: int, method: str = "auto", full_max: int = FULL_SVD_MAX):

@@ -294,7 +294,7 @@ def test_audit_spectral_reads_base_plus_lora_adapter_and_finds_its_rank(tmp):
     """Any checkpoint form: BASE+ADAPTER (merged tensor by tensor). A rank-4 LoRA update of q and v
     has stable and effective rank at most 4 (up to the float32 rounding of the merge); k is unchanged."""
     pytest.importorskip("peft")
-    from test_lora import QV, make_lora
+    from checkpoints.test_lora import QV, make_lora
 
     from prism_analysis.weights.audit import audit
 
