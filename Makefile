@@ -33,7 +33,7 @@ $(VENV)/.test: pyproject.toml $(VENV)/.created
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# The main job: the miniature PRISM study (tiny preset: 12 minutes on an idle 2-core machine, 16 on a busier one).
+# The main job: the miniature PRISM study (tiny preset: 12-14 minutes on an idle 2-core machine, 16 on a busier one).
 demo: $(VENV)/.train
 	$(VENV)/bin/prism reproduce --preset tiny --out $(DEMO_OUT)
 
