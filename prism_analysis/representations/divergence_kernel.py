@@ -20,8 +20,11 @@ change no bit.
 
 Why: the torch path makes about ten passes over float64 copies of the logits (softmax, maximum
 and index, difference, two dot products) on one thread; this reads each float32 logit twice and
-keeps everything in registers, on all cores -- ``benchmarks/diff.py``. A NaN logit (or a row whose
-maximum is not finite) is reported in ``bad`` for the caller to refuse, as the torch path does.
+keeps everything in registers, on all cores -- ``benchmarks/diff.py``. A -inf logit (a token a
+model rules out) has probability 0 and adds nothing to the sums, so a KL towards a model that rules
+out a token the other allows is +inf, as it is. A NaN or +inf logit, or a row of -inf logits, has no
+distribution: the row is reported in ``bad`` for the caller to refuse (the torch path refuses the
+same rows).
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from ..simd import exp_nonpositive, sum_add
 @njit(parallel=True, cache=True, nogil=True)
 def _kl_rows(xa, xb):  # pragma: no cover - compiled
     """Per row r of float32 ``xa``, ``xb`` (rows x V, C-contiguous): ``out[r] = [KL(a||b), KL(b||a),
-    lse_a, lse_b]``, ``top[r] = [argmax a, argmax b]`` (first index), ``bad[r]``: a NaN or a
-    non-finite maximum in the row."""
+    lse_a, lse_b]``, ``top[r] = [argmax a, argmax b]`` (first index), ``bad[r]``: a NaN, a +inf or a
+    row of -inf logits (no distribution) in either model."""
     rows, V = xa.shape
     out = np.empty((rows, 4))
     top = np.zeros((rows, 2), dtype=np.int64)
@@ -73,13 +76,15 @@ def _kl_rows(xa, xb):  # pragma: no cover - compiled
         for j in range(V):  # vectorized: float64 exponentials and reassociable sums
             x = np.float64(a[j])
             y = np.float64(b[j])
-            e_a = exp_nonpositive(x - mad)
-            e_b = exp_nonpositive(y - mbd)
+            # a -inf logit has probability 0 and adds nothing (0 log 0 = 0), even where x - y is
+            # infinite or NaN; the other model's KL then comes out +inf, as it is
+            e_a = exp_nonpositive(x - mad) if x != -np.inf else 0.0
+            e_b = exp_nonpositive(y - mbd) if y != -np.inf else 0.0
             d = x - y
             s_a = sum_add(s_a, e_a)
             s_b = sum_add(s_b, e_b)
-            d_a = sum_add(d_a, e_a * d)
-            d_b = sum_add(d_b, e_b * d)
+            d_a = sum_add(d_a, e_a * d if e_a > 0.0 else 0.0)
+            d_b = sum_add(d_b, e_b * d if e_b > 0.0 else 0.0)
         lse_a = mad + math.log(s_a)
         lse_b = mbd + math.log(s_b)
         c = lse_a - lse_b

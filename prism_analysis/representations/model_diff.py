@@ -476,8 +476,9 @@ def _softmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     one pass of exp serves both."""
     p = torch.softmax(x, -1, dtype=torch.float64)
     m, top = _max(x)
-    if bool((top >= x.shape[-1]).any()):  # no element equals the max: NaN logits
-        raise PrismError("the model gives NaN logits on this probe; check the checkpoint and --dtype")
+    # no element equals the max (NaN logits), a +inf logit, or a row of -inf: no distribution
+    if bool((top >= x.shape[-1]).any()) or not bool(torch.isfinite(m).all()):
+        raise PrismError(NON_FINITE)
     return p, m.double() - p.gather(1, top[:, None])[:, 0].log(), top
 
 
@@ -488,6 +489,13 @@ def _max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     where = torch.arange(x.shape[-1], device=x.device)
     return m, torch.where(x == m[:, None], where, x.shape[-1]).amin(-1)
 
+
+NON_FINITE = (
+    "the model gives NaN or +inf logits (or -inf for every token) on this probe; check the checkpoint and --dtype"
+)
+#: Rows of logits per call of the fused kernel: one parallel region a call, and the copies it may
+#: need (rows of a padded batch gathered, bf16/fp16 widened to float32) bounded by this many rows.
+KERNEL_ROWS = 64
 
 #: Output divergence of CPU logits through the fused kernel
 #: (:mod:`prism_analysis.representations.divergence_kernel`); False: the torch path everywhere.
@@ -520,14 +528,18 @@ def _kl_pair(xa: torch.Tensor, xb: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
         kl_ab, kl_ba, lse_a, lse_b, top_a, top_b, bad = kl_rows(xa, xb)
         if bool(bad.any()):
-            raise PrismError("the model gives NaN logits on this probe; check the checkpoint and --dtype")
+            raise PrismError(NON_FINITE)
         return kl_ab, kl_ba, lse_a, lse_b, top_a, top_b
     pa, lse_a, top_a = _softmax(xa)
     pb, lse_b, top_b = _softmax(xb)
-    dx = xa.double() - xb  # float64 arithmetic: the difference of two stored logits, exact
+    dx = xa.double() - xb.double()  # float64 arithmetic: the difference of two stored logits, exact
     c = lse_a - lse_b
-    kl_ab = (_dot(pa, dx) - c).clamp_min_(0)
-    kl_ba = (c - _dot(pb, dx)).clamp_min_(0)
+    if bool(torch.isinf(dx).any()) or bool(torch.isnan(dx).any()):  # -inf logits: probability 0 adds 0
+        kl_ab = (torch.where(pa > 0, pa * dx, 0.0).sum(-1) - c).clamp_min_(0)
+        kl_ba = (c - torch.where(pb > 0, pb * dx, 0.0).sum(-1)).clamp_min_(0)
+    else:
+        kl_ab = (_dot(pa, dx) - c).clamp_min_(0)
+        kl_ba = (c - _dot(pb, dx)).clamp_min_(0)
     return kl_ab, kl_ba, lse_a, lse_b, top_a, top_b
 
 
@@ -611,8 +623,8 @@ def _diff_batch(sa: _Side, sb: _Side, texts: list[str], start: int, cfg: _Settin
     # float64 work in chunks of `chunk` rows (cache-sized on the CPU); heads in blocks of `block` rows
     chunk = max(1, min(rows, cfg.chunk_elements // max(V, 1)))
     block = chunk * max(1, HEAD_ELEMENTS // (chunk * max(V, 1)))
-    # the fused kernel reads each row twice whatever the chunk: one call (one parallel region) a batch
-    out_chunk = rows if _kernel_takes(la[0:1], lb[0:1]) else chunk
+    # the fused kernel reads each row twice whatever the chunk: KERNEL_ROWS rows a call
+    out_chunk = KERNEL_ROWS if _kernel_takes(la[0:1], lb[0:1]) else chunk
     with _serial(zA.device):  # the float64 work: one thread on the CPU (see _serial)
         for c0 in range(0, rows, out_chunk):
             sl = slice(c0, c0 + out_chunk)
@@ -630,7 +642,7 @@ def _diff_batch(sa: _Side, sb: _Side, texts: list[str], start: int, cfg: _Settin
         for j, layer in enumerate(lens_inner):
             with torch.no_grad():
                 za, zb = sa.head(hA_rows[layer, blk]), sb.head(hB_rows[layer, blk])
-            step = za.shape[0] if _kernel_takes(za, zb) else chunk  # the kernel: the block at once
+            step = KERNEL_ROWS if _kernel_takes(za, zb) else chunk
             with _serial(zA.device):
                 for c0 in range(0, za.shape[0], step):
                     sl, g = slice(c0, c0 + step), slice(b0 + c0, b0 + c0 + step)

@@ -237,7 +237,9 @@ def unit_table(rows, tau: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
     largest normalized L2 first (ties: layer, component, expert, unit; no layer or expert first).
 
     Grouped in numpy (one sort of the units' keys and a weighted ``bincount`` per column): an
-    MLP's tens of thousands of neurons never go through pandas' group-by."""
+    MLP's tens of thousands of neurons never go through pandas' group-by. The same table as
+    pandas' group-by; its sums are the same bits for units with one or two rows (a weight, and
+    its bias), the case of every checkpoint (pandas adds longer groups with Kahan summation)."""
     if isinstance(rows, dict):
         cols = rows
     else:
@@ -263,8 +265,10 @@ def unit_table(rows, tau: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
             values[has] = np.asarray(unique, dtype=np.int64)[picked[has]]
             out[key] = pd.array(values, dtype="Int64")
             out[key][~has] = pd.NA
-        else:
+        elif key == "unit":
             out[key] = np.asarray(unique)[picked]
+        else:  # strings: the few unique values as pandas stores them (its inferred dtype), taken per row
+            out[key] = pd.Series(np.asarray(unique, dtype=object)).array.take(picked)
     numeric = [c for c in cols if c not in (*keys, "name")]
     for c in numeric:
         values = np.asarray(cols[c])
@@ -274,8 +278,10 @@ def unit_table(rows, tau: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
     changed = f"n_changed_{threshold_key(tau)}"
     if changed in out:
         out[f"fraction_changed_{threshold_key(tau)}"] = out[changed] / out["numel"]
-    g = pd.DataFrame(out)
-    return g.sort_values("normalized_l2", ascending=False, kind="stable").reset_index(drop=True)
+    # largest first, ties in key order (a stable sort of the negated values; NaN, if any, last):
+    # pandas' sort_values(ascending=False, kind="stable") order, on the arrays before the table
+    order = np.argsort(-out["normalized_l2"], kind="stable")
+    return pd.DataFrame({c: v[order] for c, v in out.items()})
 
 
 def _one(value) -> np.ndarray:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
+from prism_analysis.errors import PrismError
 from prism_analysis.representations import model_diff
 from prism_analysis.representations.divergence_kernel import kl_rows
 from prism_analysis.simd import exp_nonpositive
@@ -49,12 +51,12 @@ def reference(xa: torch.Tensor, xb: torch.Tensor):
     st.integers(2, 3000),
     st.floats(0.1, 30),
     st.floats(0, 1),
-    st.sampled_from([torch.float32, torch.bfloat16]),
+    st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
     st.integers(0, 2**31),
 )
 def test_kl_rows_against_float64_log_softmax(rows, vocab, scale, noise, dtype, seed):
     g = torch.Generator().manual_seed(seed)
-    xa = (scale * torch.randn(rows, vocab, generator=g)).to(dtype)
+    xa = (min(scale, 10.0 if dtype == torch.float16 else scale) * torch.randn(rows, vocab, generator=g)).to(dtype)
     xb = (xa.float() + noise * torch.randn(rows, vocab, generator=g)).to(dtype)
     xb[0] = xa[0]  # an identical row: KL exactly 0 both ways
     kl_ab, kl_ba, lse_a, lse_b, top_a, top_b, bad = kl_rows(xa, xb)
@@ -87,6 +89,29 @@ def test_kl_rows_first_index_on_ties_nan_rows_and_threads():
         numba.set_num_threads(before)
     many = kl_rows(big, other)
     assert all(torch.equal(p, q) for p, q in zip(one, many))  # rows are independent: same bits
+
+
+def test_infinite_logits_kernel_and_torch_path_agree(monkeypatch):
+    """A -inf logit has probability 0 and adds nothing: KL towards the model that rules the token
+    out is +inf, the other way finite (the sum over the tokens both allow, written here); the same
+    -inf in both models changes nothing. NaN, +inf and an all -inf row are refused, on both paths."""
+    x = torch.tensor([[0.0, 1.0, -torch.inf, 2.0], [0.0, 1.0, -torch.inf, 2.0]])
+    y = torch.tensor([[0.0, 1.0, 0.5, 2.5], [0.5, 1.0, -torch.inf, 2.0]])
+    la, lb = torch.log_softmax(x.double(), -1), torch.log_softmax(y.double(), -1)
+    pa = la.exp()
+    expected_ab = torch.where(pa > 0, pa * (la - lb), 0.0).sum(-1)
+    for use_kernel in (True, False):
+        monkeypatch.setattr(model_diff, "USE_KERNEL", use_kernel)
+        kl_ab, kl_ba, *_ = model_diff._kl_pair(x, y)
+        torch.testing.assert_close(kl_ab, expected_ab, rtol=1e-12, atol=1e-15)
+        assert kl_ba[0] == torch.inf and torch.isfinite(kl_ba[1]) and kl_ba[1] > 0
+        for bad in (float("nan"), torch.inf):
+            z = y.clone()
+            z[1, 0] = bad
+            with pytest.raises(PrismError, match="NaN or \\+inf"):
+                model_diff._kl_pair(x, z)
+        with pytest.raises(PrismError, match="NaN or \\+inf"):
+            model_diff._kl_pair(x, torch.full_like(y, -torch.inf))
 
 
 def test_prism_diff_kernel_equals_the_torch_path(monkeypatch):

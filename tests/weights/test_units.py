@@ -178,10 +178,15 @@ def test_normalized_l2_of_many_units_is_the_scalar_definition(pairs):
     assert normalized_l2_of(d, a).tolist() == [normalized_l2(x, y) for x, y in pairs]
 
 
+#: sums of squares as multiples of 1/4: exact in any order (pandas adds a group with Kahan
+#: summation, unit_table in row order; they agree exactly for real audits' groups of one or two rows)
+QUARTERS = st.integers(0, 16).map(lambda i: i / 4)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([None, 0, 1, 11]), st.sampled_from(["attn_q", "mlp_up"]),
                           st.sampled_from([None, 0, 3]), st.sampled_from(["head", "neuron"]), st.integers(0, 4),
-                          st.floats(0, 4), st.floats(0, 4), st.integers(0, 9)), min_size=1, max_size=40))  # fmt: skip
+                          QUARTERS, QUARTERS, st.integers(0, 9)), min_size=1, max_size=40))  # fmt: skip
 def test_unit_table_equals_a_pandas_group_by(rows):
     """unit_table's numpy grouping against pandas' group-by written here: the same sums, keys, order
     (largest normalized L2 first, ties in key order with no layer / expert first) and dtypes, from
