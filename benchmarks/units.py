@@ -6,6 +6,7 @@ moved by ~3%); both audits read it from a warm page cache. Prints seconds and th
 
   python benchmarks/units.py            # hidden 1024, 8 layers (~0.5 GB per checkpoint)
   python benchmarks/units.py --quick    # hidden 512, 4 layers
+  python benchmarks/units.py --hidden 2048 --layers 8   # ~1.1 GB per checkpoint
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ def timed(fn, repeats: int = 3) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--layers", type=int, default=8)
     args = ap.parse_args()
-    hidden, layers = (512, 4) if args.quick else (1024, 8)
+    hidden, layers = (512, 4) if args.quick else (args.hidden, args.layers)
     with tempfile.TemporaryDirectory() as tmp:
         a, b = make_pair(Path(tmp), hidden, layers)
         audit(a, b, progress=False)  # warm the page cache and numba's compiled kernels
