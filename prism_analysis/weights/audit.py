@@ -257,13 +257,19 @@ def audit(
         kinds = [kind for kind, unit in _UNIT_KINDS.items() if unit in units]
 
         def per_tensor(name, tensors, parts):  # the row, and the columns of its heads and neurons
-            arrays = unit_arrays(name, *tensors, ca.config, (DEFAULT_THRESHOLD,), fused_min)
+            rows = [acc.unit_rows for _, acc in parts["update"]]  # rows the audit's pass measured
+            arrays = unit_arrays(name, *tensors, ca.config, (DEFAULT_THRESHOLD,), fused_min, rows)
             if len(kinds) < len(_UNIT_KINDS):
                 keep = np.isin(arrays["kind"], kinds)
                 arrays = {c: v[keep] for c, v in arrays.items()}
             return _tensor_row(name, tensors, parts, (ca, cb)), arrays
 
-    statistics = [Statistic("update", lambda: UpdateStats(thresholds, fused_min_numel=fused_min), (0, 1))]
+    unit_tau = DEFAULT_THRESHOLD if units and DEFAULT_THRESHOLD in check_thresholds(thresholds) else None
+
+    def make_update():
+        return UpdateStats(thresholds, fused_min_numel=fused_min, unit_tau=unit_tau)
+
+    statistics = [Statistic("update", make_update, (0, 1))]
     if spectral:
         from .spectral import DEFAULT_K, SpectralStats
 

@@ -117,9 +117,11 @@ def _changed(lhs, rhs, tau):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _pair_block(a, b, taus, acc, cnt, ops):  # pragma: no cover - compiled
+def _pair_block(a, b, taus, acc, cnt, ops, ku, chunks):  # pragma: no cover - compiled
     """One block of :func:`_kernel` (``a``, ``b``: its stored bits): sums into ``acc`` (5), counts
-    into ``cnt`` (2 + len(taus)); ``ops``: scratch for the rule's operands (2 x SUB float64)."""
+    into ``cnt`` (2 + len(taus)); ``ops``: scratch for the rule's operands (2 x SUB float64).
+    ``chunks`` (one row per sub-chunk, or none): each sub-chunk's ``[sum (b-a)^2, sum a^2, n_equal,
+    n_nonfinite, n_changed at taus[ku]]``, the partials the sums above are made of."""
     n = a.size
     s_a2 = 0.0
     s_b2 = 0.0
@@ -132,6 +134,8 @@ def _pair_block(a, b, taus, acc, cnt, ops):  # pragma: no cover - compiled
         m = min(SUB, n - start)
         sa = a[start : start + m]
         sb = b[start : start + m]
+        eq0 = n_eq
+        nf0 = n_nf
         c_a2 = 0.0
         c_b2 = 0.0
         c_ab = 0.0
@@ -175,6 +179,13 @@ def _pair_block(a, b, taus, acc, cnt, ops):  # pragma: no cover - compiled
             cnt[2 + k] += c0
             cnt[3 + k] += c1
             cnt[4 + k] += c2
+            if chunks.shape[0] and k <= ku < k + GROUP:
+                chunks[start // SUB, 4] = c0 if ku == k else (c1 if ku == k + 1 else c2)
+        if chunks.shape[0]:
+            chunks[start // SUB, 0] = c_d2
+            chunks[start // SUB, 1] = c_a2
+            chunks[start // SUB, 2] = n_eq - eq0
+            chunks[start // SUB, 3] = n_nf - nf0
     acc[0] = s_a2
     acc[1] = s_b2
     acc[2] = s_ab
@@ -185,20 +196,24 @@ def _pair_block(a, b, taus, acc, cnt, ops):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _kernel(a, b, taus):  # pragma: no cover - compiled
+def _kernel(a, b, taus, ku, want_chunks):  # pragma: no cover - compiled
     """Per block: ``acc[blk] = [sum a^2, sum b^2, sum a*b, sum (b-a)^2, max|b-a|]`` over finite
     pairs, ``cnt[blk] = [n_equal, n_nonfinite, n_changed per threshold]`` (``taus``: the sweep
     padded to a multiple of GROUP; the padding's counts are dropped). ``a``, ``b``: uint16 bf16
-    bits or uint32 float32 bits."""
+    bits or uint32 float32 bits. With ``want_chunks``, also every sub-chunk's partials
+    (:func:`_pair_block`; ``ku``: the threshold they count), else an empty array."""
     n = a.size
     nblocks = (n + BLOCK - 1) // BLOCK
     acc = np.zeros((nblocks, 5))
     cnt = np.zeros((nblocks, len(taus) + 2), dtype=np.int64)
+    chunks = np.zeros(((n + SUB - 1) // SUB if want_chunks else 0, 5))
+    per_block = BLOCK // SUB
     for blk in prange(nblocks):
         lo = blk * BLOCK
         hi = min(n, lo + BLOCK)
-        _pair_block(a[lo:hi], b[lo:hi], taus, acc[blk], cnt[blk], np.empty(2 * SUB))
-    return acc, cnt
+        mine = chunks[blk * per_block : (blk + 1) * per_block]
+        _pair_block(a[lo:hi], b[lo:hi], taus, acc[blk], cnt[blk], np.empty(2 * SUB), ku, mine)
+    return acc, cnt, chunks
 
 
 @njit(cache=True, nogil=True)
@@ -306,14 +321,42 @@ def overlap_stats(a1, b1, a2, b2, tau: float) -> tuple[list[float], list[int]]:
 
 def pair_stats(a: torch.Tensor, b: torch.Tensor, thresholds: tuple[float, ...]) -> tuple[list[float], list[int]]:
     """``([sum a^2, sum b^2, sum a*b, sum (b-a)^2, max|b-a|], [n_equal, n_nonfinite, n_changed per tau])``."""
+    sums, counts, _ = _pair(a, b, thresholds, -1)
+    return sums, counts
+
+
+def _pair(a, b, thresholds, ku: int):
+    """:func:`pair_stats`, and with ``ku >= 0`` the sub-chunk partials at ``thresholds[ku]``."""
     a, b = a.reshape(-1), b.reshape(-1)
     taus = [_check_tau(t) for t in thresholds]
     k = len(taus)
     taus += [math.inf] * (-k % GROUP)  # padding: its counts are dropped
     # a tuple, not an array: the kernel is compiled (and cached on disk) per padded sweep length
-    acc, cnt = _kernel(_bits(a), _bits(b), tuple(taus))
+    acc, cnt, chunks = _kernel(_bits(a), _bits(b), tuple(taus), ku, ku >= 0)
     sums = [*_fsum_columns(acc[:, :4]), float(acc[:, 4].max()) if len(acc) else 0.0]
-    return sums, cnt[:, : 2 + k].sum(axis=0).tolist()
+    return sums, cnt[:, : 2 + k].sum(axis=0).tolist(), chunks
+
+
+def rows_fit(shape) -> bool:
+    """Whether :func:`pair_and_row_stats` gives the row statistics of a tensor of this shape: 2-D,
+    rows a whole number of sub-chunks (every sub-chunk then lies in one row)."""
+    return len(shape) == 2 and shape[1] > 0 and shape[1] % SUB == 0
+
+
+def pair_and_row_stats(a: torch.Tensor, b: torch.Tensor, thresholds: tuple[float, ...], ku: int):
+    """:func:`pair_stats` of 2-D ``a``, ``b`` (:func:`rows_fit`), and from the same pass the
+    statistics of every row at ``thresholds[ku]``, as :func:`unit_row_stats` with ``axis=0`` gives
+    them (a float64 tensor, rows x ``[sum_sq_diff, sum_sq_a, n_equal, n_nonfinite, n_changed]``):
+    the row's sub-chunk partials added in order, so its sums differ from :func:`unit_row_stats`'
+    by rounding only (~1e-16 relative) and its counts not at all. The tensor's own sums are the
+    bits :func:`pair_stats` gives: the partials are recorded, not reordered."""
+    sums, counts, chunks = _pair(a, b, thresholds, ku)
+    rows, cols = a.shape
+    per_row = chunks.reshape(rows, cols // SUB, 5)
+    out = per_row[:, 0, :].copy()
+    for j in range(1, per_row.shape[1]):  # in order, left to right
+        out += per_row[:, j, :]
+    return sums, counts, torch.from_numpy(out)
 
 
 @njit(inline="always", cache=True)

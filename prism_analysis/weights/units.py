@@ -129,26 +129,34 @@ def unit_arrays(
     config: dict | None = None,
     thresholds=(DEFAULT_THRESHOLD,),
     fused_min_numel: int | None = None,
+    row_stats: list | None = None,
 ) -> dict[str, np.ndarray]:
     """The columns of :func:`unit_frame` as numpy arrays (``name``, ``layer``, ``component``,
     ``expert``, ``kind``: object arrays; ``layer``/``expert`` None where there is none), built
     column by column: an MLP's thousands of neurons cost no Python loop per unit, and the audit
     joins the arrays of every tensor into one table at the end (:func:`join_arrays`).
     ``fused_min_numel``: as :class:`~prism_analysis.weights.update.UpdateStats`' (the audit passes
-    :func:`~prism_analysis.weights.update.fused_min_numel_for` of the checkpoint)."""
+    :func:`~prism_analysis.weights.update.fused_min_numel_for` of the checkpoint). ``row_stats``:
+    per part (in the order of :func:`prism_analysis.components.parts`), the per-row statistics the
+    audit's own pass already gave (``UpdateStats.unit_rows``) or None; a part whose units are rows
+    uses them instead of reading its tensors again."""
     if a.shape != b.shape:
         raise ValueError(f"{name}: shapes differ ({tuple(a.shape)} vs {tuple(b.shape)})")
     config = config or {}
     geometry = head_geometry(config)
     thresholds = tuple(float(t) for t in thresholds)
     parts_ = []
-    for part in parts(name, tuple(a.shape), config):
+    for i, part in enumerate(parts(name, tuple(a.shape), config)):
         pa, pb = part.take(a), part.take(b)
         layout = _layout(name, part.component, pa, config, geometry)
         if layout is None:
             continue
         kind, axis, n_units, div = layout
-        stats = _row_stats(pa, pb, axis, thresholds, fused_min_numel)  # (size along axis, k) float64
+        given = row_stats[i] if row_stats is not None and axis == 0 and len(thresholds) == 1 else None
+        if given is not None and given.shape[0] == pa.shape[0]:
+            stats = given  # the audit pass's own rows: this part is not read again
+        else:
+            stats = _row_stats(pa, pb, axis, thresholds, fused_min_numel)  # (size along axis, k) float64
         size = pa.shape[axis]
         if size == n_units:  # a neuron per index: the rows are the units
             summed = stats.numpy()

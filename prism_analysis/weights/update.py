@@ -101,11 +101,18 @@ class UpdateStats(Accumulator):
     A pair of different dtypes (a bf16 checkpoint against an fp32 one) is compared in the wider
     dtype (``torch.promote_types``), never cast down, and leaves ``fraction_equal`` to the tensors
     whose dtypes match. Normalized L2 is NaN when no element is finite (nothing to measure).
+
+    ``unit_tau`` (one of ``thresholds``; the audit's ``units``): when a 2-D pair goes through the
+    fused kernel with rows of whole sub-chunks (:func:`prism_analysis.weights.fused.rows_fit`), the
+    same pass also gives every row's statistics at that threshold, left in ``unit_rows`` (a float64
+    tensor; None otherwise) for the heads and neurons of :mod:`prism_analysis.weights.units`. Not
+    a state: it belongs to the last pair updated, and merging ignores it.
     """
 
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     #: smallest CPU tensor for the fused kernel (None: :data:`FUSED_MIN_NUMEL`; live tracking lowers it)
     fused_min_numel: int | None = None
+    unit_tau: float | None = None
     numel: int = state(0)
     sum_sq_a: float = state(0.0)
     sum_sq_b: float = state(0.0)
@@ -121,6 +128,7 @@ class UpdateStats(Accumulator):
         self.thresholds = check_thresholds(self.thresholds)
         if not self.n_changed:
             self.n_changed = [0] * len(self.thresholds)
+        self.unit_rows = None
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> UpdateStats:
         """Add one tensor pair (same shape; any device). Different dtypes are compared in the wider one."""
@@ -128,13 +136,18 @@ class UpdateStats(Accumulator):
             raise ValueError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
         same_dtype = a.dtype == b.dtype
         a, b = promote(as_float(a), as_float(b))
-        a, b = a.reshape(-1), b.reshape(-1)
+        self.unit_rows = None
         if use_fused(a, b, min_numel=self.fused_min_numel):
             from . import fused
 
-            sums, counts = fused.pair_stats(a, b, self.thresholds)
+            if self.unit_tau in self.thresholds and fused.rows_fit(a.shape) and a.is_contiguous() and b.is_contiguous():
+                ku = self.thresholds.index(self.unit_tau)
+                sums, counts, self.unit_rows = fused.pair_and_row_stats(a, b, self.thresholds, ku)
+            else:
+                sums, counts = fused.pair_stats(a, b, self.thresholds)
         else:
-            sums, counts = _torch_pair_stats(a, b, self.thresholds)
+            sums, counts = _torch_pair_stats(a.reshape(-1), b.reshape(-1), self.thresholds)
+        a = a.reshape(-1)
         return self.add(
             {
                 "numel": a.numel(),

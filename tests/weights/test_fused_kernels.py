@@ -312,3 +312,54 @@ def test_audit_takes_the_kernel_for_small_tensors_only_beside_a_large_one(tmp_pa
     ref = ref.sort_values("unit").reset_index(drop=True)
     assert (mine["n_changed_0.01"].to_numpy() == ref["n_changed_0.01"].to_numpy()).all()
     assert np.allclose(mine["sum_sq_diff"], ref["sum_sq_diff"], rtol=1e-13, atol=0)
+
+
+def test_heads_and_neurons_from_the_audit_pass_equal_their_own_pass(tmp_path, monkeypatch):
+    """Row-layout units (q/k/v heads, up/gate neurons) whose rows are whole sub-chunks come out of
+    the audit kernel's own pass (fused.pair_and_row_stats, UpdateStats.unit_rows); they equal the
+    units measured on their own (the torch path, per tensor) -- counts exactly, sums to 1e-13 --
+    and the tensors' rows are the bits of an audit without units."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from prism_analysis.weights import audit as audit_module
+    from prism_analysis.weights import units as units_module
+
+    config = {"model_type": "llama", "hidden_size": 1024, "num_attention_heads": 16, "num_key_value_heads": 4}
+    shapes = {
+        "model.layers.0.self_attn.q_proj.weight": (1024, 1024),
+        "model.layers.0.self_attn.k_proj.weight": (256, 1024),
+        "model.layers.0.self_attn.o_proj.weight": (1024, 1024),
+        "model.layers.0.mlp.up_proj.weight": (2048, 1024),
+        "model.layers.0.mlp.down_proj.weight": (1024, 2048),
+    }
+    g = torch.Generator().manual_seed(0)
+    a = {k: torch.randn(s, generator=g).to(torch.bfloat16) for k, s in shapes.items()}
+    b = {k: (v.float() * (1 + 0.02 * torch.randn(v.shape, generator=g))).to(torch.bfloat16) for k, v in a.items()}
+    b["model.layers.0.mlp.up_proj.weight"][7, 3] = float("nan")
+    for name, state in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        save_file(state, tmp_path / name / "model.safetensors")
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    calls = []
+    original = fused.pair_and_row_stats
+    monkeypatch.setattr(fused, "pair_and_row_stats", lambda x, *r: calls.append(tuple(x.shape)) or original(x, *r))
+    own_pass = []
+    unit_rows = fused.unit_row_stats
+    monkeypatch.setattr(fused, "unit_row_stats", lambda x, *r: own_pass.append(tuple(x.shape)) or unit_rows(x, *r))
+    res = audit_module.audit(tmp_path / "a", tmp_path / "b", progress=False, units=("heads", "neurons"))
+    assert sorted(calls) == sorted(shapes.values())  # every 2-D pair records its rows (o, down use columns)
+    assert sorted(own_pass) == [(1024, 1024), (1024, 2048)]  # only o and down (units are columns) are read again
+    plain = audit_module.audit(tmp_path / "a", tmp_path / "b", progress=False)
+    assert res.tensors.equals(plain.tensors)
+    rows = [r for n in shapes for r in units_module.unit_stats(n, a[n], b[n], config)]  # torch path, per tensor
+    ref = units_module.unit_table(rows)
+    for kind, table in (("head", res.heads), ("neuron", res.neurons)):
+        want = ref[ref["kind"] == kind].sort_values(["component", "unit"]).reset_index(drop=True)
+        got = table.sort_values(["component", kind]).reset_index(drop=True)
+        assert len(got) == len(want) > 0
+        for col in ("numel", "n_equal", "n_nonfinite", "n_changed_0.01"):
+            assert got[col].tolist() == want[col].tolist(), (kind, col)
+        for col in ("sum_sq_diff", "sum_sq_a"):
+            np.testing.assert_allclose(got[col], want[col], rtol=1e-13, atol=0, err_msg=f"{kind} {col}")
