@@ -92,9 +92,22 @@ def init() -> bool:
     global _joined
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout()))
-        atexit.register(close)  # several commands in one process share the group; leave it at exit
+    leave_at_exit()  # several commands in one process share the group; leave it at exit
     _joined = True
     return True
+
+
+_leaving = False
+
+
+def leave_at_exit() -> None:
+    """Run :func:`close` at exit (registered once), whoever started the process group: prism's
+    analysis commands (:func:`init`) or accelerate in ``prism train`` / ``prism rl``, which leaves
+    its group to the interpreter's teardown (seen as the same SIGABRT at exit as below)."""
+    global _leaving
+    if not _leaving:
+        atexit.register(close)
+        _leaving = True
 
 
 def close() -> None:

@@ -36,7 +36,12 @@ def accelerator_for(device: str):
 
     if device == "cuda" and not torch.cuda.is_available():
         raise PrismError("--device cuda asks for a GPU, but torch sees none here (use cpu or auto)")
-    return Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
+    if accelerator.num_processes > 1:  # all ranks leave the group together at exit
+        from prism_analysis import distributed
+
+        distributed.leave_at_exit()
+    return accelerator
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
