@@ -14,7 +14,9 @@
   number: in a sum whose largest term is 1 (a softmax shifted by its maximum) that changes nothing.
   NaN in, NaN out.
 
-Imported only by numba code, so importing it costs what importing numba costs.
+Imported only by numba code, so importing it costs what importing numba costs. Numba's on-disk
+cache of a kernel is keyed by its own file only: after editing this module, clear the
+``__pycache__`` caches of the kernels that use it (or touch their files), or they keep the old code.
 """
 
 from __future__ import annotations
