@@ -196,17 +196,17 @@ def _pair_block(a, b, taus, acc, cnt, ops, ku, chunks):  # pragma: no cover - co
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _kernel(a, b, taus, ku, want_chunks):  # pragma: no cover - compiled
+def _kernel(a, b, taus, ku):  # pragma: no cover - compiled
     """Per block: ``acc[blk] = [sum a^2, sum b^2, sum a*b, sum (b-a)^2, max|b-a|]`` over finite
     pairs, ``cnt[blk] = [n_equal, n_nonfinite, n_changed per threshold]`` (``taus``: the sweep
     padded to a multiple of GROUP; the padding's counts are dropped). ``a``, ``b``: uint16 bf16
-    bits or uint32 float32 bits. With ``want_chunks``, also every sub-chunk's partials
+    bits or uint32 float32 bits. With ``ku >= 0``, also every sub-chunk's partials
     (:func:`_pair_block`; ``ku``: the threshold they count), else an empty array."""
     n = a.size
     nblocks = (n + BLOCK - 1) // BLOCK
     acc = np.zeros((nblocks, 5))
     cnt = np.zeros((nblocks, len(taus) + 2), dtype=np.int64)
-    chunks = np.zeros(((n + SUB - 1) // SUB if want_chunks else 0, 5))
+    chunks = np.zeros(((n + SUB - 1) // SUB if ku >= 0 else 0, 5))
     per_block = BLOCK // SUB
     for blk in prange(nblocks):
         lo = blk * BLOCK
@@ -332,7 +332,7 @@ def _pair(a, b, thresholds, ku: int):
     k = len(taus)
     taus += [math.inf] * (-k % GROUP)  # padding: its counts are dropped
     # a tuple, not an array: the kernel is compiled (and cached on disk) per padded sweep length
-    acc, cnt, chunks = _kernel(_bits(a), _bits(b), tuple(taus), ku, ku >= 0)
+    acc, cnt, chunks = _kernel(_bits(a), _bits(b), tuple(taus), ku)
     sums = [*_fsum_columns(acc[:, :4]), float(acc[:, 4].max()) if len(acc) else 0.0]
     return sums, cnt[:, : 2 + k].sum(axis=0).tolist(), chunks
 

@@ -140,7 +140,7 @@ class UpdateStats(Accumulator):
         if use_fused(a, b, min_numel=self.fused_min_numel):
             from . import fused
 
-            if self.unit_tau in self.thresholds and fused.rows_fit(a.shape) and a.is_contiguous() and b.is_contiguous():
+            if self.unit_tau in self.thresholds and fused.rows_fit(a.shape):
                 ku = self.thresholds.index(self.unit_tau)
                 sums, counts, self.unit_rows = fused.pair_and_row_stats(a, b, self.thresholds, ku)
             else:
