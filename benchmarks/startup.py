@@ -5,7 +5,9 @@ Each command runs as its own process, several times; the table gives the median 
   floor: import torch     python -c "import torch" (every command imports torch)
   prism --help            must be faster than importing torch
   prism audit (tiny)      a tiny LLaMA pair (1M parameters), tables and F11 figure: target <= 1.6x import torch
-                          (--no-figure beside it: what the figure costs)
+                          (--no-figure beside it: what the figure costs; PRISM_FIGURE_PROCESS=0 beside
+                          it: the figure drawn in the command's process instead of the helper that
+                          imports matplotlib while the command computes, prism_analysis.figure_process)
   prism audit (large)     a bf16 LLaMA-shaped pair of --large-gb per side, end to end (process start,
                           imports, streaming, tables, figure): target <= 2.5x the read floor
   floor: read both        reading both checkpoints' files once (readinto a 64 MiB buffer), warm cache
@@ -33,21 +35,36 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 #: the children's environment: bytecode caches written and used, as after a pip install (a shell
 #: with PYTHONDONTWRITEBYTECODE=1 would recompile prism's modules in every run, ~0.14 s)
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+#: (and figures drawn the way a user's command draws them: PRISM_FIGURE_PROCESS unset)
+ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PRISM_FIGURE_PROCESS")}
 
 
-def timed(cmd: list[str], repeat: int, cleanup: Path | None = None) -> float:
-    times = []
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)  # warm-up: caches
+def _run_once(cmd: list[str], cleanup: Path | None, env: dict) -> float:
+    if cleanup is not None:
+        shutil.rmtree(cleanup, ignore_errors=True)
+    t = time.perf_counter()
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    if r.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed: {r.stderr}")
+    return time.perf_counter() - t
+
+
+def timed_together(runs: list[tuple], repeat: int) -> list[float]:
+    """Median wall time of each ``(cmd, cleanup, env)``, run in turn within each repeat, so that
+    the floor and the commands see the same machine (import torch alone varied 1.24-1.53 s between
+    runs of this script an hour apart)."""
+    envs = [{**ENV, **(env or {})} for _, _, env in runs]
+    for (cmd, cleanup, _), env in zip(runs, envs):
+        _run_once(cmd, cleanup, env)  # warm-up: caches
+    times = [[] for _ in runs]
     for _ in range(repeat):
-        if cleanup is not None:
-            shutil.rmtree(cleanup, ignore_errors=True)
-        t = time.perf_counter()
-        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
-        times.append(time.perf_counter() - t)
-        if r.returncode:
-            raise SystemExit(f"{' '.join(cmd)} failed: {r.stderr}")
-    return statistics.median(times)
+        for i, ((cmd, cleanup, _), env) in enumerate(zip(runs, envs)):
+            times[i].append(_run_once(cmd, cleanup, env))
+    return [statistics.median(t) for t in times]
+
+
+def timed(cmd: list[str], repeat: int, cleanup: Path | None = None, env: dict | None = None) -> float:
+    return timed_together([(cmd, cleanup, env)], repeat)[0]
 
 
 def read_floor(paths: list[Path]) -> None:
@@ -77,16 +94,20 @@ def main() -> None:
         save_model(tiny_b, seed=0, perturb=0.01)
     out = work / "out"
     rows = []
-    torch_import = timed([sys.executable, "-c", "import torch"], args.repeat)
-    rows.append(("floor: python -c 'import torch'", torch_import, "1.00x import torch"))
-    t = timed([prism, "--help"], args.repeat)
-    rows.append(("prism --help", t, f"{t / torch_import:.2f}x import torch"))
-    t = timed([prism, "audit", str(tiny_a), str(tiny_b), "--quiet"], args.repeat)
-    rows.append(("prism audit, tiny pair, print only", t, f"{t / torch_import:.2f}x import torch"))
-    t = timed([prism, "audit", str(tiny_a), str(tiny_b), "--out", str(out), "--quiet", "--no-figure"], args.repeat, out)
-    rows.append(("prism audit, tiny pair, tables (--no-figure)", t, f"{t / torch_import:.2f}x import torch"))
-    t = timed([prism, "audit", str(tiny_a), str(tiny_b), "--out", str(out), "--quiet"], args.repeat, out)
-    rows.append(("prism audit, tiny pair, tables + figure (png, pdf)", t, f"{t / torch_import:.2f}x import torch"))
+    audit = [prism, "audit", str(tiny_a), str(tiny_b), "--quiet"]
+    saved = [*audit, "--out", str(out)]
+    runs = [
+        ("floor: python -c 'import torch'", [sys.executable, "-c", "import torch"], None, None),
+        ("prism --help", [prism, "--help"], None, None),
+        ("prism audit, tiny pair, print only", audit, None, None),
+        ("prism audit, tiny pair, tables (--no-figure)", [*saved, "--no-figure"], out, None),
+        ("prism audit, tiny pair, tables + figure (png, pdf)", saved, out, None),
+        ("  the same, figure drawn in the command's process", saved, out, {"PRISM_FIGURE_PROCESS": "0"}),
+    ]
+    times = timed_together([r[1:] for r in runs], args.repeat)
+    torch_import = times[0]
+    for (name, *_), t in zip(runs, times):
+        rows.append((name, t, f"{t / torch_import:.2f}x import torch"))
     if args.tiny:
         return report(rows, args.repeat)
     # the pairs of benchmarks/audit.py (default: 2.69 GB, i.e. 1.27 GiB per side)

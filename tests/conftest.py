@@ -11,6 +11,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# figures are drawn in the test process (matplotlib imported once), not by a helper per command;
+# tests/cli/test_figure_process.py turns the helper on where it is the subject
+os.environ.setdefault("PRISM_FIGURE_PROCESS", "0")
 warnings.filterwarnings("ignore")
 
 

@@ -56,6 +56,17 @@ PROSE = [
 _TOKENIZER = None
 
 
+def save_planted_pair(tmp: Path) -> Path:
+    """``tmp/a`` and ``tmp/b``: a tiny LLaMA checkpoint and a copy with one planted change, the last
+    10 weights of layer 1's MLP up projection scaled by 1.03."""
+    state, config = model_state("llama")
+    new = {k: v.clone() for k, v in state.items()}
+    new["model.layers.1.mlp.up_proj.weight"].view(-1)[-10:] *= 1.03
+    save_state(state, tmp / "a", config)
+    save_state(new, tmp / "b", config)
+    return tmp
+
+
 def tiny_tokenizer():
     """One small BPE tokenizer for all tests (trained once, in ~0.1 s)."""
     global _TOKENIZER

@@ -70,27 +70,31 @@ def _add_audit(sub) -> None:
 
 
 def _run_audit(args) -> None:
+    from ..figure_process import started
     from ..outputs import check_destination
-    from ..weights.audit import audit
 
     if args.out:
         check_destination(args.out, "audit", [args.a, args.b, args.config])
     warn_unused_config(args.config, [args.a, args.b])
-    result = audit(
-        args.a,
-        args.b,
-        **vars(from_args(AuditOptions, args)),
-        device=args.device,
-        progress=not args.quiet and is_root(),
-        allow_pickle=args.allow_pickle,
-        config=args.config,
-        neurons_top=None if args.all_neurons else 100,
-    )
-    if not is_root():  # under a launcher, rank 0 alone prints and writes
-        return
-    print(result.format(), flush=True)
-    if args.out:
-        result.save(args.out, figure=not args.no_figure)
+    # matplotlib is imported by a helper process beside torch's import and the audit (figure_process)
+    with started(enabled=bool(args.out) and not args.no_figure and is_root()) as drawer:
+        from ..weights.audit import audit
+
+        result = audit(
+            args.a,
+            args.b,
+            **vars(from_args(AuditOptions, args)),
+            device=args.device,
+            progress=not args.quiet and is_root(),
+            allow_pickle=args.allow_pickle,
+            config=args.config,
+            neurons_top=None if args.all_neurons else 100,
+        )
+        if not is_root():  # under a launcher, rank 0 alone prints and writes
+            return
+        print(result.format(), flush=True)
+        if args.out:
+            result.save(args.out, figure=not args.no_figure, drawer=drawer)
         figure = "" if args.no_figure else ", update_by_layer_and_component.png/.pdf"
         if args.spectral and not args.no_figure:
             figure += ", geometry_by_layer_and_component.png/.pdf"

@@ -105,9 +105,11 @@ def add_command(sub, name: str, help: str, description: str, epilog: str = ""):
 
 def warn_unused_config(config, inputs) -> None:
     """A warning when ``--config`` is given but no input is a torch.distributed.checkpoint directory."""
+    if not config:
+        return  # before the import below, which imports torch
     from ..checkpoints.dcp import is_dcp_checkpoint
 
-    if config and not any(is_dcp_checkpoint(p) for p in inputs):
+    if not any(is_dcp_checkpoint(p) for p in inputs):
         from ..errors import warn
 
         warn(f"--config {config} is not used: no input is a torch.distributed.checkpoint directory")

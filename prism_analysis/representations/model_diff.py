@@ -517,6 +517,12 @@ def _kernel_takes(xa: torch.Tensor, xb: torch.Tensor) -> bool:
     )
 
 
+def _rows_per_call(xa: torch.Tensor, xb: torch.Tensor, chunk: int) -> int:
+    """Rows of logits per float64 step: the fused kernel reads each row twice whatever the chunk,
+    so it takes :data:`KERNEL_ROWS` a call; the torch path takes cache-sized ``chunk`` rows."""
+    return KERNEL_ROWS if _kernel_takes(xa, xb) else chunk
+
+
 def _kl_pair(xa: torch.Tensor, xb: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``(KL(P_a || P_b), KL(P_b || P_a), lse_a, lse_b, argmax_a, argmax_b)`` per row of logits
     (float64 arithmetic whatever their dtype), KL clamped at 0:
@@ -623,8 +629,7 @@ def _diff_batch(sa: _Side, sb: _Side, texts: list[str], start: int, cfg: _Settin
     # float64 work in chunks of `chunk` rows (cache-sized on the CPU); heads in blocks of `block` rows
     chunk = max(1, min(rows, cfg.chunk_elements // max(V, 1)))
     block = chunk * max(1, HEAD_ELEMENTS // (chunk * max(V, 1)))
-    # the fused kernel reads each row twice whatever the chunk: KERNEL_ROWS rows a call
-    out_chunk = KERNEL_ROWS if _kernel_takes(la[0:1], lb[0:1]) else chunk
+    out_chunk = _rows_per_call(la[0:1], lb[0:1], chunk)
     with _serial(zA.device):  # the float64 work: one thread on the CPU (see _serial)
         for c0 in range(0, rows, out_chunk):
             sl = slice(c0, c0 + out_chunk)
@@ -642,7 +647,7 @@ def _diff_batch(sa: _Side, sb: _Side, texts: list[str], start: int, cfg: _Settin
         for j, layer in enumerate(lens_inner):
             with torch.no_grad():
                 za, zb = sa.head(hA_rows[layer, blk]), sb.head(hB_rows[layer, blk])
-            step = KERNEL_ROWS if _kernel_takes(za, zb) else chunk
+            step = _rows_per_call(za, zb, chunk)
             with _serial(zA.device):
                 for c0 in range(0, za.shape[0], step):
                     sl, g = slice(c0, c0 + step), slice(b0 + c0, b0 + c0 + step)

@@ -137,9 +137,12 @@ class Audit:
             "resized": self.aligned["resized"],
         } | self.run
 
-    def save(self, out: str | os.PathLike, figure: bool = True) -> None:
+    def save(self, out: str | os.PathLike, figure: bool = True, drawer=None) -> None:
         """Write summary.json, tensors/layers/components.csv, experts.csv for a MoE model (and the
-        F11 figure) atomically."""
+        F11 figure) atomically. The figures are drawn from the CSV files just written, by
+        ``drawer`` (a :class:`~prism_analysis.figure_process.FigureProcess`) when given."""
+        from ..figure_process import draw
+
         with atomic_output_dir(out, "audit", [self.a, self.b]) as tmp:
             write_json(tmp / "summary.json", self.summary())
             self.tensors.to_csv(tmp / "tensors.csv", index=False)
@@ -153,29 +156,22 @@ class Audit:
                 top = self.neurons if self.neurons_top is None else self.neurons.head(self.neurons_top)
                 top.to_csv(tmp / "neurons.csv", index=False)
             if figure:
-                from ..figures import plot_audit
+                draw(tmp, self.figures(), drawer)
 
-                plot_audit(
-                    self.layers,
-                    self.components,
-                    tmp / "update_by_layer_and_component",
-                    title=f"{_short_name(self.a)} -> {_short_name(self.b)}",
-                )
-                if len(self.heads):
-                    from ..figures import plot_heads
+    def figures(self) -> list:
+        """The figures :meth:`save` draws, as :class:`~prism_analysis.figure_process.Plot` requests
+        on the tables it writes: F11, the per-head heatmaps with ``--units heads``, the update
+        geometry with ``--spectral``."""
+        from ..figure_process import Plot
 
-                    plot_heads(
-                        self.heads, tmp / "heads_by_layer", title=f"{_short_name(self.a)} -> {_short_name(self.b)}"
-                    )
-                if self.spectral:
-                    from ..figures import plot_spectral
-
-                    plot_spectral(
-                        self.layers,
-                        self.components,
-                        tmp / "geometry_by_layer_and_component",
-                        title=f"{_short_name(self.a)} -> {_short_name(self.b)}",
-                    )
+        title = {"title": f"{_short_name(self.a)} -> {_short_name(self.b)}"}
+        by_layer = {"layers": "layers.csv", "components": "components.csv"}
+        plots = [Plot("plot_audit", by_layer, "update_by_layer_and_component", title)]
+        if len(self.heads):
+            plots.append(Plot("plot_heads", {"heads": "heads.csv"}, "heads_by_layer", title))
+        if self.spectral:
+            plots.append(Plot("plot_spectral", by_layer, "geometry_by_layer_and_component", title))
+        return plots
 
     def format(self, tau: float = DEFAULT_THRESHOLD) -> str:
         """A compact text summary in the style of PRISM Tables 12, 22 and 23

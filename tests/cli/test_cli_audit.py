@@ -7,19 +7,14 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from helpers import model_state, save_state
+from helpers import model_state, save_planted_pair, save_state
 
 from prism_cli import main
 
 
 @pytest.fixture
 def ckpts(tmp):
-    state, config = model_state("llama")
-    new = {k: v.clone() for k, v in state.items()}
-    new["model.layers.1.mlp.up_proj.weight"].view(-1)[-10:] *= 1.03
-    save_state(state, tmp / "a", config)
-    save_state(new, tmp / "b", config)
-    return tmp
+    return save_planted_pair(tmp)
 
 
 def test_audit_writes_every_output(ckpts, capsys):
