@@ -2,7 +2,8 @@
 
 Each command runs as its own process, several times; the table gives the median wall time.
 
-  floor: import torch     python -c "import torch" (every command imports torch)
+  floor: import torch     python -c "import torch" (every command imports torch); beside it the
+                          same without the interpreter's teardown (os._exit), as prism exits
   prism --help            must be faster than importing torch
   prism audit (tiny)      a tiny LLaMA pair (1M parameters), tables and F11 figure: target <= 1.6x import torch
                           (--no-figure beside it: what the figure costs; PRISM_FIGURE_PROCESS=0 beside
@@ -98,6 +99,12 @@ def main() -> None:
     saved = [*audit, "--out", str(out)]
     runs = [
         ("floor: python -c 'import torch'", [sys.executable, "-c", "import torch"], None, None),
+        (
+            "  import torch, exit without teardown",
+            [sys.executable, "-c", "import os, torch; os._exit(0)"],
+            None,
+            None,
+        ),
         ("prism --help", [prism, "--help"], None, None),
         ("prism audit, tiny pair, print only", audit, None, None),
         ("prism audit, tiny pair, tables (--no-figure)", [*saved, "--no-figure"], out, None),

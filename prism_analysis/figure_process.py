@@ -3,7 +3,7 @@
 A command such as ``prism audit`` has nothing to draw until its tables are written, and by then
 it has imported torch (1-1.5 s) and done its work on one core; drawing the figure afterwards adds
 matplotlib's import, its PDF backend and the drawing itself (~0.9 s on a tiny model, measured in
-``benchmarks/startup.py``). :func:`started` launches ``python -m prism_analysis.figure_process`` as
+``benchmarks/startup.py``). :func:`started` launches a helper Python process (:func:`serve`) as
 the command begins: on a second core it imports matplotlib, pandas and the PDF backend while the
 command imports torch and computes, then waits on its stdin. :meth:`FigureProcess.draw` sends it
 the figures to draw, each named by its ``plot_*`` function in :mod:`prism_analysis.figures` and the
@@ -87,13 +87,26 @@ def _draw_one(plots, pd, directory: Path, fig: dict) -> None:
     getattr(plots, name)(**tables, stem=directory / fig["stem"], **fig.get("options", {}))
 
 
+#: Integer columns that may hold missing values (pandas' nullable Int64 in the tables): read
+#: back as Int64, not as float64, so a figure labels layer 3 as "3" whether or not some tensor
+#: has no layer.
+NULLABLE_INTEGERS = ("layer", "expert")
+
+
 def _read(pd, path: Path):
-    """A table as written by ``DataFrame.to_csv``; one with no columns (an empty table) is a single
-    newline, which ``read_csv`` refuses."""
+    """A table as written by ``DataFrame.to_csv``, with the dtypes the figures were drawn from in
+    memory (:data:`NULLABLE_INTEGERS`); a table with no columns (written as a single newline, which
+    ``read_csv`` refuses) is an empty frame."""
     try:
-        return pd.read_csv(path)
+        table = pd.read_csv(path)
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+    for col in NULLABLE_INTEGERS:
+        if col in table and pd.api.types.is_float_dtype(table[col]):
+            values = table[col].dropna()
+            if (values == values.round()).all():
+                table[col] = table[col].astype("Int64")
+    return table
 
 
 def _spare_core() -> bool:
@@ -103,36 +116,47 @@ def _spare_core() -> bool:
         return (os.cpu_count() or 1) >= 2
 
 
+#: Seconds the command waits for the helper to draw before drawing itself.
+TIMEOUT = 600
+
+
 class FigureProcess:
-    """A running helper (see the module docstring). Use :func:`started`."""
+    """A running helper (see the module docstring). Use :func:`started`. ``error``: what the helper
+    printed when it failed to draw (the command then draws itself)."""
 
     def __init__(self) -> None:
-        root = str(Path(__file__).resolve().parents[1])  # the directory holding prism_analysis
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        # this very prism_analysis, first on the path in place of the current directory (which
+        # `python -m` would put first: a stray pandas.py or checkout there must not be imported)
+        root = str(Path(__file__).resolve().parents[1])
+        code = f"import sys; sys.path[0] = {root!r}; from prism_analysis.figure_process import serve; serve()"
+        self.error = ""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prism_analysis.figure_process"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
 
     def draw(self, directory: str | os.PathLike, figures: list[Plot]) -> bool:
-        """Send the request and wait; True when the helper drew every figure. Whatever it printed
-        to stderr (matplotlib's warnings) is passed on."""
+        """Send the request and wait (at most :data:`TIMEOUT` seconds); True when the helper drew
+        every figure. Whatever it printed to stderr (matplotlib's warnings) is passed on. An
+        interrupt stops the helper before the command's output directory is cleaned up."""
         request = {
             "dir": str(Path(directory).resolve()),
             "figures": [f.to_dict() for f in figures],
             "formats": _formats(),
         }
         try:
-            _, err = self.proc.communicate((json.dumps(request) + "\n").encode())
-        except (OSError, ValueError):  # it exited before reading, or was already used
+            _, err = self.proc.communicate((json.dumps(request) + "\n").encode(), timeout=TIMEOUT)
+        except (OSError, ValueError, subprocess.TimeoutExpired):  # exited before reading, or hangs
             self.close()
             return False
-        if err and self.proc.returncode == 0:
-            sys.stderr.write(err.decode(errors="replace"))
-        return self.proc.returncode == 0
+        except BaseException:  # KeyboardInterrupt: nothing may go on writing into the directory
+            self.close()
+            raise
+        err = err.decode(errors="replace") if err else ""
+        if self.proc.returncode == 0:
+            sys.stderr.write(err)
+            return True
+        self.error = err.strip()
+        return False
 
     def close(self) -> None:
         """Stop the helper if it is still running (the command failed before drawing)."""
@@ -148,7 +172,8 @@ def started(enabled: bool = True):
     would not help (``enabled`` false, one core, ``PRISM_FIGURE_PROCESS=0``) or cannot start. The
     helper is stopped on the way out."""
     process = None
-    if enabled and os.environ.get(ENV, "1") != "0" and _spare_core():
+    python = bool(sys.executable) and not getattr(sys, "frozen", False)  # not an embedding host
+    if enabled and python and os.environ.get(ENV, "1") != "0" and _spare_core():
         with contextlib.suppress(OSError):
             process = FigureProcess()
     try:
@@ -183,10 +208,18 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
-    code = main()
+def serve() -> None:
+    """:func:`main`, then exit at once: the files are written and closed, and the interpreter's
+    teardown of matplotlib and pandas (~0.1 s) is time the command would wait for."""
+    try:
+        code = main()
+    except BaseException as e:  # a broken request, or the command went away: the command draws itself
+        print(f"figure helper: {type(e).__name__}: {e}", file=sys.stderr)
+        code = 1
     sys.stdout.flush()
     sys.stderr.flush()
-    # the files are written and closed: skip the interpreter's teardown of matplotlib and pandas
-    # (~0.1 s the command would wait for)
     os._exit(code)
+
+
+if __name__ == "__main__":
+    serve()

@@ -8,8 +8,6 @@ installed script), ``python -m prism_cli``, or under a launcher (``torchrun``, `
 
 from __future__ import annotations
 
-import sys
-
 
 def commands() -> list:
     """Both command tables: analysis first, then training."""
@@ -20,12 +18,21 @@ def commands() -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status (tests and scripts call this)."""
     from prism_analysis.cli.parser import run
 
     return run(argv, commands(), module="prism_cli")
 
 
-__all__ = ["commands", "main"]
+def console() -> None:
+    """The installed ``prism`` script and ``python -m prism_cli``: :func:`main`, then exit without
+    the interpreter's teardown (:func:`prism_analysis.cli.parser.exit_now`)."""
+    from prism_analysis.cli.parser import exit_now
+
+    exit_now(main())
+
+
+__all__ = ["commands", "console", "main"]
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()

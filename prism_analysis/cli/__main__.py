@@ -1,9 +1,7 @@
 """``python -m prism_analysis.cli``: the analysis commands alone (without the training commands)."""
 
-import sys
-
 from .commands import COMMANDS
-from .parser import run
+from .parser import exit_now, run
 
 if __name__ == "__main__":
-    sys.exit(run(None, COMMANDS, module="prism_analysis.cli"))
+    exit_now(run(None, COMMANDS, module="prism_analysis.cli"))

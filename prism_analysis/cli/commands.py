@@ -95,6 +95,7 @@ def _run_audit(args) -> None:
         print(result.format(), flush=True)
         if args.out:
             result.save(args.out, figure=not args.no_figure, drawer=drawer)
+    if args.out:
         figure = "" if args.no_figure else ", update_by_layer_and_component.png/.pdf"
         if args.spectral and not args.no_figure:
             figure += ", geometry_by_layer_and_component.png/.pdf"

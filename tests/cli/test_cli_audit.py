@@ -45,6 +45,15 @@ def test_audit_writes_every_output(ckpts, capsys):
     assert not list(ckpts.glob(".out.tmp-*"))
 
 
+def test_audit_without_out_prints_and_writes_nothing(ckpts, capsys, monkeypatch):
+    monkeypatch.chdir(ckpts)
+    before = sorted(p.name for p in ckpts.iterdir())
+    assert main(["audit", str(ckpts / "a"), str(ckpts / "b"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "normalized L2" in printed and "wrote" not in printed
+    assert sorted(p.name for p in ckpts.iterdir()) == before
+
+
 def test_custom_thresholds_in_percent(ckpts, capsys):
     out = ckpts / "o2"
     assert (

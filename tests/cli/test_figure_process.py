@@ -2,7 +2,6 @@
 process that imported matplotlib beside the audit, from the tables it wrote, and the files are
 those of drawing in the command's own process; any failure of the helper falls back to that."""
 
-import json
 import os
 import subprocess
 import sys
@@ -43,18 +42,22 @@ def _audit(pair, out, env, *extra):
 
 
 @pytest.mark.skipif(not TWO_CORES, reason="the helper runs only with a second core")
-def test_audit_draws_every_figure_in_the_helper_the_same_as_in_process(pair):
-    extra = ("--units", "heads")  # two figures (the per-head one through seaborn)
-    helper = _audit(pair, pair / "helper", ON, *extra)
-    here = _audit(pair, pair / "here", {**ON, "PRISM_FIGURE_PROCESS": "0"}, *extra)
-    assert helper.returncode == 0 and here.returncode == 0, helper.stderr + here.stderr
+def test_audit_draws_every_figure_in_the_helper_as_from_the_tables_in_memory(pair, tmp):
+    from prism_analysis import audit
+    from prism_analysis.figures import plot_audit, plot_heads
+
+    helper = _audit(pair, pair / "helper", ON, "--units", "heads")  # two figures, one through seaborn
+    assert helper.returncode == 0, helper.stderr
     assert "MATPLOTLIB_IN_COMMAND False" in helper.stdout  # drawn by the helper, not the command
-    assert "MATPLOTLIB_IN_COMMAND True" in here.stdout
+    assert not list(pair.glob(".helper.tmp-*"))
+    # the same figures drawn here from the audit's frames in memory, never written to CSV
+    res = audit(pair / "a", pair / "b", units=("heads",), progress=False)
+    plot_audit(res.layers, res.components, tmp / "update_by_layer_and_component", title="a -> b")
+    plot_heads(res.heads, tmp / "heads_by_layer", title="a -> b")
     for stem in ("update_by_layer_and_component", "heads_by_layer"):
         png = f"{stem}.png"
-        assert (pair / "helper" / png).read_bytes() == (pair / "here" / png).read_bytes(), png
+        assert (pair / "helper" / png).read_bytes() == (tmp / png).read_bytes(), png
         assert (pair / "helper" / f"{stem}.pdf").stat().st_size > 0
-    assert not list(pair.glob(".helper.tmp-*"))
 
 
 @pytest.mark.skipif(not TWO_CORES, reason="the helper runs only with a second core")
@@ -108,7 +111,8 @@ def test_a_failing_helper_falls_back_to_the_caller_which_reports_the_error(tmp):
     bad = [Plot("plot_nothing", {"layers": "layers.csv"}, "x")]
     process = FigureProcess()
     try:
-        assert process.draw(tmp, bad) is False  # the helper refused it, and said why on stderr
+        assert process.draw(tmp, bad) is False
+        assert "no figure function 'plot_nothing'" in process.error  # the helper refused it, saying why
     finally:
         process.close()
     process = FigureProcess()
@@ -144,7 +148,33 @@ def test_started_yields_none_when_it_would_not_help(monkeypatch):
     assert p.proc.returncode is not None
 
 
-def test_an_empty_table_is_read_as_an_empty_frame(tmp):
+def test_tables_read_back_have_the_dtypes_they_were_drawn_from(tmp):
     pd.DataFrame([]).to_csv(tmp / "empty.csv", index=False)
     assert figure_process._read(pd, tmp / "empty.csv").empty
-    assert json.loads(json.dumps(Plot("plot_audit", {}, "s").to_dict()))["plot"] == "plot_audit"
+    # a layer column with a missing value is Int64 in memory; read_csv alone makes it float64, and
+    # the heads heatmap would label its rows 0.0, 1.0, ...
+    heads = pd.DataFrame(
+        {
+            "component": ["attn_q", "attn_q", "attn_q"],
+            "layer": pd.array([0, 1, None], dtype="Int64"),
+            "head": [0, 0, 0],
+            "normalized_l2": [0.1, 0.2, 0.3],
+        }
+    )
+    heads.to_csv(tmp / "heads.csv", index=False)
+    back = figure_process._read(pd, tmp / "heads.csv")
+    pd.testing.assert_frame_equal(back, heads, check_dtype=False)
+    assert str(back["layer"].dtype) == "Int64"
+
+
+def test_an_interrupt_while_drawing_stops_the_helper(tmp, monkeypatch):
+    process = FigureProcess()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(process.proc, "communicate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        process.draw(tmp, _tables(tmp))
+    monkeypatch.undo()
+    assert process.proc.wait(timeout=10) is not None and process.proc.returncode != 0
