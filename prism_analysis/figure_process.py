@@ -128,7 +128,10 @@ class FigureProcess:
         # this very prism_analysis, first on the path in place of the current directory (which
         # `python -m` would put first: a stray pandas.py or checkout there must not be imported)
         root = str(Path(__file__).resolve().parents[1])
-        code = f"import sys; sys.path[0] = {root!r}; from prism_analysis.figure_process import serve; serve()"
+        code = (
+            f"import sys; sys.path[0:1] = [{root!r}] if sys.path[0] == '' else [{root!r}, sys.path[0]]; "
+            "from prism_analysis.figure_process import serve; serve()"
+        )
         self.error = ""
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

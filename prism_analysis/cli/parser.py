@@ -220,6 +220,17 @@ def exit_now(code: int) -> None:
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+        try:
             stream.flush()
+        except (BrokenPipeError, ValueError):  # a closed pipe or stream: nothing more to say
+            pass
+        except OSError as e:  # a full disk under `prism ... > file`: the output is cut short
+            with contextlib.suppress(OSError, ValueError):
+                print(f"prism: error: {from_os_error(e, 'cannot write the output')}", file=sys.stderr)
+                sys.stderr.flush()
+            code = code or 120  # what Python's own exit returns when the final flush fails
+    with contextlib.suppress(Exception):  # what native code printed through C's stdio (NCCL, numba)
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
     os._exit(code)
