@@ -85,10 +85,12 @@ bench: $(VENV)/.test
 	$(PY) benchmarks/trajectory.py --quick
 	$(PY) benchmarks/startup.py --quick
 
-# The Markdown tables the docs include (docs/performance.md): the audit and CKA benchmarks, --quick sizes.
+# The Markdown tables the docs include (docs/performance.md): the audit and CKA benchmarks at --quick sizes,
+# the start-up of a tiny audit.
 bench-results: $(VENV)/.test
 	$(PY) benchmarks/audit.py --quick --markdown benchmarks/results/audit.md
 	$(PY) benchmarks/cka.py --quick --markdown benchmarks/results/cka.md
+	$(PY) benchmarks/startup.py --tiny --repeat 7 --markdown benchmarks/results/startup.md
 
 # The GPU check (docs/performance.md, "GPU check"): on a machine with CUDA, .venv gets the unpinned (CUDA)
 # torch of the .created rule; the `bench` extra's peers are tried (no network: the CKA step compares with a

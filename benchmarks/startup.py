@@ -16,6 +16,7 @@ Each command runs as its own process, several times; the table gives the median 
   python benchmarks/startup.py                 # tiny pair + the 1.27 GiB-per-side pair of audit.py
   python benchmarks/startup.py --quick         # tiny pair + a 0.3 GB-per-side pair
   python benchmarks/startup.py --tiny          # the tiny pair only
+  python benchmarks/startup.py --tiny --markdown benchmarks/results/startup.md   # + the table for the docs
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="runs per command (median reported)")
     ap.add_argument("--tiny", action="store_true", help="the tiny pair only (no large pair, no read floor)")
     ap.add_argument("--workdir", default="bench_out/startup", help="where the checkpoints are written (kept)")
+    ap.add_argument("--markdown", metavar="PATH", default=None, help="also write the results table as Markdown")
     args = ap.parse_args()
     prism = shutil.which("prism") or str(Path(sys.executable).with_name("prism"))
     work = Path(args.workdir)
@@ -116,7 +118,7 @@ def main() -> None:
     for (name, *_), t in zip(runs, times):
         rows.append((name, t, f"{t / torch_import:.2f}x import torch"))
     if args.tiny:
-        return report(rows, args.repeat)
+        return report(rows, args.repeat, args.markdown, "Start-up (tiny pair)")
     # the pairs of benchmarks/audit.py (default: 2.69 GB, i.e. 1.27 GiB per side)
     dims = (1024, 8, 32000) if args.quick else (2048, 12, 32000)
     big_a, big_b = make_pair(work / ("audit_quick" if args.quick else "audit_default"), *dims)
@@ -133,14 +135,24 @@ def main() -> None:
     rows.append((f"floor: read both files ({gib:.2f} GiB per side)", floor, "1.00x read"))
     t = timed([prism, "audit", str(big_a), str(big_b), "--out", str(out), "--quiet"], args.repeat, out)
     rows.append((f"prism audit, {gib:.2f} GiB pair, end to end", t, f"{t / floor:.2f}x read"))
-    report(rows, args.repeat)
+    report(rows, args.repeat, args.markdown)
 
 
-def report(rows, repeat: int) -> None:
-    print(f"{os.cpu_count()} CPUs; median of {repeat} runs; warm page cache")
+def report(rows, repeat: int, markdown: str | None = None, title: str = "Start-up") -> None:
+    import torch
+    from bench_report import REPORT, md_table, write_markdown
+
+    head = (
+        f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), torch {torch.__version__}; "
+        f"median of {repeat} runs, the commands in turn within each run; warm page cache"
+    )
+    print(head)
     print(f"{'what':<52}{'wall s':>9}  ratio")
     for name, secs, ratio in rows:
         print(f"{name:<52}{secs:>9.2f}  {ratio}")
+    REPORT.extend([f"{head}; written by `benchmarks/startup.py --markdown`.", ""])
+    md_table(["what", "wall", "ratio"], [[name.strip(), f"{secs:.2f} s", ratio] for name, secs, ratio in rows])
+    write_markdown(markdown, title)
 
 
 if __name__ == "__main__":
