@@ -76,15 +76,11 @@ def _draw_here(directory: Path, figures: list[dict], formats: list[str] | None) 
 
     with plots.formats(*formats) if formats else contextlib.nullcontext():
         for fig in figures:
-            _draw_one(plots, pd, directory, fig)
-
-
-def _draw_one(plots, pd, directory: Path, fig: dict) -> None:
-    name = fig["plot"]
-    if not name.startswith("plot_") or not callable(getattr(plots, name, None)):
-        raise ValueError(f"no figure function {name!r} in prism_analysis.figures")
-    tables = {arg: _read(pd, directory / csv) for arg, csv in fig["tables"].items()}
-    getattr(plots, name)(**tables, stem=directory / fig["stem"], **fig.get("options", {}))
+            name = fig["plot"]
+            if not name.startswith("plot_") or not callable(getattr(plots, name, None)):
+                raise ValueError(f"no figure function {name!r} in prism_analysis.figures")
+            tables = {arg: _read(pd, directory / csv) for arg, csv in fig["tables"].items()}
+            getattr(plots, name)(**tables, stem=directory / fig["stem"], **fig.get("options", {}))
 
 
 #: Integer columns that may hold missing values (pandas' nullable Int64 in the tables): read
@@ -187,8 +183,9 @@ def started(enabled: bool = True):
 
 
 def main() -> int:
-    """The helper: import what drawing needs, then draw the one request read from stdin. Exits 0
-    without drawing when stdin closes first (the command failed or drew nothing)."""
+    """The helper: import what drawing needs, then draw the one request read from stdin; 0 without
+    drawing when stdin closes first (the command failed or drew nothing). A failure raises (to
+    :func:`serve`, which reports it and exits 1)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -203,25 +200,24 @@ def main() -> int:
     if not line.strip():
         return 0
     request = json.loads(line)
-    try:
-        _draw_here(Path(request["dir"]), request["figures"], request.get("formats"))
-    except Exception as e:  # reported by the caller drawing in its own process
-        print(f"figure helper: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    _draw_here(Path(request["dir"]), request["figures"], request.get("formats"))
     return 0
 
 
 def serve() -> None:
-    """:func:`main`, then exit at once: the files are written and closed, and the interpreter's
-    teardown of matplotlib and pandas (~0.1 s) is time the command would wait for."""
+    """:func:`main`, then exit as the ``prism`` command does
+    (:func:`prism_analysis.cli.parser.exit_now`): the files are written and closed, and the
+    interpreter's teardown of matplotlib and pandas (~0.1 s) is time the command would wait for.
+    A failure is one line on stderr (kept as :attr:`FigureProcess.error`) and status 1: the command
+    then draws the figures itself."""
+    from .cli.parser import exit_now
+
     try:
         code = main()
-    except BaseException as e:  # a broken request, or the command went away: the command draws itself
+    except BaseException as e:  # a broken request or figure, or the command went away
         print(f"figure helper: {type(e).__name__}: {e}", file=sys.stderr)
         code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(code)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,6 @@ class UpdateStats(Accumulator):
                 sums, counts = fused.pair_stats(a, b, self.thresholds)
         else:
             sums, counts = _torch_pair_stats(a.reshape(-1), b.reshape(-1), self.thresholds)
-        a = a.reshape(-1)
         return self.add(
             {
                 "numel": a.numel(),
