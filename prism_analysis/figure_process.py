@@ -206,11 +206,11 @@ def main() -> int:
 
 def serve() -> None:
     """:func:`main`, then exit as the ``prism`` command does
-    (:func:`prism_analysis.cli.parser.exit_now`): the files are written and closed, and the
+    (:func:`prism_analysis.fast_exit.exit_now`): the files are written and closed, and the
     interpreter's teardown of matplotlib and pandas (~0.1 s) is time the command would wait for.
     A failure is one line on stderr (kept as :attr:`FigureProcess.error`) and status 1: the command
     then draws the figures itself."""
-    from .cli.parser import exit_now
+    from .fast_exit import exit_now
 
     try:
         code = main()

@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def console() -> None:
     """The installed ``prism`` script and ``python -m prism_cli``: :func:`main`, then exit without
-    the interpreter's teardown (:func:`prism_analysis.cli.parser.exit_now`)."""
-    from prism_analysis.cli.parser import exit_now
+    the interpreter's teardown (:func:`prism_analysis.fast_exit.exit_now`)."""
+    from prism_analysis.fast_exit import exit_now
 
     exit_now(main())
 

@@ -1,4 +1,4 @@
-"""The console scripts end without the interpreter's teardown (prism_analysis.cli.parser.exit_now):
+"""The console scripts end without the interpreter's teardown (prism_analysis.fast_exit.exit_now):
 the exit status, everything printed, the atexit handlers and running threads are kept."""
 
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 SCRIPT = """
 import atexit, sys, threading, time
-from prism_analysis.cli.parser import exit_now
+from prism_analysis.fast_exit import exit_now
 out = sys.argv[1]
 atexit.register(lambda: open(out + ".atexit", "w").write("ran"))
 
