@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
 
 #: Seconds per step on the GPU (the sum stays under the default budget of 480 s).
-TIMEOUTS = {"tests": 210, "audit": 75, "cka": 50, "tracking": 45, "study": 90}
+TIMEOUTS = {"tests": 150, "audit": 60, "cka": 40, "tracking": 140, "study": 80}
 #: The test files of the dry run (on the CPU every test of the device fixture would take too long).
 DRY_TESTS = [
     "tests/gpu",
@@ -161,7 +161,7 @@ def step_cka(device: str, quick: bool) -> dict:
     return {"shape": f"{L} x {L} layers, n = {n}, d = {d}, float32 inputs", "rows": rows, "extrapolated_from": k_pairs}
 
 
-def step_tracking(device: str, quick: bool) -> dict:
+def step_tracking(device: str, quick: bool, out: Path | None = None) -> dict:
     import torch
 
     from prism_analysis.tracking.tracker import UpdateTracker
@@ -193,7 +193,9 @@ def step_tracking(device: str, quick: bool) -> dict:
         if tracker is not None:
             tracker.finish()
         sync(device)
-        return time.perf_counter() - t0, sum(p.numel() for p in model.parameters())
+        wall = time.perf_counter() - t0
+        print(f"tracking: {kw or 'study tiny'}, reference {reference}, {n_steps} steps: {wall:.2f} s", flush=True)
+        return wall, sum(p.numel() for p in model.parameters())
 
     rows = []
     for label, kw in shapes.items():
@@ -216,7 +218,10 @@ def step_tracking(device: str, quick: bool) -> dict:
                     "ratio": t / plain,
                 }
             )
-    return {"steps": steps, "every": every, "batch": f"{batch} x {seq}", "rows": rows}
+        result = {"steps": steps, "every": every, "batch": f"{batch} x {seq}", "rows": rows}
+        if out is not None:  # after each model: a timeout during the next keeps this one's rows
+            out.write_text(json.dumps(result, indent=1))
+    return result
 
 
 def step_study(device: str, quick: bool, out: Path) -> dict:
@@ -341,6 +346,8 @@ def test_groups(xml: Path) -> list[dict]:
     for case in ET.parse(xml).getroot().iter("testcase"):
         module = case.get("classname", "").replace(".", "/")
         name = case.get("name", "").split("[")[0]
+        if not module:  # a module skipped or broken at collection: its file is the group
+            module, name = case.get("file", name.replace(".", "/") + ".py").removesuffix(".py"), ""
         key = f"{module}.py::{name}" if "/gpu/" in f"/{module}" else f"{module}.py"
         g = groups.setdefault(key, {"group": key, "passed": 0, "failed": 0, "skipped": 0, "s": 0.0})
         g["s"] += float(case.get("time", 0))
@@ -505,8 +512,8 @@ def main() -> int:
 
     if args.step:  # one step, in its own process
         fn = {"cka": step_cka, "tracking": step_tracking, "study": step_study}[args.step]
-        extra = (work / "study",) if args.step == "study" else ()
-        if extra:
+        extra = (work / "study",) if args.step == "study" else (Path(args.json),) if args.step == "tracking" else ()
+        if args.step == "study":
             import shutil
 
             shutil.rmtree(extra[0], ignore_errors=True)
@@ -544,7 +551,8 @@ def main() -> int:
             xml.unlink(missing_ok=True)
             paths = DRY_TESTS if args.dry else []
             cmd = [py, "-m", "pytest", *paths, "-m", "gpu", "--device", device, "-p", "no:cacheprovider"]
-            cmd += ["-q", "-rfEs", f"--junitxml={xml}", "-o", "junit_family=xunit1"]
+            # a test file that cannot be imported here (an optional package missing) is one failed group, not the end
+            cmd += ["-q", "-rfEs", "--continue-on-collection-errors", f"--junitxml={xml}", "-o", "junit_family=xunit1"]
             info["cmd"] = " ".join(["pytest", *paths, "-m", "gpu", "--device", device])
         elif name == "audit":
             info["markdown"] = str(work / "audit.md")
@@ -591,8 +599,8 @@ def collect(name: str, r: dict, work: Path) -> None:
                 r["status"] = f"FAIL: {failed} failed, {passed} passed, {skipped} skipped"
             elif r["status"] == "ok":
                 r["status"] = f"ok: {passed} passed, {skipped} skipped"
-    elif name != "audit" and r["status"] == "ok":
-        r["result"] = json.loads((work / f"{name}.json").read_text())
+    elif name != "audit" and (r["status"] == "ok" or (work / f"{name}.json").is_file()):
+        r["result"] = json.loads((work / f"{name}.json").read_text())  # a timed-out step's partial result too
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ elements (float64 values of the stored numbers: exact for every float dtype up t
   * a and b are both finite and ``|b - a| > tau * |a|`` (a strict, exact float64 comparison: where
     a == 0 the element is changed iff b != 0, and +0 -> -0 is unchanged), or
   * a or b is NaN or +-Inf and their stored bits differ (a non-finite element is changed unless it
-    is bitwise equal: NaN -> the same NaN is unchanged, NaN -> 1.0 is changed).
+    is bitwise equal: NaN -> the same NaN is unchanged, NaN -> 1.0 is changed). A pair of two dtypes
+    is compared in the wider one, where NaN -> any NaN is unchanged (a cast keeps no NaN payload the
+    same on every device).
 
   Elements where a or b is not finite are counted as ``nonfinite`` and left out of every sum of
   squares (so they never turn an L2 into NaN).

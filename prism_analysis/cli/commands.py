@@ -65,7 +65,7 @@ def _add_audit(sub) -> None:
     p.add_argument("--all-neurons", action="store_true", help="neurons.csv lists every neuron (default: the top 100)")
     add_options(p, AuditOptions)
     add_config_option(p)
-    add_checkpoint_options(p)
+    add_checkpoint_options(p, device="cpu, also where a GPU is: reading the files dominates")
     p.set_defaults(func=_run_audit)
 
 
@@ -330,7 +330,7 @@ def _add_trajectory(sub) -> None:
     p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
     add_options(p, TrajectoryOptions)
     add_config_option(p)
-    add_checkpoint_options(p)
+    add_checkpoint_options(p, device="cpu, also where a GPU is: reading the files dominates")
     p.set_defaults(func=_run_trajectory)
 
 
@@ -389,7 +389,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
     p.add_argument("--labels", nargs=2, default=("U1", "U2"), metavar=("L1", "L2"), help="names for the figure")
     add_options(p, CompareOptions)
-    add_checkpoint_options(p)
+    add_checkpoint_options(p, device="cpu, also where a GPU is: reading the files dominates")
     p.set_defaults(func=_run_compare)
 
 
@@ -441,7 +441,7 @@ def _add_interpolate(sub) -> None:
     p.add_argument("--a", type=coefficient, required=True, help="weight of the mid-training update (|a| <= 1000)")
     p.add_argument("--b", type=coefficient, required=True, help="weight of the RL update (|b| <= 1000)")
     p.add_argument("--out", type=nonempty, required=True, help="output checkpoint directory (written atomically)")
-    add_checkpoint_options(p, device=False)
+    add_checkpoint_options(p, device=None)
     p.set_defaults(func=_run_interpolate, one_process=True)
 
 

@@ -68,10 +68,11 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
-def add_checkpoint_options(p, device: bool = True) -> None:
-    """Options every command that reads checkpoints has."""
+def add_checkpoint_options(p, device: str | None = "cuda if any") -> None:
+    """Options every command that reads checkpoints has; ``device``: the default ``--device`` help
+    names (None: no ``--device``)."""
     if device:
-        p.add_argument("--device", default=None, help="where the work runs: cpu, cuda, cuda:N (default: cuda if any)")
+        p.add_argument("--device", default=None, help=f"where the work runs: cpu, cuda, cuda:N (default: {device})")
     p.add_argument(
         "--allow-pickle",
         action="store_true",

@@ -29,7 +29,7 @@ from ..checkpoints.align import full_tensor, record, stored_info
 from ..checkpoints.base import label
 from ..checkpoints.opening import open_aligned
 from ..components import classify, expert_index
-from ..devices import resolve_device
+from ..devices import WEIGHTS_DEVICE, resolve_device
 from ..errors import PARAM, PrismError
 from ..metrics import (
     DEFAULT_THRESHOLD,
@@ -214,7 +214,8 @@ def audit(
 
     ``a``/``b``: paths (model directory, ``.safetensors`` file, shard index, torch.distributed.checkpoint
     directory) or :class:`Checkpoint`. ``config``: config.json for DCP inputs, which carry none.
-    ``device``: where the statistics run (default: cuda when available, else cpu).
+    ``device``: where the statistics run (default: the CPU, GPU or not: reading dominates, see
+    :data:`prism_analysis.devices.WEIGHTS_DEVICE`; ``"cuda"`` gives the same numbers).
     Peak memory is ``prefetch + 1`` tensor pairs (the current one and those read ahead), whatever
     the checkpoint size.
     ``spectral``: also the update geometry of every 2-D tensor (:mod:`prism_analysis.weights.spectral`, top
@@ -275,7 +276,7 @@ def audit(
         [ca, cb],
         al.common,
         statistics,
-        device=resolve_device(device),
+        device=resolve_device(device, default=WEIGHTS_DEVICE),
         per_tensor=per_tensor,
         desc="audit",
         progress=progress,

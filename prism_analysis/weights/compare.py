@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..checkpoints.align import record as alignment_record
 from ..checkpoints.opening import open_aligned
-from ..devices import resolve_device
+from ..devices import WEIGHTS_DEVICE, resolve_device
 from ..metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, threshold_key
 from ..outputs import atomic_output_dir, write_json
 from .measure import Statistic, measure_aligned
@@ -112,7 +112,7 @@ def compare_updates(
             Statistic("u1", new_update, (0, 1)),
             Statistic("u2", new_update, (2, 3)),
         ],
-        device=resolve_device(device),
+        device=resolve_device(device, default=WEIGHTS_DEVICE),
         desc="compare",
         progress=progress,
     )

@@ -34,7 +34,7 @@ from ..checkpoints.align import record
 from ..checkpoints.hub import HubReference
 from ..checkpoints.opening import open_aligned
 from ..checkpoints.run_manifest import discover
-from ..devices import resolve_device
+from ..devices import WEIGHTS_DEVICE, resolve_device
 from ..errors import PARAM, PrismError
 from ..metrics import DEFAULT_THRESHOLD, DEFAULT_THRESHOLDS, changed_column
 from ..outputs import atomic_output_dir, write_json
@@ -165,7 +165,7 @@ def analyse_trajectory(
         raise PrismError(f"duplicate steps in the trajectory: {steps}", str(entries[0][1]))
     refs = [p for _, p in entries]
     thresholds = tuple(sorted(set(thresholds) | {tau}))
-    stats = _StepStats(thresholds, tau, resolve_device(device), progress)
+    stats = _StepStats(thresholds, tau, resolve_device(device, default=WEIGHTS_DEVICE), progress)
     stats.steps = steps
     if evict:
         if distributed.world_size() > 1:

@@ -208,8 +208,9 @@ def _row_stats(a: torch.Tensor, b: torch.Tensor, axis: int, thresholds, fused_mi
     out = []
     for r0 in range(0, a2.shape[0], step):
         ca, cb = a2[r0 : r0 + step], b2[r0 : r0 + step]
-        equal = bits_equal(ca, cb) if ca.dtype == cb.dtype else ca.double() == cb.double()
         x, y = ca.double(), cb.double()
+        # across dtypes: equal values, and NaN -> NaN (as promote() rules for UpdateStats)
+        equal = bits_equal(ca, cb) if ca.dtype == cb.dtype else (x == y) | (x.isnan() & y.isnan())
         finite = torch.isfinite(x) & torch.isfinite(y)
         d = torch.where(finite, y - x, 0.0)
         x0 = torch.where(finite, x, 0.0)

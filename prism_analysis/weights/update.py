@@ -82,11 +82,22 @@ def as_float(t: torch.Tensor) -> torch.Tensor:
 
 
 def promote(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both tensors in the wider of their two dtypes (``torch.promote_types``); exact, never a cast down."""
+    """Both tensors in the wider of their two dtypes (``torch.promote_types``); exact, never a cast down.
+
+    Across dtypes every NaN becomes the one canonical NaN, so NaN -> NaN is unchanged whatever the
+    payloads: a cast keeps no payload the same on every device (CUDA's float16 -> float64 cast gives
+    other NaN bits than the CPU's), and the counts must not depend on where they were computed.
+    """
     if a.dtype == b.dtype:
         return a, b
     wide = torch.promote_types(a.dtype, b.dtype)
-    return a.to(wide), b.to(wide)
+    return canonical_nan(a.to(wide)), canonical_nan(b.to(wide))
+
+
+def canonical_nan(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with every NaN replaced by the quiet NaN ``float("nan")`` (a copy only where it holds a NaN)."""
+    nan = t.isnan()
+    return t.masked_fill(nan, math.nan) if bool(nan.any()) else t
 
 
 @dataclass

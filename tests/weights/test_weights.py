@@ -262,3 +262,23 @@ def test_audit_says_which_tensors_were_compared_across_dtypes(tmp):
     assert len(res.cast) == len(state) and res.cast[0]["dtype_a"] == "float32" and res.cast[0]["dtype_b"] == "bfloat16"
     assert "differ in dtype (float32 vs bfloat16)" in res.format()
     assert res.summary()["cast"] == res.cast and set(res.tensors["dtype_b"]) == {"bfloat16"}
+
+
+def test_nan_to_nan_across_dtypes_is_unchanged_whatever_the_payload():
+    """Across dtypes NaN -> NaN is unchanged (a cast's NaN bits differ between devices: CUDA's
+    float16 -> float64 is not the CPU's); in one dtype the stored bits still decide."""
+    from prism_analysis.weights.units import _row_stats
+    from prism_analysis.weights.update import UpdateStats
+
+    odd_nan = torch.tensor([0x7E01, -0x200], dtype=torch.int16).view(torch.float16)  # payload 1; negative NaN
+    a = torch.cat([odd_nan, torch.tensor([1.0, float("inf")], dtype=torch.float16)])
+    b = torch.tensor([float("nan"), float("nan"), 1.0, float("inf")], dtype=torch.float64)
+    for x, y in ((a, b), (b, a), (a.float(), b), (a, b.float())):
+        s = UpdateStats(thresholds=(0.0, 0.01)).update(x, y)
+        assert s.n_nonfinite == 3 and s.n_changed == [0, 0], (x.dtype, y.dtype)
+        assert UpdateStats(fused_min_numel=0, thresholds=(0.0,)).update(x, y).n_changed == [0]
+    same = UpdateStats(thresholds=(0.0,)).update(a, torch.full_like(a, float("nan")))  # one dtype: bits
+    assert same.n_changed == [4]  # the two odd NaNs, 1.0 and inf -> the plain NaN: no pair is bitwise equal
+    # the unit rows (the torch path) agree: row 0 holds the two NaN pairs, row 1 1.0 and inf
+    rows = _row_stats(a.reshape(2, 2), b.reshape(2, 2), 0, (0.0,))
+    assert rows[:, 3].tolist() == [2, 1] and rows[:, 4].tolist() == [0, 0]  # n_nonfinite, n_changed
