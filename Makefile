@@ -95,7 +95,7 @@ bench-results: $(VENV)/.test
 
 # The GPU check (docs/performance.md, "GPU check"): on a machine with CUDA, .venv gets the unpinned (CUDA)
 # torch of the .created rule; the `bench` extra's peers are tried (no network: the CKA step compares with a
-# naive torch loop only). Budget 480 s: tests 210, audit 75, CKA 50, tracking 45, study 90 (each a timeout).
+# naive torch loop only). Budget 480 s: tests 150, audit 60 (+ 40 on the CPU), CKA 40, tracking 110, study 80.
 # GPU_PYTHON=python3: use that interpreter as it is (a GPU image whose python already holds CUDA torch, no package
 # registry reachable): the repository goes on PYTHONPATH, nothing is installed. GPU_BUDGET: seconds for the whole check.
 GPU_PYTHON ?=

@@ -7,6 +7,7 @@ with its own timeout (a hang costs that step only; the remaining budget caps eve
             reference="device", CKA / similarity / spectral kernels, the audit's torch path, bf16
             forward passes (pass/fail per test group)
   audit     benchmarks/audit.py --quick --methods floor,prism --device cuda: prism audit vs the read floor
+  audit-cpu the same on the machine's CPU, the weight statistics' default device (is it still faster?)
   cka       a 24 x 24 layer heatmap on the GPU: prism cka_matrix vs a naive torch per-pair loop
             (float64 Gram form, also the reference) and vs the peer packages of the `bench` extra
             when installed (ckatorch cka_base, cka-pytorch hsic1), all on the device
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
 
 #: Seconds per step on the GPU (the sum stays under the default budget of 480 s).
-TIMEOUTS = {"tests": 150, "audit": 60, "cka": 40, "tracking": 140, "study": 80}
+TIMEOUTS = {"tests": 150, "audit": 60, "audit-cpu": 40, "cka": 40, "tracking": 110, "study": 80}
 #: The test files of the dry run (on the CPU every test of the device fixture would take too long).
 DRY_TESTS = [
     "tests/gpu",
@@ -220,7 +221,7 @@ def step_tracking(device: str, quick: bool, out: Path | None = None) -> dict:
             )
         result = {"steps": steps, "every": every, "batch": f"{batch} x {seq}", "rows": rows}
         if out is not None:  # after each model: a timeout during the next keeps this one's rows
-            out.write_text(json.dumps(result, indent=1))
+            write_atomic(out, json.dumps(result, indent=1))
     return result
 
 
@@ -348,7 +349,7 @@ def test_groups(xml: Path) -> list[dict]:
         name = case.get("name", "").split("[")[0]
         if not module:  # a module skipped or broken at collection: its file is the group
             module, name = case.get("file", name.replace(".", "/") + ".py").removesuffix(".py"), ""
-        key = f"{module}.py::{name}" if "/gpu/" in f"/{module}" else f"{module}.py"
+        key = f"{module}.py::{name}" if "/gpu/" in f"/{module}" and name else f"{module}.py"
         g = groups.setdefault(key, {"group": key, "passed": 0, "failed": 0, "skipped": 0, "s": 0.0})
         g["s"] += float(case.get("time", 0))
         if case.find("failure") is not None or case.find("error") is not None:
@@ -402,12 +403,13 @@ def report(env: dict, steps: dict, dry: bool) -> str:
         else:
             lines.append(f"no test report ({t['status']}): {tail(t['log'])}")
         lines.append("")
-    a = steps.get("audit")
-    if a:
-        lines += ["## Audit vs the read floor (`benchmarks/audit.py`)", ""]
-        md_path = Path(a["markdown"])
-        lines += md_path.read_text().strip().splitlines() if md_path.is_file() else [f"no table: {tail(a['log'])}"]
-        lines.append("")
+    for key, title in (("audit", "on the device"), ("audit-cpu", "on this machine's CPU (the default device)")):
+        a = steps.get(key)
+        if a:
+            lines += [f"## Audit vs the read floor, {title} (`benchmarks/audit.py`)", ""]
+            md_path = Path(a["markdown"])
+            lines += md_path.read_text().strip().splitlines() if md_path.is_file() else [f"no table: {tail(a['log'])}"]
+            lines.append("")
     c = steps.get("cka")
     if c:
         lines += ["## CKA heatmap on the device", ""]
@@ -532,7 +534,9 @@ def main() -> int:
     env = environment(device)
     wanted = args.only.split(",") if args.only else list(TIMEOUTS)
     # the dry run's steps are small: the same plumbing in about three minutes
-    timeouts = {"tests": 150, "audit": 60, "cka": 45, "tracking": 60, "study": 90} if args.dry else TIMEOUTS
+    timeouts = (
+        {"tests": 150, "audit": 60, "audit-cpu": 40, "cka": 45, "tracking": 60, "study": 90} if args.dry else TIMEOUTS
+    )
     py = sys.executable
     deadline = time.perf_counter() + args.budget
     steps: dict[str, dict] = {}
@@ -554,11 +558,19 @@ def main() -> int:
             # a test file that cannot be imported here (an optional package missing) is one failed group, not the end
             cmd += ["-q", "-rfEs", "--continue-on-collection-errors", f"--junitxml={xml}", "-o", "junit_family=xunit1"]
             info["cmd"] = " ".join(["pytest", *paths, "-m", "gpu", "--device", device])
-        elif name == "audit":
-            info["markdown"] = str(work / "audit.md")
+        elif name in ("audit", "audit-cpu"):
+            # the same 0.62 GB pair on the device and on the CPU, which the weight statistics default to
+            info["markdown"] = str(work / f"{name}.md")
             Path(info["markdown"]).unlink(missing_ok=True)
-            cmd = [py, "benchmarks/audit.py", "--methods", "floor,prism", "--device", device]
-            cmd += ["--root", str(work / "audit"), "--markdown", info["markdown"], "--quick"]  # 0.62 GB pair: fits 75 s
+            cmd = [
+                py,
+                "benchmarks/audit.py",
+                "--methods",
+                "floor,prism",
+                "--device",
+                "cpu" if name == "audit-cpu" else device,
+            ]
+            cmd += ["--root", str(work / "audit"), "--markdown", info["markdown"], "--quick"]
         else:
             res = work / f"{name}.json"
             res.unlink(missing_ok=True)
@@ -599,7 +611,7 @@ def collect(name: str, r: dict, work: Path) -> None:
                 r["status"] = f"FAIL: {failed} failed, {passed} passed, {skipped} skipped"
             elif r["status"] == "ok":
                 r["status"] = f"ok: {passed} passed, {skipped} skipped"
-    elif name != "audit" and (r["status"] == "ok" or (work / f"{name}.json").is_file()):
+    elif not name.startswith("audit") and (r["status"] == "ok" or (work / f"{name}.json").is_file()):
         r["result"] = json.loads((work / f"{name}.json").read_text())  # a timed-out step's partial result too
 
 

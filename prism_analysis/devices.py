@@ -9,8 +9,9 @@ from .errors import PARAM, PrismError
 #: Where the weight statistics (audit, trajectory, compare) run unless the user names a device: the
 #: CPU, GPU or not. They read every byte from disk once and do a few flops per byte, so the CUDA path
 #: only adds its start-up and a host-to-device copy: on an H200 box with 16 cores (the first GPU run,
-#: benchmarks/results/gpu.md) the CPU audited a 2.7 GB bf16 pair in 0.82 s, CUDA in 1.54 s (0.47 s
-#: of it CUDA's start-up); the 0.62 GB pair in 0.52 s and 1.45 s. ``--device cuda`` still runs there.
+#: benchmarks/results/gpu-audit-devices.md) the CPU audited a 2.7 GB bf16 pair in 0.82 s, CUDA in
+#: 1.54 s (0.47 s of it CUDA's start-up; 1.3x without it); the 0.62 GB pair in 0.52 s and 1.45 s. One
+#: run each. ``--device cuda`` still runs there; ``audit --spectral`` (decompositions) keeps cuda.
 WEIGHTS_DEVICE = "cpu"
 
 

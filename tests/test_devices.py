@@ -29,8 +29,10 @@ def test_defaults(monkeypatch):
 
 
 def test_weight_statistics_stay_on_the_cpu_where_a_gpu_is(tmp_path, monkeypatch):
-    """audit, compare_updates and trajectory with no device never touch CUDA when torch reports a GPU
-    (this CPU build would raise at the first tensor moved there)."""
+    """audit, compare_updates and analyse_trajectory with no device never ask for the default device
+    (cuda where a GPU is) and never touch CUDA when torch reports a GPU (this CPU build would raise at
+    the first tensor moved there); audit --spectral, the decompositions, does ask for it."""
+    from prism_analysis import devices
     from prism_analysis.weights.audit import audit
     from prism_analysis.weights.compare import compare_updates
     from prism_analysis.weights.trajectory import analyse_trajectory
@@ -38,7 +40,12 @@ def test_weight_statistics_stay_on_the_cpu_where_a_gpu_is(tmp_path, monkeypatch)
     root = save_planted_pair(tmp_path)
     a, b = root / "a", root / "b"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    asked = []
+    monkeypatch.setattr(devices, "default_device", lambda: asked.append(1) or torch.device("cpu"))
     moved = "model.layers.1.mlp.up_proj.weight"
     assert audit(a, b, progress=False).tensors.set_index("name").loc[moved, "n_changed_0.01"] == 10
     assert compare_updates(a, b, a, b, progress=False).summary()["total"]["jaccard"] == 1.0
     assert analyse_trajectory([a, b, b], progress=False).steps == [0, 1, 2]
+    assert asked == []
+    audit(a, b, progress=False, spectral=True, spectral_k=2)
+    assert asked == [1]

@@ -65,7 +65,9 @@ def _add_audit(sub) -> None:
     p.add_argument("--all-neurons", action="store_true", help="neurons.csv lists every neuron (default: the top 100)")
     add_options(p, AuditOptions)
     add_config_option(p)
-    add_checkpoint_options(p, device="cpu, also where a GPU is: reading the files dominates")
+    add_checkpoint_options(
+        p, device="cpu, also where a GPU is: reading the files dominates; with --spectral, cuda if any"
+    )
     p.set_defaults(func=_run_audit)
 
 

@@ -215,7 +215,8 @@ def audit(
     ``a``/``b``: paths (model directory, ``.safetensors`` file, shard index, torch.distributed.checkpoint
     directory) or :class:`Checkpoint`. ``config``: config.json for DCP inputs, which carry none.
     ``device``: where the statistics run (default: the CPU, GPU or not: reading dominates, see
-    :data:`prism_analysis.devices.WEIGHTS_DEVICE`; ``"cuda"`` gives the same numbers).
+    :data:`prism_analysis.devices.WEIGHTS_DEVICE`; with ``spectral``, cuda where there is one);
+    ``"cuda"`` gives the same numbers.
     Peak memory is ``prefetch + 1`` tensor pairs (the current one and those read ahead), whatever
     the checkpoint size.
     ``spectral``: also the update geometry of every 2-D tensor (:mod:`prism_analysis.weights.spectral`, top
@@ -276,7 +277,8 @@ def audit(
         [ca, cb],
         al.common,
         statistics,
-        device=resolve_device(device, default=WEIGHTS_DEVICE),
+        # --spectral is decompositions, the work a GPU is for: cuda where there is one (not measured yet)
+        device=resolve_device(device, default=None if spectral else WEIGHTS_DEVICE),
         per_tensor=per_tensor,
         desc="audit",
         progress=progress,

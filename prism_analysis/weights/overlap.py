@@ -16,7 +16,7 @@ import torch
 
 from ..accumulator import Accumulator, state
 from ..metrics import DEFAULT_THRESHOLD, bits_equal, changed_mask
-from .update import CHUNK, as_float, ordered_dot, promote, use_fused
+from .update import CHUNK, ordered_dot, promote, use_fused
 
 
 @dataclass
@@ -40,9 +40,8 @@ class OverlapStats(Accumulator):
     def update(self, a1, b1, a2, b2) -> OverlapStats:
         """Add one tensor of each update (all four of one shape; a pair of different dtypes is
         compared in the wider one, as UpdateStats does)."""
-        a1, b1, a2, b2 = (as_float(t).reshape(-1) for t in (a1, b1, a2, b2))
-        a1, b1 = promote(a1, b1)
-        a2, b2 = promote(a2, b2)
+        a1, b1 = promote(a1.reshape(-1), b1.reshape(-1))
+        a2, b2 = promote(a2.reshape(-1), b2.reshape(-1))
         n = a1.numel()
         if use_fused(a1, b1, a2, b2):
             from . import fused

@@ -29,7 +29,8 @@ tensors whose shape does not match the config's head geometry, give no rows -- n
 Per unit: ``numel``, ``sum_sq_diff`` = sum (b - a)^2, ``sum_sq_a`` = sum a^2 (float64, non-finite
 elements left out), ``n_changed_<tau>`` by the single "changed at tau" rule of
 :mod:`prism_analysis.metrics` (``|b - a| > tau |a|``; a == 0 changed iff b != 0; non-finite changed
-unless bitwise equal), ``n_equal`` (bitwise, in the stored dtype), ``n_nonfinite``.
+unless bitwise equal), ``n_equal`` (bitwise, in the stored dtype; for a pair of two dtypes: equal values,
+or both NaN), ``n_nonfinite``.
 :func:`unit_table` adds the units' rows up over tensors (weight + bias) and ranks them by normalized
 L2 ``sqrt(sum_sq_diff / sum_sq_a)`` (Eq. 1 on the unit's elements).
 """

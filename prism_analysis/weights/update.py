@@ -82,20 +82,27 @@ def as_float(t: torch.Tensor) -> torch.Tensor:
 
 
 def promote(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both tensors in the wider of their two dtypes (``torch.promote_types``); exact, never a cast down.
+    """``a`` and ``b`` as floats (:func:`as_float`) in the wider of their two dtypes
+    (``torch.promote_types``); exact, never a cast down.
 
-    Across dtypes every NaN becomes the one canonical NaN, so NaN -> NaN is unchanged whatever the
-    payloads: a cast keeps no payload the same on every device (CUDA's float16 -> float64 cast gives
-    other NaN bits than the CPU's), and the counts must not depend on where they were computed.
+    When the stored dtypes differ (float8 against float32 too, though both become float32), every NaN
+    becomes the one canonical NaN, so NaN -> NaN is unchanged whatever the payloads: a cast keeps no
+    payload the same on every device (CUDA's float16 -> float64 cast gives other NaN bits than the
+    CPU's), and the counts must not depend on where they were computed.
     """
-    if a.dtype == b.dtype:
+    mixed = a.dtype != b.dtype
+    a, b = as_float(a), as_float(b)
+    if not mixed:
         return a, b
     wide = torch.promote_types(a.dtype, b.dtype)
     return canonical_nan(a.to(wide)), canonical_nan(b.to(wide))
 
 
 def canonical_nan(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with every NaN replaced by the quiet NaN ``float("nan")`` (a copy only where it holds a NaN)."""
+    """``t`` with every NaN replaced by the quiet NaN ``float("nan")``; ``t`` itself where it holds no
+    NaN (found by one sum, which a NaN turns into NaN: no mask unless the sum is not finite), else a copy."""
+    if t.numel() == 0 or bool(torch.isfinite(t.sum())):
+        return t
     nan = t.isnan()
     return t.masked_fill(nan, math.nan) if bool(nan.any()) else t
 
@@ -146,7 +153,7 @@ class UpdateStats(Accumulator):
         if a.shape != b.shape:
             raise ValueError(f"shape mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
         same_dtype = a.dtype == b.dtype
-        a, b = promote(as_float(a), as_float(b))
+        a, b = promote(a, b)
         self.unit_rows = None
         if use_fused(a, b, min_numel=self.fused_min_numel):
             from . import fused

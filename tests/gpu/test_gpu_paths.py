@@ -84,6 +84,9 @@ def test_update_stats_on_the_device_equal_the_cpu(gpu_device, monkeypatch, dtype
             mixed_gpu = update.UpdateStats().update(on(a, gpu_device), on(wide, gpu_device))
             assert_same_stats(mixed_cpu, mixed_gpu)
             assert mixed_gpu.n_nonfinite == 3
+            monkeypatch.setattr(update, "USE_FUSED", True)  # the fused CPU kernel where it takes the pair
+            assert_same_stats(update.UpdateStats(fused_min_numel=0).update(a, wide), mixed_gpu)
+            monkeypatch.setattr(update, "USE_FUSED", False)
 
 
 @pytest.fixture(scope="module")

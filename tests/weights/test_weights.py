@@ -267,6 +267,7 @@ def test_audit_says_which_tensors_were_compared_across_dtypes(tmp):
 def test_nan_to_nan_across_dtypes_is_unchanged_whatever_the_payload():
     """Across dtypes NaN -> NaN is unchanged (a cast's NaN bits differ between devices: CUDA's
     float16 -> float64 is not the CPU's); in one dtype the stored bits still decide."""
+    from prism_analysis.weights.overlap import OverlapStats
     from prism_analysis.weights.units import _row_stats
     from prism_analysis.weights.update import UpdateStats
 
@@ -277,6 +278,12 @@ def test_nan_to_nan_across_dtypes_is_unchanged_whatever_the_payload():
         s = UpdateStats(thresholds=(0.0, 0.01)).update(x, y)
         assert s.n_nonfinite == 3 and s.n_changed == [0, 0], (x.dtype, y.dtype)
         assert UpdateStats(fused_min_numel=0, thresholds=(0.0,)).update(x, y).n_changed == [0]
+    # float8 is compared as float32, yet its stored dtype differs from float32's: the same rule
+    e4, e5 = (torch.tensor([float("nan"), 1.0]).to(d) for d in (torch.float8_e4m3fn, torch.float8_e5m2))
+    odd32 = torch.tensor([0x7FC00001, 0x3F800000], dtype=torch.int32).view(torch.float32)  # NaN payload 1, 1.0
+    for x, y in ((e4, odd32), (odd32, e5), (e4, e5)):
+        assert UpdateStats(thresholds=(0.0,)).update(x, y).n_changed == [0], (x.dtype, y.dtype)
+        assert OverlapStats(tau=0.0).update(x, y, x, y).n1 == 0, (x.dtype, y.dtype)
     same = UpdateStats(thresholds=(0.0,)).update(a, torch.full_like(a, float("nan")))  # one dtype: bits
     assert same.n_changed == [4]  # the two odd NaNs, 1.0 and inf -> the plain NaN: no pair is bitwise equal
     # the unit rows (the torch path) agree: row 0 holds the two NaN pairs, row 1 1.0 and inf
