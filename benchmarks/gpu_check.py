@@ -514,11 +514,11 @@ def main() -> int:
 
     if args.step:  # one step, in its own process
         fn = {"cka": step_cka, "tracking": step_tracking, "study": step_study}[args.step]
-        extra = (work / "study",) if args.step == "study" else (Path(args.json),) if args.step == "tracking" else ()
-        if args.step == "study":
+        extra = {"study": (work / "study",), "tracking": (Path(args.json),)}.get(args.step, ())
+        if args.step == "study":  # a fresh run directory
             import shutil
 
-            shutil.rmtree(extra[0], ignore_errors=True)
+            shutil.rmtree(work / "study", ignore_errors=True)
         result = fn(args.device, args.quick, *extra)
         Path(args.json).write_text(json.dumps(result, indent=1))
         return 0

@@ -66,7 +66,7 @@ def _formats() -> list[str] | None:
     """The file formats :func:`prism_analysis.figures.formats` chose in this context, or None (the
     default) when nothing has imported the figures module."""
     plots = sys.modules.get(f"{__package__}.figures")
-    return list(plots._FORMATS.get()) if plots is not None else None
+    return list(plots.chosen_formats()) if plots is not None else None
 
 
 def _draw_here(directory: Path, figures: list[dict], formats: list[str] | None) -> None:

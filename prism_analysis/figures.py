@@ -47,6 +47,12 @@ def formats(*suffixes: str):
         _FORMATS.reset(token)
 
 
+def chosen_formats() -> tuple[str, ...]:
+    """The file formats figures are written as here: those of the enclosing :func:`formats` block,
+    else ("png", "pdf")."""
+    return _FORMATS.get()
+
+
 def _save(fig, stem: str | os.PathLike) -> None:
     """``<stem>.png`` (150 dpi) and ``<stem>.pdf`` (or those of :func:`formats`). Every figure is laid
     out by constrained layout (legends outside the axes included), so no ``bbox_inches="tight"``:
@@ -54,7 +60,7 @@ def _save(fig, stem: str | os.PathLike) -> None:
     benchmarks/startup.py). The layout is computed once, for the first file: the PDF keeps the
     positions the PNG was drawn with."""
     stem = Path(stem)
-    chosen = _FORMATS.get()
+    chosen = chosen_formats()
     if "png" in chosen:
         fig.savefig(stem.with_suffix(".png"), dpi=150)
     if "pdf" in chosen:

@@ -16,6 +16,7 @@ from ..errors import PrismError
 from ..options import add_options, from_args, nonempty, number
 from .api_options import AuditOptions, CkaOptions, CompareOptions, DiffOptions, TrajectoryOptions
 from .parser import (
+    WEIGHTS_DEVICE_HELP,
     add_checkpoint_options,
     add_command,
     add_config_option,
@@ -65,9 +66,7 @@ def _add_audit(sub) -> None:
     p.add_argument("--all-neurons", action="store_true", help="neurons.csv lists every neuron (default: the top 100)")
     add_options(p, AuditOptions)
     add_config_option(p)
-    add_checkpoint_options(
-        p, device="cpu, also where a GPU is: reading the files dominates; with --spectral, cuda if any"
-    )
+    add_checkpoint_options(p, device=f"{WEIGHTS_DEVICE_HELP}; with --spectral, cuda if any")
     p.set_defaults(func=_run_audit)
 
 
@@ -332,7 +331,7 @@ def _add_trajectory(sub) -> None:
     p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
     add_options(p, TrajectoryOptions)
     add_config_option(p)
-    add_checkpoint_options(p, device="cpu, also where a GPU is: reading the files dominates")
+    add_checkpoint_options(p, device=WEIGHTS_DEVICE_HELP)
     p.set_defaults(func=_run_trajectory)
 
 
@@ -391,7 +390,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--out", type=nonempty, help="output directory (written atomically); omit to only print")
     p.add_argument("--labels", nargs=2, default=("U1", "U2"), metavar=("L1", "L2"), help="names for the figure")
     add_options(p, CompareOptions)
-    add_checkpoint_options(p, device="cpu, also where a GPU is: reading the files dominates")
+    add_checkpoint_options(p, device=WEIGHTS_DEVICE_HELP)
     p.set_defaults(func=_run_compare)
 
 

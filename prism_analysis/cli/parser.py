@@ -68,6 +68,11 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
+#: The ``--device`` default of the weight statistics (audit, trajectory, compare):
+#: :data:`prism_analysis.devices.WEIGHTS_DEVICE`.
+WEIGHTS_DEVICE_HELP = "cpu, also where a GPU is: reading the files dominates"
+
+
 def add_checkpoint_options(p, device: str | None = "cuda if any") -> None:
     """Options every command that reads checkpoints has; ``device``: the default ``--device`` help
     names (None: no ``--device``)."""
